@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Every test: the codec's unit tests and #[pg_test]s (cargo pgrx test), the
+# pg_regress golden files, and the psycopg 3 integration suite against a fresh
+# cluster of our own. Exits non-zero on any failure.
+source "$(dirname "$0")/common.sh"
+
+"$REPO/scripts/setup.sh"
+cd "$REPO"
+mkdir -p target
+
+say "cargo pgrx test (unit tests and #[pg_test])"
+mkdir -p target/pgrx-test-data && chown postgres target/pgrx-test-data
+cargo pgrx test pg15 --runas postgres --pgdata "$REPO/target/pgrx-test-data"
+
+install_extension
+
+say "starting a fresh test cluster (port 54316, library preloaded)"
+cluster_stop test
+rm -rf "$(cluster_root)/test"
+cluster_start test 54316 "shared_preload_libraries = 'castle_sessions'" "max_connections = 200"
+trap 'cluster_stop test' EXIT
+
+say "pg_regress (tests/pg_regress)"
+tests=$(cd tests/pg_regress/sql && ls -1 *.sql | sed 's/\.sql$//' | sort)
+rm -rf target/regress && mkdir -p target/regress
+if ! "$("$PG_CONFIG" --pkglibdir)/pgxs/src/test/regress/pg_regress" \
+        --inputdir=tests/pg_regress --outputdir=target/regress \
+        --host="$PGHOST" --port="$PGPORT" --user=postgres \
+        --dbname=castle_regress --load-extension=castle_sessions $tests; then
+    cat target/regress/regression.diffs
+    exit 1
+fi
+
+say "integration suite: psycopg 3 (tests/integration)"
+psql_at postgres -c "DROP DATABASE IF EXISTS castle_py" -c "CREATE DATABASE castle_py"
+psql_at castle_py -c "CREATE EXTENSION castle_sessions"
+PG_BIN="$PG_BIN" "$REPO/.venv/bin/pytest" -q -p no:cacheprovider tests/integration

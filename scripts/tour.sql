@@ -1,0 +1,33 @@
+-- The README's tour: run by scripts/tour.sh against its own throwaway cluster.
+\pset footer off
+\set VERBOSITY default
+\echo
+\echo '1. create_session(42, ''1 hour'', data): the token, shown this once and never stored'
+SELECT castle.create_session(42, '1 hour', '{"device": "laptop"}') AS token \gset
+\echo :token
+\echo
+\echo '2. authenticate(token): the session it names (the table keeps only a SHA-256 of the secret)'
+SELECT * FROM castle.authenticate(:'token');
+SELECT id, left(hash, 16) || '…' AS stored_hash, user_id FROM castle.sessions;
+\echo
+\echo '3. Trimming: when create_session returns, the user holds at most castle.max_sessions sessions'
+SHOW castle.max_sessions;
+\echo '   user 42 signs in four more times ...'
+SELECT castle.create_session(42) IS NOT NULL AS signed_in FROM generate_series(1, 4);
+SELECT count(*) AS sessions_of_42 FROM castle.sessions WHERE user_id = '42';
+\echo '   ... so the oldest session, the first token, was trimmed:'
+SELECT castle.verify(:'token') IS NULL AS first_token_now_refused;
+\echo
+\echo '4. An expired session is refused'
+SELECT castle.create_session('alice@example.com', '1 second') AS short_token \gset
+SELECT pg_sleep(1.2);
+\set ON_ERROR_STOP 0
+SELECT * FROM castle.authenticate(:'short_token');
+\echo
+\echo '5. A bad token is refused the same way: one SQLSTATE (28000), one message, no hint of why'
+SELECT * FROM castle.authenticate('oat_MQ.bm90LWEtcmVhbC1zZWNyZXQ');
+SELECT * FROM castle.authenticate(NULL);
+\set ON_ERROR_STOP 1
+\echo
+\echo '   verify() says the same with NULL, for WHERE clauses and CASE:'
+SELECT castle.verify('oat_MQ.bm90LWEtcmVhbC1zZWNyZXQ') IS NULL AS refused;

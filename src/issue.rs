@@ -1,0 +1,157 @@
+//! Issuing sessions: `castle.create_session` for bigint, uuid and text user ids.
+
+use pgrx::datum::Interval;
+use pgrx::prelude::*;
+use rand::rngs::OsRng;
+use rand::RngCore;
+
+use crate::plans::{self, Statement, INT4, INT8, INTERVAL, JSONB, TEXT};
+use crate::raw_jsonb::RawJsonb;
+use crate::{settings, token};
+
+static LOCK_USER: Statement = Statement {
+    sql: include_str!("queries/lock_user.sql"),
+    args: &[INT4, INT4],
+    mutating: true,
+};
+static INSERT_SESSION: Statement = Statement {
+    sql: include_str!("queries/insert_session.sql"),
+    args: &[TEXT, TEXT, INTERVAL, JSONB],
+    mutating: true,
+};
+static TRIM_SESSIONS: Statement = Statement {
+    sql: include_str!("queries/trim_sessions.sql"),
+    args: &[TEXT, INT8, INT8],
+    mutating: true,
+};
+
+/// First key of the per-user advisory lock ("cast"), so that it cannot collide
+/// with an application's own single-key advisory locks.
+const LOCK_CLASS: i32 = 0x6361_7374;
+
+#[pg_extern(name = "create_session", volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn create_session_bigint(
+    user_id: Option<i64>,
+    ttl: default!(Option<Interval>, "NULL"),
+    data: default!(Option<RawJsonb>, "NULL"),
+) -> String {
+    create(user_id.map(|id| id.to_string()), ttl, data)
+}
+
+#[pg_extern(name = "create_session", volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn create_session_uuid(
+    user_id: Option<pgrx::Uuid>,
+    ttl: default!(Option<Interval>, "NULL"),
+    data: default!(Option<RawJsonb>, "NULL"),
+) -> String {
+    // the canonical lowercase, hyphenated spelling: the same one uuid::text gives
+    create(user_id.map(|id| id.to_string()), ttl, data)
+}
+
+#[pg_extern(name = "create_session", volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn create_session_text(
+    user_id: Option<&str>,
+    ttl: default!(Option<Interval>, "NULL"),
+    data: default!(Option<RawJsonb>, "NULL"),
+) -> String {
+    create(user_id.map(str::to_owned), ttl, data)
+}
+
+/// Creates the session, trims the user's others, and returns the token: the
+/// only time it exists outside the caller.
+fn create(user_id: Option<String>, ttl: Option<Interval>, data: Option<RawJsonb>) -> String {
+    refuse_on_standby("create_session");
+    let user_id = match user_id {
+        Some(id) if !id.is_empty() => id,
+        Some(_) => {
+            ereport!(ERROR, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "user_id must not be empty");
+        }
+        None => {
+            ereport!(ERROR, PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "user_id must not be NULL");
+        }
+    };
+    let ttl = match ttl {
+        Some(ttl) if !is_positive(&ttl) => {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                "ttl must be a positive interval",
+                "Pass NULL to use castle.default_ttl."
+            );
+        }
+        Some(ttl) => Some(ttl),
+        None => default_ttl(),
+    };
+
+    let secret = new_secret(settings::secret_size());
+    let hash = token::hash_secret(secret.as_bytes());
+    let hash = std::str::from_utf8(&hash).expect("hex is ASCII");
+    let max_sessions = settings::max_sessions();
+
+    let id = Spi::connect_mut(|client| {
+        let lock = plans::kept(client, &LOCK_USER);
+        plans::or_raise(client.update(lock, None, &[LOCK_CLASS.into(), user_lock_key(&user_id).into()]));
+
+        let insert = plans::kept(client, &INSERT_SESSION);
+        let inserted = plans::or_raise(client.update(
+            insert,
+            None,
+            &[hash.into(), user_id.as_str().into(), ttl.into(), data.into()],
+        ));
+        let id: i64 = plans::or_raise(inserted.first().get_one())
+            .unwrap_or_else(|| error!("castle_sessions: INSERT returned no id"));
+
+        let trim = plans::kept(client, &TRIM_SESSIONS);
+        plans::or_raise(client.update(trim, None, &[user_id.as_str().into(), id.into(), max_sessions.into()]));
+        id
+    });
+    token::encode(&settings::token_prefix(), id, &secret)
+}
+
+/// `size` characters from the operating system's CSPRNG, on every call: a
+/// generator seeded once would be copied into every backend the postmaster forks.
+fn new_secret(size: usize) -> String {
+    let mut random = vec![0u8; size];
+    if OsRng.try_fill_bytes(&mut random).is_err() {
+        error!("castle_sessions: the operating system's random source failed");
+    }
+    token::secret_from_random(&random)
+}
+
+fn default_ttl() -> Option<Interval> {
+    match settings::default_ttl_seconds() {
+        0 => None,
+        seconds => Some(Interval::new(0, 0, i64::from(seconds) * 1_000_000).expect("seconds fit an interval")),
+    }
+}
+
+/// PostgreSQL orders intervals by their length with 30-day months; so do we.
+fn is_positive(ttl: &Interval) -> bool {
+    const DAY: i128 = 86_400_000_000;
+    i128::from(ttl.months()) * 30 * DAY + i128::from(ttl.days()) * DAY + i128::from(ttl.micros()) > 0
+}
+
+/// 32-bit FNV-1a of the user id: the second advisory-lock key. A collision only
+/// makes two users' logins wait for each other.
+fn user_lock_key(user_id: &str) -> i32 {
+    let hash = user_id
+        .bytes()
+        .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    hash as i32
+}
+
+/// Writes cannot succeed on a hot standby; say so plainly instead of failing
+/// on the first statement.
+pub fn refuse_on_standby(function: &str) {
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            format!("castle.{function} cannot run on a read-only standby"),
+            "Sessions are created and revoked on the primary; authenticate works on standbys."
+        );
+    }
+}

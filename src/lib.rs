@@ -1,0 +1,37 @@
+//! castle_sessions: opaque session tokens inside PostgreSQL.
+//!
+//! `token` is the pure codec; `settings` every castle.* setting; `issue` and
+//! `auth` the SQL API; `plans` the statements they keep prepared.
+
+use pgrx::prelude::*;
+
+mod auth;
+mod issue;
+mod plans;
+mod raw_jsonb;
+mod settings;
+pub mod token;
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    settings::register();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+mod pg_tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

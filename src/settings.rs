@@ -1,0 +1,142 @@
+//! Every `castle.*` setting, in one place. All are read at call time, so SET,
+//! ALTER ROLE/DATABASE … SET and postgresql.conf all apply as PostgreSQL users
+//! expect; a bad value is refused when it is set, with PostgreSQL's own message.
+
+use std::ffi::{CStr, CString};
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::pg_sys;
+
+use crate::token::{MAX_SECRET_SIZE, MIN_SECRET_SIZE};
+
+pub static MAX_SESSIONS: GucSetting<i32> = GucSetting::<i32>::new(3);
+pub static TOKEN_PREFIX: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"oat_"));
+pub static SECRET_SIZE: GucSetting<i32> = GucSetting::<i32>::new(64);
+pub static INVALID_MESSAGE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"Not a valid session"));
+pub static DEFAULT_TTL: GucSetting<i32> = GucSetting::<i32>::new(0);
+
+/// The longest prefix we accept; tokens stay well under an HTTP header's limits.
+const MAX_PREFIX_LEN: usize = 64;
+
+pub fn register() {
+    GucRegistry::define_int_guc(
+        c"castle.max_sessions",
+        c"Most sessions one user may hold; the oldest are trimmed. 0 = unlimited.",
+        c"",
+        &MAX_SESSIONS,
+        0,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"castle.secret_size",
+        c"Random characters in a new token's secret (6 bits each; at least 22 = 132 bits).",
+        c"",
+        &SECRET_SIZE,
+        MIN_SECRET_SIZE as i32,
+        MAX_SECRET_SIZE as i32,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"castle.default_ttl",
+        c"Lifetime of a session created without a ttl. 0 = never expires.",
+        c"",
+        &DEFAULT_TTL,
+        0,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_S,
+    );
+    // SAFETY: the hooks below cannot panic: they only inspect a C string.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"castle.token_prefix",
+            c"Text every token starts with; up to 64 characters from [A-Za-z0-9_-].",
+            c"",
+            &TOKEN_PREFIX,
+            GucContext::Userset,
+            GucFlags::default(),
+            Some(check_prefix),
+            None,
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"castle.invalid_message",
+            c"The one message every refused token gets (SQLSTATE 28000).",
+            c"",
+            &INVALID_MESSAGE,
+            GucContext::Userset,
+            GucFlags::default(),
+            Some(check_message),
+            None,
+            None,
+        );
+    }
+    // Refuse typos such as castle.max_session instead of keeping them as placeholders.
+    unsafe { pg_sys::MarkGUCPrefixReserved(c"castle".as_ptr()) };
+}
+
+pub fn max_sessions() -> i64 {
+    i64::from(MAX_SESSIONS.get())
+}
+
+pub fn secret_size() -> usize {
+    SECRET_SIZE.get() as usize
+}
+
+pub fn default_ttl_seconds() -> i32 {
+    DEFAULT_TTL.get()
+}
+
+pub fn token_prefix() -> String {
+    string_setting(&TOKEN_PREFIX)
+}
+
+pub fn invalid_message() -> String {
+    string_setting(&INVALID_MESSAGE)
+}
+
+fn string_setting(setting: &GucSetting<Option<CString>>) -> String {
+    setting
+        .get()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+unsafe fn set_check_detail(detail: &CStr) {
+    unsafe { pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr()) };
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn check_prefix(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    let value = unsafe { (*newval).as_ref().map(|p| CStr::from_ptr(p).to_bytes()) };
+    let ok = value.is_some_and(|v| {
+        v.len() <= MAX_PREFIX_LEN
+            && v.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-')
+    });
+    if !ok {
+        unsafe { set_check_detail(c"The prefix must be at most 64 characters from [A-Za-z0-9_-].") };
+    }
+    ok
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn check_message(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    let ok = unsafe { (*newval).as_ref().is_some_and(|p| *p != 0) };
+    if !ok {
+        unsafe { set_check_detail(c"The message must not be empty.") };
+    }
+    ok
+}

@@ -1,0 +1,254 @@
+//! The token codec: pure functions, no PostgreSQL in here, so every rule can be
+//! unit-tested and fuzzed on its own.
+//!
+//! The format is the castle SessionManager's (itself AdonisJS's opaque access
+//! token), so tokens it issued keep working:
+//!
+//! ```text
+//! token  = prefix || base64url(decimal id) || "." || base64url(secret)
+//! secret = random || decimal(crc32(random))      -- random: [A-Za-z0-9_-]{n}
+//! hash   = lowercase hex(sha256(secret))          -- the only thing stored
+//! ```
+//!
+//! base64url is unpadded and must be canonical; decoding rejects anything a
+//! correct encoder could not have produced, so one secret has one spelling.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// The smallest random part we accept or issue: 22 characters of 6 bits = 132 bits.
+pub const MIN_SECRET_SIZE: usize = 22;
+/// The largest random part `castle.secret_size` allows.
+pub const MAX_SECRET_SIZE: usize = 1024;
+/// No genuine token is longer: a 64-byte prefix, a 19-digit id, the largest secret
+/// and its checksum, base64-encoded. Anything longer is refused before any work.
+pub const MAX_TOKEN_LEN: usize = 64 + 28 + 1 + (MAX_SECRET_SIZE + 10).div_ceil(3) * 4;
+
+/// The 64 characters a secret is drawn from: exactly 6 bits each, so a random
+/// byte masked with 63 picks one uniformly.
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// Why a token was refused. Only ever logged at DEBUG1; callers see one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Missing,
+    TooLong,
+    WrongPrefix,
+    Malformed,
+    BadId,
+    BadSecret,
+    BadChecksum,
+    UnknownId,
+    WrongSecret,
+    Expired,
+}
+
+impl Refusal {
+    pub fn cause(self) -> &'static str {
+        match self {
+            Refusal::Missing => "no token",
+            Refusal::TooLong => "token too long",
+            Refusal::WrongPrefix => "wrong prefix",
+            Refusal::Malformed => "not prefix, id, dot, secret",
+            Refusal::BadId => "id is not canonical base64url of a positive bigint",
+            Refusal::BadSecret => "secret is not canonical base64url of the secret alphabet",
+            Refusal::BadChecksum => "checksum does not match",
+            Refusal::UnknownId => "no session with that id",
+            Refusal::WrongSecret => "secret does not match",
+            Refusal::Expired => "session expired",
+        }
+    }
+}
+
+/// A token taken apart and checked as far as it can be without the database.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Decoded {
+    pub id: i64,
+    /// lowercase hex SHA-256 of the secret: what the row must hold.
+    pub hash: [u8; 64],
+}
+
+/// A fresh secret: `size` characters from [`ALPHABET`] taken from `random_bytes`
+/// (which must be `size` bytes from a CSPRNG), followed by their checksum.
+pub fn secret_from_random(random_bytes: &[u8]) -> String {
+    let mut secret: String = random_bytes
+        .iter()
+        .map(|b| ALPHABET[(b & 63) as usize] as char)
+        .collect();
+    let checksum = crc32fast::hash(secret.as_bytes());
+    secret.push_str(&checksum.to_string());
+    secret
+}
+
+pub fn encode(prefix: &str, id: i64, secret: &str) -> String {
+    let mut token = String::with_capacity(prefix.len() + 28 + secret.len() * 4 / 3 + 4);
+    token.push_str(prefix);
+    URL_SAFE_NO_PAD.encode_string(id.to_string(), &mut token);
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(secret, &mut token);
+    token
+}
+
+/// lowercase hex SHA-256, as the seed stores it.
+pub fn hash_secret(secret: &[u8]) -> [u8; 64] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = Sha256::digest(secret);
+    let mut hex = [0u8; 64];
+    for (i, byte) in digest.iter().enumerate() {
+        hex[2 * i] = HEX[(byte >> 4) as usize];
+        hex[2 * i + 1] = HEX[(byte & 15) as usize];
+    }
+    hex
+}
+
+/// Compares a computed hash with a stored one without leaking, through timing,
+/// how many leading characters matched.
+pub fn hashes_equal(computed: &[u8; 64], stored: &[u8]) -> bool {
+    stored.len() == computed.len() && bool::from(computed.as_slice().ct_eq(stored))
+}
+
+/// Takes a token apart: prefix, id, secret, checksum. Touches no table, so a
+/// forged token costs nothing but this.
+pub fn decode(prefix: &str, token: &str) -> Result<Decoded, Refusal> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(Refusal::TooLong);
+    }
+    let rest = token.strip_prefix(prefix).ok_or(Refusal::WrongPrefix)?;
+    let (id_part, secret_part) = rest.split_once('.').ok_or(Refusal::Malformed)?;
+    let id = decode_id(id_part)?;
+    let secret = URL_SAFE_NO_PAD
+        .decode(secret_part)
+        .map_err(|_| Refusal::BadSecret)?;
+    if !secret.iter().all(|b| ALPHABET.contains(b)) {
+        return Err(Refusal::BadSecret);
+    }
+    if !checksum_matches(&secret) {
+        return Err(Refusal::BadChecksum);
+    }
+    Ok(Decoded {
+        id,
+        hash: hash_secret(&secret),
+    })
+}
+
+/// The id is base64url of its plain decimal: no sign, no leading zero, > 0, fits bigint.
+fn decode_id(part: &str) -> Result<i64, Refusal> {
+    if part.is_empty() || part.len() > 26 {
+        return Err(Refusal::BadId);
+    }
+    let digits = URL_SAFE_NO_PAD.decode(part).map_err(|_| Refusal::BadId)?;
+    let canonical = !digits.is_empty()
+        && digits[0] != b'0'
+        && digits.len() <= 19
+        && digits.iter().all(u8::is_ascii_digit);
+    if !canonical {
+        return Err(Refusal::BadId);
+    }
+    // all digits, so the only way to fail is overflow past i64::MAX
+    std::str::from_utf8(&digits)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .ok_or(Refusal::BadId)
+}
+
+/// The secret ends in the unpadded decimal CRC-32 of what precedes it. The
+/// random part may itself end in digits, so every split that leaves a canonical
+/// decimal of 1–10 digits and at least [`MIN_SECRET_SIZE`] characters before it
+/// is tried: at most ten CRCs, and valid whatever `secret_size` was at issue time.
+fn checksum_matches(secret: &[u8]) -> bool {
+    (1..=10usize).any(|digits| {
+        if secret.len() < MIN_SECRET_SIZE + digits {
+            return false;
+        }
+        let (random, sum) = secret.split_at(secret.len() - digits);
+        if !sum.iter().all(u8::is_ascii_digit) || (sum.len() > 1 && sum[0] == b'0') {
+            return false;
+        }
+        let expected: u64 = sum.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0'));
+        expected == u64::from(crc32fast::hash(random))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seed_vector() -> (String, String) {
+        let secret = secret_from_random(&[0u8; 64]);
+        (secret.clone(), encode("oat_", 1, &secret))
+    }
+
+    #[test]
+    fn known_vector_from_the_seed() {
+        let (secret, token) = seed_vector();
+        assert_eq!(secret, format!("{}1095524924", "A".repeat(64)));
+        assert!(token.starts_with("oat_MQ.QUFB"), "{token}");
+        assert!(token.ends_with("TEwOTU1MjQ5MjQ"), "{token}");
+        let hash = hash_secret(secret.as_bytes());
+        assert!(hash.starts_with(b"5c03173b2060"));
+        let decoded = decode("oat_", &token).unwrap();
+        assert_eq!(decoded, Decoded { id: 1, hash });
+    }
+
+    #[test]
+    fn random_secrets_round_trip_and_use_the_whole_alphabet() {
+        let bytes: Vec<u8> = (0..=255u8).collect();
+        let secret = secret_from_random(&bytes);
+        for c in ALPHABET {
+            assert!(secret.as_bytes().contains(c));
+        }
+        let token = encode("x_", i64::MAX, &secret);
+        assert_eq!(decode("x_", &token).unwrap().id, i64::MAX);
+    }
+
+    #[test]
+    fn random_part_ending_in_digits_still_checks() {
+        // random part "...0123" followed by its checksum: the split must be found
+        let random: Vec<u8> = std::iter::repeat_n(b'z', 30).chain(*b"0123").collect();
+        let mut secret = String::from_utf8(random.clone()).unwrap();
+        secret.push_str(&crc32fast::hash(&random).to_string());
+        assert!(checksum_matches(secret.as_bytes()));
+    }
+
+    #[test]
+    fn refusals() {
+        let (secret, token) = seed_vector();
+        let id_part = &token[4..token.find('.').unwrap()];
+        let secret_b64 = &token[token.find('.').unwrap() + 1..];
+        let b64 = |s: &str| URL_SAFE_NO_PAD.encode(s);
+        let cases: Vec<(String, Refusal)> = vec![
+            (token.replacen("oat_", "xat_", 1), Refusal::WrongPrefix),
+            (format!("oat_{id_part}{secret_b64}"), Refusal::Malformed),
+            (format!("oat_.{secret_b64}"), Refusal::BadId),
+            (format!("oat_{}.{secret_b64}", b64("01")), Refusal::BadId),
+            (format!("oat_{}.{secret_b64}", b64("0")), Refusal::BadId),
+            (format!("oat_{}.{secret_b64}", b64("-1")), Refusal::BadId),
+            (format!("oat_{}.{secret_b64}", b64("+1")), Refusal::BadId),
+            (format!("oat_{}.{secret_b64}", b64(" 1")), Refusal::BadId),
+            (format!("oat_{}.{secret_b64}", b64("9223372036854775808")), Refusal::BadId),
+            (format!("oat_MQ==.{secret_b64}"), Refusal::BadId),
+            // "MR" decodes to "1" too, but with non-zero trailing bits: not canonical
+            (format!("oat_MR.{secret_b64}"), Refusal::BadId),
+            (format!("oat_{id_part}.{secret_b64}="), Refusal::BadSecret),
+            (format!("oat_{id_part}.{}", b64(&secret.replacen('A', "!", 1))), Refusal::BadSecret),
+            (format!("oat_{id_part}.{}", b64(&secret.replacen('A', "B", 1))), Refusal::BadChecksum),
+            (format!("oat_{id_part}.{}", b64("short1")), Refusal::BadChecksum),
+            ("x".repeat(MAX_TOKEN_LEN + 1), Refusal::TooLong),
+        ];
+        for (bad, why) in cases {
+            assert_eq!(decode("oat_", &bad), Err(why), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hash_comparison() {
+        let h = hash_secret(b"abc");
+        assert!(hashes_equal(&h, &h));
+        let mut other = h;
+        other[63] ^= 1;
+        assert!(!hashes_equal(&h, &other));
+        assert!(!hashes_equal(&h, &h[..63]));
+    }
+}
