@@ -17,6 +17,8 @@ CREATE TABLE castle.sessions (
 -- Per-user trimming and "sign out everywhere" walk this index. used_at and
 -- updated_at stay out of every index so that touching a session is a HOT update.
 CREATE INDEX sessions_user_id_created_at_idx ON castle.sessions (user_id, created_at);
+-- castle.prune finds expired sessions through this; touch never changes expires_at.
+CREATE INDEX sessions_expires_at_idx ON castle.sessions (expires_at) WHERE expires_at IS NOT NULL;
 
 COMMENT ON TABLE castle.sessions IS
     'Sessions issued by castle_sessions; hash is SHA-256 of the secret, never the token.';
@@ -24,7 +26,7 @@ COMMENT ON TABLE castle.sessions IS
 -- pg_dump keeps the rows (and the id sequence), so a restore keeps every token valid.
 SELECT pg_catalog.pg_extension_config_dump('castle.sessions', '');
 SELECT pg_catalog.pg_extension_config_dump(
-    pg_catalog.pg_get_serial_sequence('castle.sessions', 'id'), '');
+    pg_catalog.pg_get_serial_sequence('castle.sessions', 'id')::regclass, '');
 
 -- What authenticate and verify return: the row without its hash.
 CREATE TYPE castle.session AS (

@@ -1,6 +1,47 @@
+-- Hand-written routines, then privileges. Runs after every Rust function exists.
+
+-- Prune a backlog of any size, committing after each batch so that no
+-- transaction holds more than one batch of rows. A procedure that commits may
+-- carry neither SET nor SECURITY DEFINER, so every name and operator in it is
+-- qualified instead; castle.prune does the privileged work.
+CREATE PROCEDURE castle.prune_all(batch_size integer DEFAULT 10000)
+LANGUAGE plpgsql AS $$
+DECLARE
+    deleted bigint;
+BEGIN
+    LOOP
+        deleted := castle.prune(batch_size);
+        COMMIT;
+        EXIT WHEN deleted OPERATOR(pg_catalog.<) batch_size;
+    END LOOP;
+END $$;
+
+-- AFTER DELETE ON users FOR EACH ROW EXECUTE FUNCTION castle.revoke_sessions_trigger('id'):
+-- deleting a user revokes their sessions (user_id is text, so a foreign key cannot).
+CREATE FUNCTION castle.revoke_sessions_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    user_id text;
+BEGIN
+    IF TG_NARGS <> 1 OR TG_OP <> 'DELETE' OR TG_LEVEL <> 'ROW' THEN
+        RAISE EXCEPTION 'castle.revoke_sessions_trigger(column) must be an AFTER DELETE ... FOR EACH ROW trigger'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT (to_jsonb(OLD) ? TG_ARGV[0]) THEN
+        RAISE EXCEPTION 'table %.% has no column "%"', TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]
+            USING ERRCODE = 'undefined_column';
+    END IF;
+    -- the column's own text form: bigint's decimal, uuid's lowercase spelling
+    user_id := to_jsonb(OLD) ->> TG_ARGV[0];
+    IF user_id IS NOT NULL THEN
+        DELETE FROM castle.sessions WHERE castle.sessions.user_id = revoke_sessions_trigger.user_id;
+    END IF;
+    RETURN NULL;
+END $$;
+
 -- Privileges. Nobody but the owner reads or writes the table directly: the
 -- functions that touch it are SECURITY DEFINER with a pinned search_path.
 -- EXECUTE is granted by the DBA (see README, "Security model").
 REVOKE ALL ON TABLE castle.sessions FROM PUBLIC;
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA castle FROM PUBLIC;
+REVOKE ALL ON ALL ROUTINES IN SCHEMA castle FROM PUBLIC;
 GRANT USAGE ON SCHEMA castle TO PUBLIC;

@@ -1,40 +1,61 @@
 //! Checking tokens: `castle.authenticate` raises, `castle.verify` returns NULL.
-//! Both are read-only, so they run on a hot standby and take no transaction id.
+//! Finding the session is read-only; a successful check writes used_at only
+//! when castle.touch_interval says a write is due, so most calls take no
+//! transaction id, and none does on a hot standby.
 
 use pgrx::prelude::*;
 
-use crate::plans::{self, Statement, INT8};
-use crate::token::{self, Refusal};
+use crate::plans::{self, Statement, INT4, INT8};
 use crate::settings;
+use crate::token::{self, Refusal};
 
 static FIND_SESSION: Statement = Statement {
     sql: include_str!("queries/find_session.sql"),
-    args: &[INT8],
+    args: &[INT8, INT4, INT4],
     mutating: false,
 };
+static TOUCH_SESSION: Statement = Statement {
+    sql: include_str!("queries/touch_session.sql"),
+    args: &[INT8],
+    mutating: true,
+};
 
-type Session = pgrx::composite_type!('static, "castle.session");
+pub type Session = pgrx::composite_type!('static, "castle.session");
+
+/// A live session a token names, as read before any write.
+pub struct Found {
+    pub id: i64,
+    pub session: Session,
+    touch_due: bool,
+}
 
 /// The session a token names, or a refusal of it.
-#[pg_extern(stable, parallel_restricted, security_definer)]
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn authenticate(token: Option<&str>) -> pgrx::composite_type!('static, "castle.session") {
-    check(token).unwrap_or_else(|why| refuse(why))
+    find(token).map(touched).unwrap_or_else(|why| refuse(why))
 }
 
 /// The session a token names, or NULL wherever authenticate would raise.
-#[pg_extern(stable, parallel_restricted, security_definer)]
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn verify(token: Option<&str>) -> Option<pgrx::composite_type!('static, "castle.session")> {
-    check(token).map_err(log_refusal).ok()
+    find(token).map(touched).map_err(log_refusal).ok()
 }
 
-pub fn check(token: Option<&str>) -> Result<Session, Refusal> {
+/// Checks a token completely — format, checksum, hash, expiry, idle timeout —
+/// without writing anything.
+pub fn find(token: Option<&str>) -> Result<Found, Refusal> {
     let token = token.ok_or(Refusal::Missing)?;
     let decoded = token::decode(&settings::token_prefix(), token)?;
     Spi::connect(|client| {
         let find = plans::kept(client, &FIND_SESSION);
-        let rows = plans::or_raise(client.select(find, Some(1), &[decoded.id.into()]));
+        let args = [
+            decoded.id.into(),
+            settings::idle_timeout_seconds().into(),
+            settings::touch_interval_seconds().into(),
+        ];
+        let rows = plans::or_raise(client.select(find, Some(1), &args));
         if rows.is_empty() {
             return Err(Refusal::UnknownId);
         }
@@ -46,11 +67,42 @@ pub fn check(token: Option<&str>) -> Result<Session, Refusal> {
         if plans::or_raise(row.get::<bool>(2)).unwrap_or(true) {
             return Err(Refusal::Expired);
         }
-        plans::or_raise(row.get::<Session>(3)).ok_or(Refusal::UnknownId)
+        let touch_due = plans::or_raise(row.get::<bool>(3)).unwrap_or(false);
+        let session = plans::or_raise(row.get::<Session>(4)).ok_or(Refusal::UnknownId)?;
+        Ok(Found { id: decoded.id, session, touch_due })
     })
 }
 
-fn log_refusal(why: Refusal) {
+/// The session after recording this use, when a write is due and possible.
+fn touched(found: Found) -> Session {
+    if !found.touch_due || !can_write_here() {
+        return found.session;
+    }
+    Spi::connect_mut(|client| {
+        let touch = plans::kept(client, &TOUCH_SESSION);
+        let rows = plans::or_raise(client.update(touch, Some(1), &[found.id.into()]));
+        if rows.is_empty() {
+            None
+        } else {
+            plans::or_raise(rows.first().get::<Session>(1))
+        }
+    })
+    .unwrap_or(found.session)
+}
+
+/// used_at is best-effort: never on a standby or in a read-only transaction,
+/// and not under REPEATABLE READ or SERIALIZABLE, where a concurrent touch of
+/// the same row would turn a good token into a serialization failure. The next
+/// call at READ COMMITTED records the use.
+fn can_write_here() -> bool {
+    unsafe {
+        !pg_sys::RecoveryInProgress()
+            && !pg_sys::XactReadOnly
+            && pg_sys::XactIsoLevel < pg_sys::XACT_REPEATABLE_READ as i32
+    }
+}
+
+pub fn log_refusal(why: Refusal) {
     // the cause, never the token: DBAs can see why, clients cannot
     debug1!("castle_sessions: token refused: {}", why.cause());
 }

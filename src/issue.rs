@@ -21,7 +21,7 @@ static INSERT_SESSION: Statement = Statement {
 };
 static TRIM_SESSIONS: Statement = Statement {
     sql: include_str!("queries/trim_sessions.sql"),
-    args: &[TEXT, INT8, INT8],
+    args: &[TEXT, INT8, INT8, INT4],
     mutating: true,
 };
 
@@ -36,7 +36,7 @@ fn create_session_bigint(
     ttl: default!(Option<Interval>, "NULL"),
     data: default!(Option<RawJsonb>, "NULL"),
 ) -> String {
-    create(user_id.map(|id| id.to_string()), ttl, data)
+    create(user_key(user_id), ttl, data)
 }
 
 #[pg_extern(name = "create_session", volatile, parallel_unsafe, security_definer)]
@@ -46,8 +46,7 @@ fn create_session_uuid(
     ttl: default!(Option<Interval>, "NULL"),
     data: default!(Option<RawJsonb>, "NULL"),
 ) -> String {
-    // the canonical lowercase, hyphenated spelling: the same one uuid::text gives
-    create(user_id.map(|id| id.to_string()), ttl, data)
+    create(user_key(user_id), ttl, data)
 }
 
 #[pg_extern(name = "create_session", volatile, parallel_unsafe, security_definer)]
@@ -57,14 +56,13 @@ fn create_session_text(
     ttl: default!(Option<Interval>, "NULL"),
     data: default!(Option<RawJsonb>, "NULL"),
 ) -> String {
-    create(user_id.map(str::to_owned), ttl, data)
+    create(user_key(user_id), ttl, data)
 }
 
-/// Creates the session, trims the user's others, and returns the token: the
-/// only time it exists outside the caller.
-fn create(user_id: Option<String>, ttl: Option<Interval>, data: Option<RawJsonb>) -> String {
-    refuse_on_standby("create_session");
-    let user_id = match user_id {
+/// The text a user id is stored as: the type's own text form (bigint's decimal,
+/// uuid's lowercase hyphenated spelling), so every overload meets the same rows.
+pub fn user_key<T: ToString>(user_id: Option<T>) -> String {
+    match user_id.map(|id| id.to_string()) {
         Some(id) if !id.is_empty() => id,
         Some(_) => {
             ereport!(ERROR, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "user_id must not be empty");
@@ -72,7 +70,13 @@ fn create(user_id: Option<String>, ttl: Option<Interval>, data: Option<RawJsonb>
         None => {
             ereport!(ERROR, PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "user_id must not be NULL");
         }
-    };
+    }
+}
+
+/// Creates the session, trims the user's others, and returns the token: the
+/// only time it exists outside the caller.
+pub fn create(user_id: String, ttl: Option<Interval>, data: Option<RawJsonb>) -> String {
+    refuse_on_standby("create_session");
     let ttl = match ttl {
         Some(ttl) if !is_positive(&ttl) => {
             ereport!(
@@ -89,7 +93,6 @@ fn create(user_id: Option<String>, ttl: Option<Interval>, data: Option<RawJsonb>
     let secret = new_secret(settings::secret_size());
     let hash = token::hash_secret(secret.as_bytes());
     let hash = std::str::from_utf8(&hash).expect("hex is ASCII");
-    let max_sessions = settings::max_sessions();
 
     let id = Spi::connect_mut(|client| {
         let lock = plans::kept(client, &LOCK_USER);
@@ -105,7 +108,13 @@ fn create(user_id: Option<String>, ttl: Option<Interval>, data: Option<RawJsonb>
             .unwrap_or_else(|| error!("castle_sessions: INSERT returned no id"));
 
         let trim = plans::kept(client, &TRIM_SESSIONS);
-        plans::or_raise(client.update(trim, None, &[user_id.as_str().into(), id.into(), max_sessions.into()]));
+        let args = [
+            user_id.as_str().into(),
+            id.into(),
+            settings::max_sessions().into(),
+            settings::idle_timeout_seconds().into(),
+        ];
+        plans::or_raise(client.update(trim, None, &args));
         id
     });
     token::encode(&settings::token_prefix(), id, &secret)

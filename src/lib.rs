@@ -7,6 +7,7 @@ use pgrx::prelude::*;
 
 mod auth;
 mod issue;
+mod lifecycle;
 mod plans;
 mod raw_jsonb;
 mod settings;

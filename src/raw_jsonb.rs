@@ -7,7 +7,7 @@ use pgrx::pgrx_sql_entity_graph::metadata::{
     ArgumentError, ReturnsError, ReturnsRef, SqlMappingRef, SqlTranslatable, TypeOrigin,
 };
 use pgrx::callconv::{Arg, ArgAbi};
-use pgrx::{FromDatum, IntoDatum};
+use pgrx::{FromDatum, IntoDatum, PgMemoryContexts};
 
 #[derive(Clone, Copy)]
 pub struct RawJsonb(pg_sys::Datum);
@@ -15,6 +15,23 @@ pub struct RawJsonb(pg_sys::Datum);
 impl FromDatum for RawJsonb {
     unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _: pg_sys::Oid) -> Option<Self> {
         (!is_null).then_some(RawJsonb(datum))
+    }
+
+    /// Values read through SPI must outlive SPI's memory: copy, and detoast so
+    /// that the copy does not depend on the row it came from.
+    unsafe fn from_datum_in_memory_context(
+        mut memory_context: PgMemoryContexts,
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _: pg_sys::Oid,
+    ) -> Option<Self> {
+        if is_null {
+            return None;
+        }
+        memory_context.switch_to(|_| unsafe {
+            let copy = pg_sys::pg_detoast_datum_copy(datum.cast_mut_ptr());
+            Some(RawJsonb(pg_sys::Datum::from(copy)))
+        })
     }
 }
 

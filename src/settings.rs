@@ -16,6 +16,8 @@ pub static SECRET_SIZE: GucSetting<i32> = GucSetting::<i32>::new(64);
 pub static INVALID_MESSAGE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"Not a valid session"));
 pub static DEFAULT_TTL: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static TOUCH_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
+pub static IDLE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(0);
 
 /// The longest prefix we accept; tokens stay well under an HTTP header's limits.
 const MAX_PREFIX_LEN: usize = 64;
@@ -46,6 +48,26 @@ pub fn register() {
         c"Lifetime of a session created without a ttl. 0 = never expires.",
         c"",
         &DEFAULT_TTL,
+        0,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"castle.touch_interval",
+        c"How often a successful authenticate or verify writes used_at. 0 = every call, -1 = never.",
+        c"",
+        &TOUCH_INTERVAL,
+        -1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"castle.idle_timeout",
+        c"Refuse a session unused for longer than this. 0 = no idle timeout.",
+        c"",
+        &IDLE_TIMEOUT,
         0,
         i32::MAX,
         GucContext::Userset,
@@ -90,6 +112,14 @@ pub fn secret_size() -> usize {
 
 pub fn default_ttl_seconds() -> i32 {
     DEFAULT_TTL.get()
+}
+
+pub fn touch_interval_seconds() -> i32 {
+    TOUCH_INTERVAL.get()
+}
+
+pub fn idle_timeout_seconds() -> i32 {
+    IDLE_TIMEOUT.get()
 }
 
 pub fn token_prefix() -> String {

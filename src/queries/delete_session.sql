@@ -1,0 +1,1 @@
+DELETE FROM castle.sessions AS s WHERE s.id = $1
