@@ -80,19 +80,19 @@ fn revoke_all_text(user_id: Option<&str>, except_session: default!(Option<i64>, 
 
 #[pg_extern(name = "sessions_of", stable, parallel_restricted, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn sessions_of_bigint(user_id: Option<i64>) -> SetOfIterator<'static, Session> {
+fn sessions_of_bigint(user_id: Option<i64>) -> SetOfIterator<'static, pgrx::composite_type!('static, "castle.session")> {
     sessions_of(user_key(user_id))
 }
 
 #[pg_extern(name = "sessions_of", stable, parallel_restricted, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn sessions_of_uuid(user_id: Option<pgrx::Uuid>) -> SetOfIterator<'static, Session> {
+fn sessions_of_uuid(user_id: Option<pgrx::Uuid>) -> SetOfIterator<'static, pgrx::composite_type!('static, "castle.session")> {
     sessions_of(user_key(user_id))
 }
 
 #[pg_extern(name = "sessions_of", stable, parallel_restricted, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn sessions_of_text(user_id: Option<&str>) -> SetOfIterator<'static, Session> {
+fn sessions_of_text(user_id: Option<&str>) -> SetOfIterator<'static, pgrx::composite_type!('static, "castle.session")> {
     sessions_of(user_key(user_id))
 }
 
