@@ -21,7 +21,7 @@ END $$;
 CREATE FUNCTION castle.revoke_sessions_trigger() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    user_id text;
+    doomed_user text;
 BEGIN
     IF TG_NARGS <> 1 OR TG_OP <> 'DELETE' OR TG_LEVEL <> 'ROW' THEN
         RAISE EXCEPTION 'castle.revoke_sessions_trigger(column) must be an AFTER DELETE ... FOR EACH ROW trigger'
@@ -32,9 +32,9 @@ BEGIN
             USING ERRCODE = 'undefined_column';
     END IF;
     -- the column's own text form: bigint's decimal, uuid's lowercase spelling
-    user_id := to_jsonb(OLD) ->> TG_ARGV[0];
-    IF user_id IS NOT NULL THEN
-        DELETE FROM castle.sessions WHERE castle.sessions.user_id = revoke_sessions_trigger.user_id;
+    doomed_user := to_jsonb(OLD) ->> TG_ARGV[0];
+    IF doomed_user IS NOT NULL THEN
+        DELETE FROM castle.sessions WHERE user_id = doomed_user;
     END IF;
     RETURN NULL;
 END $$;

@@ -10,7 +10,7 @@ SELECT (castle.authenticate(:'t_bigint')).user_id AS bigint_user,
 -- A NULL ttl and castle.default_ttl = 0: the session never expires.
 SELECT expires_at IS NULL AS never_expires FROM castle.authenticate(:'t_plain');
 -- ttl sets expires_at from the transaction's now().
-SELECT expires_at = now() + interval '1 hour' AS expires_in_an_hour FROM castle.authenticate(:'t_text');
+SELECT expires_at = created_at + interval '1 hour' AS expires_in_an_hour FROM castle.authenticate(:'t_text');
 -- data is kept exactly, and the token is what the seed's format says.
 SELECT castle.create_session(7, '1 day', '{"device": "phone", "big": 123456789012345678901234567890}') AS t_data \gset
 SELECT data FROM castle.authenticate(:'t_data');
@@ -31,4 +31,4 @@ SELECT refusal($$SELECT castle.create_session(1, '1 month -31 days')$$);
 BEGIN;
 SELECT castle.create_session('rolled-back') AS t_rb \gset
 ROLLBACK;
-SELECT castle.verify(:'t_rb') IS NULL AS rolled_back_token_refused;
+SELECT (castle.verify(:'t_rb')).id IS NULL AS rolled_back_token_refused;

@@ -36,9 +36,9 @@ RESET castle.invalid_message;
 SET castle.default_ttl = '2h';
 SHOW castle.default_ttl;
 SELECT castle.create_session('frank') AS ttl_tok \gset
-SELECT expires_at = now() + interval '2 hours' AS expires_in_two_hours FROM castle.authenticate(:'ttl_tok');
+SELECT expires_at = created_at + interval '2 hours' AS expires_in_two_hours FROM castle.authenticate(:'ttl_tok');
 SELECT castle.create_session('frank', '5 minutes') AS explicit_tok \gset
-SELECT expires_at = now() + interval '5 minutes' AS explicit_ttl_wins FROM castle.authenticate(:'explicit_tok');
+SELECT expires_at = created_at + interval '5 minutes' AS explicit_ttl_wins FROM castle.authenticate(:'explicit_tok');
 SET castle.default_ttl = -1;
 SET castle.default_ttl = '1 fortnight';
 RESET castle.default_ttl;

@@ -1,0 +1,150 @@
+"""Session lifecycle from a real client: last-use writes counted in the
+statistics views, no write for a refused token, pruning under concurrent load,
+and the pg_cron recipe."""
+import threading
+import time
+
+import psycopg
+
+import seed_algorithm as seed
+from conftest import create, dsn, user_of
+
+
+def table_writes(conn):
+    """(updates, HOT updates) of castle.sessions, flushed and fresh."""
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    with psycopg.connect(dsn(), autocommit=True) as other:  # a new backend flushes nothing of ours
+        other.execute("SELECT 1")
+    time.sleep(0.1)
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    return conn.execute("""SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
+                           WHERE relid = 'castle.sessions'::regclass""").fetchone()
+
+
+def authenticate_n_times(conn, token, n):
+    for _ in range(n):
+        conn.execute("SELECT * FROM castle.authenticate(%s)", (token,))
+
+
+def test_touch_interval_throttles_used_at_writes(conn):
+    token = create(conn, "toucher", "1 hour")
+    conn.execute("SET castle.touch_interval = '1h'")
+    before = table_writes(conn)
+    authenticate_n_times(conn, token, 200)
+    after = table_writes(conn)
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1), "one HOT write in 200 calls"
+
+    used_at = conn.execute("SELECT used_at FROM castle.sessions WHERE id = %s", (seed.split(token)[0],)).fetchone()[0]
+    assert used_at is not None
+
+    conn.execute("SET castle.touch_interval = 0")
+    before = table_writes(conn)
+    authenticate_n_times(conn, token, 100)
+    after = table_writes(conn)
+    updates, hot = after[0] - before[0], after[1] - before[1]
+    assert updates == 100, "touch_interval = 0 writes on every call"
+    assert hot >= 90, f"used_at is in no index, so updates stay HOT ({hot} of {updates})"
+
+    conn.execute("SET castle.touch_interval = -1")
+    before = table_writes(conn)
+    authenticate_n_times(conn, token, 50)
+    assert table_writes(conn) == before, "touch_interval = -1 never writes"
+
+
+def test_a_refused_token_writes_nothing_and_takes_no_transaction_id(conn):
+    good = create(conn, "refused-writer", "1 hour")
+    sid, _ = seed.split(good)
+    conn.execute("SET castle.touch_interval = 0")
+    forged = seed.token(sid, seed.new_secret())
+    before = table_writes(conn)
+    for _ in range(50):
+        assert user_of(conn, forged) is None
+    assert table_writes(conn) == before
+    with conn.transaction():
+        conn.execute("SELECT castle.verify(%s)", (forged,))
+        assert conn.execute("SELECT pg_current_xact_id_if_assigned() IS NULL").fetchone()[0]
+
+
+def test_no_write_due_takes_no_transaction_id(conn):
+    token = create(conn, "no-xid", "1 hour")
+    user_of(conn, token)  # the first use is recorded
+    with conn.transaction():
+        assert user_of(conn, token) == "no-xid"
+        assert conn.execute("SELECT pg_current_xact_id_if_assigned() IS NULL").fetchone()[0]
+
+
+def test_prune_does_not_block_logins_for_longer_than_a_batch(conn):
+    dead = 1_000_000
+    conn.execute("""
+        INSERT INTO castle.sessions (hash, user_id, created_at, expires_at)
+        SELECT md5(i::text) || md5((-i)::text), 'pruned-' || (i % 500),
+               now() - interval '2 days', now() - interval '1 day'
+          FROM generate_series(1, %s) AS i""", (dead,))
+    conn.execute("ANALYZE castle.sessions")
+    live = {create(conn, f"pruned-{i}", "1 hour"): f"pruned-{i}" for i in range(500, 510)}
+
+    stop = threading.Event()
+    latencies, errors, batch_times = [], [], []
+
+    def sign_in_and_check(n):
+        try:
+            with psycopg.connect(dsn(), autocommit=True) as c:
+                while not stop.is_set():
+                    t0 = time.monotonic()
+                    tok = create(c, f"pruned-{n}", "1 hour")  # trims this user's dead sessions too
+                    assert user_of(c, tok) == f"pruned-{n}"
+                    latencies.append(time.monotonic() - t0)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    def prune():
+        with psycopg.connect(dsn(), autocommit=True) as c:
+            while True:
+                t0 = time.monotonic()
+                n = c.execute("SELECT castle.prune(10000)").fetchone()[0]
+                batch_times.append(time.monotonic() - t0)
+                if n < 10000:
+                    return
+
+    workers = [threading.Thread(target=sign_in_and_check, args=(n,)) for n in range(3)]
+    for w in workers:
+        w.start()
+    pruner = threading.Thread(target=prune)
+    pruner.start()
+    pruner.join()
+    stop.set()
+    for w in workers:
+        w.join()
+
+    assert not errors, errors
+    assert len(batch_times) >= dead // 10000
+    assert latencies, "logins ran during the prune"
+    slowest_batch = max(batch_times)
+    assert max(latencies) <= slowest_batch + 0.5, (max(latencies), slowest_batch)
+    assert conn.execute("""SELECT count(*) FROM castle.sessions
+                           WHERE expires_at <= now()""").fetchone()[0] == 0
+    for tok, user in live.items():
+        assert user_of(conn, tok) in (user, None)  # trimming may have replaced it, pruning never
+
+
+def test_pg_cron_runs_the_prune_recipe(conn):
+    conn.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
+    for i in range(5):
+        tok = create(conn, "cron-user", "1 hour")
+        conn.execute("UPDATE castle.sessions SET expires_at = now() - interval '1 second' WHERE id = %s",
+                     (seed.split(tok)[0],))
+    job = conn.execute("SELECT cron.schedule('castle-prune', '* * * * *', 'CALL castle.prune_all()')").fetchone()[0]
+    try:
+        deadline = time.monotonic() + 90
+        status = None
+        while time.monotonic() < deadline:
+            status = conn.execute("SELECT status FROM cron.job_run_details WHERE jobid = %s "
+                                  "ORDER BY start_time DESC LIMIT 1", (job,)).fetchone()
+            if status and status[0] in ("succeeded", "failed"):
+                break
+            time.sleep(1)
+        assert status and status[0] == "succeeded", status
+        left = conn.execute("SELECT count(*) FROM castle.sessions WHERE user_id = 'cron-user'").fetchone()[0]
+        assert left == 0
+    finally:
+        conn.execute("SELECT cron.unschedule(%s)", (job,))
