@@ -14,10 +14,12 @@ cargo pgrx test pg15 --runas postgres --pgdata "$REPO/target/pgrx-test-data"
 
 install_extension
 
-say "starting a fresh test cluster (port 54316, library preloaded)"
+say "starting a fresh test cluster (port 54316, castle_sessions and pg_cron preloaded)"
 cluster_stop test
 rm -rf "$(cluster_root)/test"
-cluster_start test 54316 "shared_preload_libraries = 'castle_sessions'" "max_connections = 200"
+cluster_start test 54316 "shared_preload_libraries = 'pg_cron,castle_sessions'" \
+    "cron.database_name = 'castle_py'" "cron.use_background_workers = on" \
+    "max_worker_processes = 32" "max_connections = 200"
 trap 'cluster_stop test' EXIT
 
 say "pg_regress (tests/pg_regress)"

@@ -77,7 +77,7 @@ def test_prune_does_not_block_logins_for_longer_than_a_batch(conn):
     dead = 1_000_000
     conn.execute("""
         INSERT INTO castle.sessions (hash, user_id, created_at, expires_at)
-        SELECT md5(i::text) || md5((-i)::text), 'pruned-' || (i % 500),
+        SELECT md5(i::text) || md5((-i)::text), 'pruned-' || (i %% 500),
                now() - interval '2 days', now() - interval '1 day'
           FROM generate_series(1, %s) AS i""", (dead,))
     conn.execute("ANALYZE castle.sessions")
