@@ -45,3 +45,6 @@ END $$;
 REVOKE ALL ON TABLE castle.sessions FROM PUBLIC;
 REVOKE ALL ON ALL ROUTINES IN SCHEMA castle FROM PUBLIC;
 GRANT USAGE ON SCHEMA castle TO PUBLIC;
+-- The auth-context accessors only read this backend's own binding; every role
+-- a row-level security policy may run as needs them.
+GRANT EXECUTE ON FUNCTION castle.user_id(), castle.session_id(), castle.logout() TO PUBLIC;

@@ -33,14 +33,19 @@ pub struct Found {
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn authenticate(token: Option<&str>) -> pgrx::composite_type!('static, "castle.session") {
-    find(token).map(touched).unwrap_or_else(|why| refuse(why))
+    authenticated(token).unwrap_or_else(|why| refuse(why))
 }
 
 /// The session a token names, or NULL wherever authenticate would raise.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn verify(token: Option<&str>) -> Option<pgrx::composite_type!('static, "castle.session")> {
-    find(token).map(touched).map_err(log_refusal).ok()
+    authenticated(token).map_err(log_refusal).ok()
+}
+
+/// What authenticate returns: the session after recording this use.
+pub fn authenticated(token: Option<&str>) -> Result<Session, Refusal> {
+    find(token).map(touched)
 }
 
 /// Checks a token completely — format, checksum, hash, expiry, idle timeout —

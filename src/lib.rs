@@ -6,6 +6,7 @@
 use pgrx::prelude::*;
 
 mod auth;
+mod context;
 mod issue;
 mod lifecycle;
 mod plans;
@@ -21,6 +22,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
+    context::register_callbacks();
 }
 
 #[cfg(any(test, feature = "pg_test"))]
