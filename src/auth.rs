@@ -74,7 +74,11 @@ pub fn find(token: Option<&str>) -> Result<Found, Refusal> {
         }
         let touch_due = plans::or_raise(row.get::<bool>(3)).unwrap_or(false);
         let session = plans::or_raise(row.get::<Session>(4)).ok_or(Refusal::UnknownId)?;
-        Ok(Found { id: decoded.id, session, touch_due })
+        Ok(Found {
+            id: decoded.id,
+            session,
+            touch_due,
+        })
     })
 }
 

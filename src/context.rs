@@ -48,7 +48,10 @@ fn login(token: Option<&str>) -> pgrx::composite_type!('static, "castle.session"
     let session_id: Option<i64> = session.get_by_index(id(1)).unwrap_or(None);
     let user_id: Option<&str> = session.get_by_index(id(2)).unwrap_or(None);
     let binding = match (session_id, user_id) {
-        (Some(session_id), Some(user_id)) => Binding { session_id, user_id: user_id.to_owned() },
+        (Some(session_id), Some(user_id)) => Binding {
+            session_id,
+            user_id: user_id.to_owned(),
+        },
         _ => error!("castle_sessions: a session row without id or user"),
     };
     if !unsafe { pg_sys::IsTransactionBlock() } {
@@ -68,13 +71,21 @@ fn logout() {
 /// The user of the session bound by castle.login in this transaction, or NULL.
 #[pg_extern(stable, parallel_restricted)]
 fn user_id() -> Option<String> {
-    BINDINGS.with(|b| b.borrow().last().and_then(|e| e.binding.as_ref().map(|b| b.user_id.clone())))
+    BINDINGS.with(|b| {
+        b.borrow()
+            .last()
+            .and_then(|e| e.binding.as_ref().map(|b| b.user_id.clone()))
+    })
 }
 
 /// The id of the session bound by castle.login in this transaction, or NULL.
 #[pg_extern(stable, parallel_restricted)]
 fn session_id() -> Option<i64> {
-    BINDINGS.with(|b| b.borrow().last().and_then(|e| e.binding.as_ref().map(|b| b.session_id)))
+    BINDINGS.with(|b| {
+        b.borrow()
+            .last()
+            .and_then(|e| e.binding.as_ref().map(|b| b.session_id))
+    })
 }
 
 fn push(binding: Option<Binding>) {
@@ -83,11 +94,18 @@ fn push(binding: Option<Binding>) {
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn on_xact_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+unsafe extern "C-unwind" fn on_xact_end(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
     use pg_sys::XactEvent::*;
     if matches!(
         event,
-        XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PARALLEL_ABORT
+        XACT_EVENT_COMMIT
+            | XACT_EVENT_ABORT
+            | XACT_EVENT_PREPARE
+            | XACT_EVENT_PARALLEL_COMMIT
+            | XACT_EVENT_PARALLEL_ABORT
     ) {
         BINDINGS.with(|b| b.borrow_mut().clear());
     }

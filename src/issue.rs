@@ -65,10 +65,18 @@ pub fn user_key<T: ToString>(user_id: Option<T>) -> String {
     match user_id.map(|id| id.to_string()) {
         Some(id) if !id.is_empty() => id,
         Some(_) => {
-            ereport!(ERROR, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "user_id must not be empty");
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                "user_id must not be empty"
+            );
         }
         None => {
-            ereport!(ERROR, PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "user_id must not be NULL");
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                "user_id must not be NULL"
+            );
         }
     }
 }
@@ -96,13 +104,22 @@ pub fn create(user_id: String, ttl: Option<Interval>, data: Option<RawJsonb>) ->
 
     let id = Spi::connect_mut(|client| {
         let lock = plans::kept(client, &LOCK_USER);
-        plans::or_raise(client.update(lock, None, &[LOCK_CLASS.into(), user_lock_key(&user_id).into()]));
+        plans::or_raise(client.update(
+            lock,
+            None,
+            &[LOCK_CLASS.into(), user_lock_key(&user_id).into()],
+        ));
 
         let insert = plans::kept(client, &INSERT_SESSION);
         let inserted = plans::or_raise(client.update(
             insert,
             None,
-            &[hash.into(), user_id.as_str().into(), ttl.into(), data.into()],
+            &[
+                hash.into(),
+                user_id.as_str().into(),
+                ttl.into(),
+                data.into(),
+            ],
         ));
         let id: i64 = plans::or_raise(inserted.first().get_one())
             .unwrap_or_else(|| error!("castle_sessions: INSERT returned no id"));
@@ -133,22 +150,25 @@ fn new_secret(size: usize) -> String {
 fn default_ttl() -> Option<Interval> {
     match settings::default_ttl_seconds() {
         0 => None,
-        seconds => Some(Interval::new(0, 0, i64::from(seconds) * 1_000_000).expect("seconds fit an interval")),
+        seconds => Some(
+            Interval::new(0, 0, i64::from(seconds) * 1_000_000).expect("seconds fit an interval"),
+        ),
     }
 }
 
 /// PostgreSQL orders intervals by their length with 30-day months; so do we.
 fn is_positive(ttl: &Interval) -> bool {
     const DAY: i128 = 86_400_000_000;
-    i128::from(ttl.months()) * 30 * DAY + i128::from(ttl.days()) * DAY + i128::from(ttl.micros()) > 0
+    i128::from(ttl.months()) * 30 * DAY + i128::from(ttl.days()) * DAY + i128::from(ttl.micros())
+        > 0
 }
 
 /// 32-bit FNV-1a of the user id: the second advisory-lock key. A collision only
 /// makes two users' logins wait for each other.
 fn user_lock_key(user_id: &str) -> i32 {
-    let hash = user_id
-        .bytes()
-        .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    let hash = user_id.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
     hash as i32
 }
 

@@ -68,7 +68,10 @@ fn revoke_all_bigint(user_id: Option<i64>, except_session: default!(Option<i64>,
 
 #[pg_extern(name = "revoke_all", volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn revoke_all_uuid(user_id: Option<pgrx::Uuid>, except_session: default!(Option<i64>, "NULL")) -> i64 {
+fn revoke_all_uuid(
+    user_id: Option<pgrx::Uuid>,
+    except_session: default!(Option<i64>, "NULL"),
+) -> i64 {
     revoke_all(user_key(user_id), except_session)
 }
 
@@ -80,19 +83,25 @@ fn revoke_all_text(user_id: Option<&str>, except_session: default!(Option<i64>, 
 
 #[pg_extern(name = "sessions_of", stable, parallel_restricted, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn sessions_of_bigint(user_id: Option<i64>) -> SetOfIterator<'static, pgrx::composite_type!('static, "castle.session")> {
+fn sessions_of_bigint(
+    user_id: Option<i64>,
+) -> SetOfIterator<'static, pgrx::composite_type!('static, "castle.session")> {
     sessions_of(user_key(user_id))
 }
 
 #[pg_extern(name = "sessions_of", stable, parallel_restricted, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn sessions_of_uuid(user_id: Option<pgrx::Uuid>) -> SetOfIterator<'static, pgrx::composite_type!('static, "castle.session")> {
+fn sessions_of_uuid(
+    user_id: Option<pgrx::Uuid>,
+) -> SetOfIterator<'static, pgrx::composite_type!('static, "castle.session")> {
     sessions_of(user_key(user_id))
 }
 
 #[pg_extern(name = "sessions_of", stable, parallel_restricted, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn sessions_of_text(user_id: Option<&str>) -> SetOfIterator<'static, pgrx::composite_type!('static, "castle.session")> {
+fn sessions_of_text(
+    user_id: Option<&str>,
+) -> SetOfIterator<'static, pgrx::composite_type!('static, "castle.session")> {
     sessions_of(user_key(user_id))
 }
 
@@ -110,7 +119,11 @@ fn rotate(token: Option<&str>, ttl: default!(Option<Interval>, "NULL")) -> Strin
         let row = taken.first();
         let user_id: Option<String> = plans::or_raise(row.get(1));
         let data: Option<RawJsonb> = plans::or_raise(row.get(2));
-        (user_id.unwrap_or_else(|| error!("castle_sessions: the session vanished during rotate")), data)
+        (
+            user_id
+                .unwrap_or_else(|| error!("castle_sessions: the session vanished during rotate")),
+            data,
+        )
     });
     issue::create(user_id, ttl, data)
 }
@@ -123,7 +136,11 @@ fn rotate(token: Option<&str>, ttl: default!(Option<Interval>, "NULL")) -> Strin
 fn prune(batch_size: default!(i32, 10000)) -> i64 {
     refuse_on_standby("prune");
     if batch_size <= 0 {
-        ereport!(ERROR, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "batch_size must be positive");
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "batch_size must be positive"
+        );
     }
     Spi::connect_mut(|client| {
         let prune = plans::kept(client, &PRUNE_SESSIONS);
@@ -147,15 +164,28 @@ fn revoke_all(user_id: String, except_session: Option<i64>) -> i64 {
     refuse_on_standby("revoke_all");
     Spi::connect_mut(|client| {
         let delete = plans::kept(client, &DELETE_USER_SESSIONS);
-        plans::or_raise(client.update(delete, None, &[user_id.as_str().into(), except_session.into()])).len() as i64
+        plans::or_raise(client.update(
+            delete,
+            None,
+            &[user_id.as_str().into(), except_session.into()],
+        ))
+        .len() as i64
     })
 }
 
 fn sessions_of(user_id: String) -> SetOfIterator<'static, Session> {
     let sessions: Vec<Session> = Spi::connect(|client| {
         let live = plans::kept(client, &LIVE_SESSIONS);
-        let rows = plans::or_raise(client.select(live, None, &[user_id.as_str().into(), settings::idle_timeout_seconds().into()]));
-        rows.filter_map(|row| plans::or_raise(row.get::<Session>(1))).collect()
+        let rows = plans::or_raise(client.select(
+            live,
+            None,
+            &[
+                user_id.as_str().into(),
+                settings::idle_timeout_seconds().into(),
+            ],
+        ));
+        rows.filter_map(|row| plans::or_raise(row.get::<Session>(1)))
+            .collect()
     });
     SetOfIterator::new(sessions)
 }

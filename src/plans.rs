@@ -27,7 +27,10 @@ thread_local! {
 }
 
 /// The kept plan for `statement`, prepared on first use in this backend.
-pub fn kept(client: &SpiClient<'_>, statement: &'static Statement) -> &'static OwnedPreparedStatement {
+pub fn kept(
+    client: &SpiClient<'_>,
+    statement: &'static Statement,
+) -> &'static OwnedPreparedStatement {
     let key = statement as *const Statement as usize;
     if let Some(plan) = KEPT.with(|kept| kept.borrow().get(&key).copied()) {
         return plan;
@@ -38,7 +41,9 @@ pub fn kept(client: &SpiClient<'_>, statement: &'static Statement) -> &'static O
         client.prepare(statement.sql, statement.args)
     };
     let plan: &'static OwnedPreparedStatement = Box::leak(Box::new(
-        prepared.unwrap_or_else(|e| error!("castle_sessions: cannot prepare a statement: {e}")).keep(),
+        prepared
+            .unwrap_or_else(|e| error!("castle_sessions: cannot prepare a statement: {e}"))
+            .keep(),
     ));
     KEPT.with(|kept| kept.borrow_mut().insert(key, plan));
     plan

@@ -2,18 +2,22 @@
 //! serde_json, which costs a parse and rounds large numbers: session metadata
 //! must come back exactly as it went in.
 
+use pgrx::callconv::{Arg, ArgAbi};
 use pgrx::pg_sys;
 use pgrx::pgrx_sql_entity_graph::metadata::{
     ArgumentError, ReturnsError, ReturnsRef, SqlMappingRef, SqlTranslatable, TypeOrigin,
 };
-use pgrx::callconv::{Arg, ArgAbi};
 use pgrx::{FromDatum, IntoDatum, PgMemoryContexts};
 
 #[derive(Clone, Copy)]
 pub struct RawJsonb(pg_sys::Datum);
 
 impl FromDatum for RawJsonb {
-    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _: pg_sys::Oid) -> Option<Self> {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _: pg_sys::Oid,
+    ) -> Option<Self> {
         (!is_null).then_some(RawJsonb(datum))
     }
 
@@ -49,7 +53,8 @@ unsafe impl SqlTranslatable for RawJsonb {
     const TYPE_IDENT: &'static str = concat!(module_path!(), "::RawJsonb");
     const TYPE_ORIGIN: TypeOrigin = TypeOrigin::External;
     const ARGUMENT_SQL: Result<SqlMappingRef, ArgumentError> = Ok(SqlMappingRef::literal("jsonb"));
-    const RETURN_SQL: Result<ReturnsRef, ReturnsError> = Ok(ReturnsRef::One(SqlMappingRef::literal("jsonb")));
+    const RETURN_SQL: Result<ReturnsRef, ReturnsError> =
+        Ok(ReturnsRef::One(SqlMappingRef::literal("jsonb")));
 }
 
 unsafe impl<'fcx> ArgAbi<'fcx> for RawJsonb {

@@ -150,10 +150,13 @@ unsafe extern "C-unwind" fn check_prefix(
     let value = unsafe { (*newval).as_ref().map(|p| CStr::from_ptr(p).to_bytes()) };
     let ok = value.is_some_and(|v| {
         v.len() <= MAX_PREFIX_LEN
-            && v.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-')
+            && v.iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-')
     });
     if !ok {
-        unsafe { set_check_detail(c"The prefix must be at most 64 characters from [A-Za-z0-9_-].") };
+        unsafe {
+            set_check_detail(c"The prefix must be at most 64 characters from [A-Za-z0-9_-].")
+        };
     }
     ok
 }

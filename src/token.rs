@@ -227,14 +227,26 @@ mod tests {
             (format!("oat_{}.{secret_b64}", b64("-1")), Refusal::BadId),
             (format!("oat_{}.{secret_b64}", b64("+1")), Refusal::BadId),
             (format!("oat_{}.{secret_b64}", b64(" 1")), Refusal::BadId),
-            (format!("oat_{}.{secret_b64}", b64("9223372036854775808")), Refusal::BadId),
+            (
+                format!("oat_{}.{secret_b64}", b64("9223372036854775808")),
+                Refusal::BadId,
+            ),
             (format!("oat_MQ==.{secret_b64}"), Refusal::BadId),
             // "MR" decodes to "1" too, but with non-zero trailing bits: not canonical
             (format!("oat_MR.{secret_b64}"), Refusal::BadId),
             (format!("oat_{id_part}.{secret_b64}="), Refusal::BadSecret),
-            (format!("oat_{id_part}.{}", b64(&secret.replacen('A', "!", 1))), Refusal::BadSecret),
-            (format!("oat_{id_part}.{}", b64(&secret.replacen('A', "B", 1))), Refusal::BadChecksum),
-            (format!("oat_{id_part}.{}", b64("short1")), Refusal::BadChecksum),
+            (
+                format!("oat_{id_part}.{}", b64(&secret.replacen('A', "!", 1))),
+                Refusal::BadSecret,
+            ),
+            (
+                format!("oat_{id_part}.{}", b64(&secret.replacen('A', "B", 1))),
+                Refusal::BadChecksum,
+            ),
+            (
+                format!("oat_{id_part}.{}", b64("short1")),
+                Refusal::BadChecksum,
+            ),
             ("x".repeat(MAX_TOKEN_LEN + 1), Refusal::TooLong),
         ];
         for (bad, why) in cases {

@@ -8,9 +8,12 @@ SELECT p.proname,
   FROM pg_proc p
  WHERE p.pronamespace = 'castle'::regnamespace
  ORDER BY 1, 2;
--- Nobody but the owner may touch the table or run the functions until granted.
+-- Nobody but the owner may touch the table, or run anything but the auth-context
+-- accessors, until granted.
 SELECT has_table_privilege('public', 'castle.sessions', 'SELECT') AS public_reads_sessions,
-       bool_or(has_function_privilege('public', p.oid, 'EXECUTE')) AS public_executes_any
+       has_table_privilege('public', 'castle.sessions', 'INSERT') AS public_writes_sessions,
+       string_agg(p.proname, ', ' ORDER BY p.proname)
+           FILTER (WHERE has_function_privilege('public', p.oid, 'EXECUTE')) AS public_executes
   FROM pg_proc p WHERE p.pronamespace = 'castle'::regnamespace;
 \d castle.sessions
 \d castle.session

@@ -27,8 +27,12 @@ SELECT castle.user_id(), castle.session_id() = (castle.verify(:'alice')).id AS r
 SELECT body FROM notes ORDER BY body;
 UPDATE notes SET body = body || '!' RETURNING body;
 DELETE FROM notes WHERE owner_id = 2;
-INSERT INTO notes (owner_id, body) VALUES (2, 'forged for bob');
+SELECT refusal($$INSERT INTO notes (owner_id, body) VALUES (2, 'forged for bob')$$);
+SELECT castle.user_id() AS still_alice_after_a_failed_statement;
 COMMIT;
+RESET ROLE;
+SELECT owner_id, body FROM notes ORDER BY id;
+SET ROLE regress_castle_app;
 -- the binding ended with the transaction
 SELECT castle.user_id() IS NULL AS no_user_after_commit;
 SELECT count(*) AS visible_after_commit FROM notes;
@@ -77,13 +81,16 @@ SELECT castle.user_id() IS NULL AS still_no_user;
 COMMIT;
 
 -- forging: no setting can create or change the binding
-BEGIN;
-SET LOCAL castle.user_id = '1';
-SELECT set_config('castle.user_id', '1', true);
-SET LOCAL request.jwt.claim.sub = '1';
-SET LOCAL "request.user_id" = '1';
-SELECT castle.user_id() IS NULL AS forged_nothing, count(*) AS visible FROM notes;
-COMMIT;
+SELECT refusal($$SET castle.user_id = '1'$$);
+SELECT refusal($$SELECT set_config('castle.session_id', '1', false)$$);
+SET request.jwt.claim.sub = '1';
+SET "request.user_id" = '1';
+SET "app.user_id" = '1';
+SELECT castle.user_id() IS NULL AS forged_nothing, castle.session_id() IS NULL AS no_session,
+       count(*) AS visible FROM notes;
+RESET request.jwt.claim.sub;
+RESET "request.user_id";
+RESET "app.user_id";
 
 -- SET ROLE and SECURITY DEFINER functions still see the logged-in session
 RESET ROLE;
