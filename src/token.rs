@@ -263,4 +263,76 @@ mod tests {
         assert!(!hashes_equal(&h, &other));
         assert!(!hashes_equal(&h, &h[..63]));
     }
+
+    /// xorshift64*: a reproducible stream, so a failure names its case.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// A genuine token, bent one way or another.
+    fn mutate(rng: &mut Rng, token: &str) -> String {
+        const BYTES: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ \0\xff";
+        let mut bytes = token.as_bytes().to_vec();
+        for _ in 0..1 + rng.below(3) {
+            let at = rng.below(bytes.len() + 1);
+            match rng.below(6) {
+                0 if at < bytes.len() => bytes[at] = BYTES[rng.below(BYTES.len())],
+                1 if at < bytes.len() => bytes[at] ^= 1 << rng.below(8),
+                2 => bytes.insert(at, BYTES[rng.below(BYTES.len())]),
+                3 if at < bytes.len() => drop(bytes.remove(at)),
+                4 => bytes.truncate(at),
+                _ => {
+                    let other = rng.below(bytes.len().max(1));
+                    if at < bytes.len() && other < bytes.len() {
+                        bytes.swap(at, other);
+                    }
+                }
+            }
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// A million hostile inputs: random bytes and mutations of genuine tokens.
+    /// Nothing panics, and nothing but the genuine secret decodes to its hash;
+    /// a mutation may keep the secret and change only the id (refused later by
+    /// the row's hash) — never the other way round.
+    #[test]
+    fn a_million_hostile_tokens() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut accepted_mutants = 0;
+        for round in 0..1_000_000u32 {
+            if round % 4 == 0 {
+                let len = rng.below(200);
+                let junk: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                let junk = String::from_utf8_lossy(&junk).into_owned();
+                let with_prefix = format!("oat_{junk}");
+                assert!(decode("oat_", &junk).is_err() || junk.starts_with("oat_"));
+                let _ = decode("oat_", &with_prefix);
+                continue;
+            }
+            let random: Vec<u8> = (0..22 + rng.below(60)).map(|_| rng.next() as u8).collect();
+            let secret = secret_from_random(&random);
+            let id = 1 + (rng.next() >> 1) as i64 % 1_000_000_000;
+            let token = encode("oat_", id, &secret);
+            let hash = hash_secret(secret.as_bytes());
+            let mutant = mutate(&mut rng, &token);
+            if let Ok(decoded) = decode("oat_", &mutant) {
+                if mutant != token {
+                    accepted_mutants += 1;
+                }
+                assert_eq!(decoded.hash, hash, "a mutant decoded to another secret: {mutant}");
+            }
+        }
+        // mutants that keep the secret are rare: a changed id that still decodes
+        assert!(accepted_mutants < 10_000, "{accepted_mutants}");
+    }
 }
