@@ -14,7 +14,7 @@ SELECT g.token AS original,
          ELSE        reverse(g.token)
        END AS token
   FROM genuine AS g, generate_series(1, 500) AS k;
-SELECT count(*) AS mutants, count(*) FILTER (WHERE token <> original) AS changed FROM mutants;
+SELECT count(*) AS mutants, count(*) FILTER (WHERE token <> original) > 9500 AS nearly_all_changed FROM mutants;
 -- verify: only unchanged tokens pass
 SELECT count(*) FILTER (WHERE (castle.verify(token)).id IS NOT NULL AND token <> original) AS forged_passed,
        count(*) FILTER (WHERE (castle.verify(token)).id IS NULL AND token = original) AS genuine_refused
