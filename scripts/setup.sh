@@ -37,3 +37,15 @@ if [ ! -x "$REPO/.venv/bin/pytest" ] || ! cmp -s "$REPO/tests/requirements.txt" 
     "$REPO/.venv/bin/pip" install -q --disable-pip-version-check -r "$REPO/tests/requirements.txt"
     cp "$REPO/tests/requirements.txt" "$REPO/.venv/requirements.txt"
 fi
+
+# The Node example service (tests/integration/test_http_services.py): node-postgres from npm.
+command -v node >/dev/null && command -v npm >/dev/null || {
+    say "installing Debian's nodejs and npm"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+}
+node_dir="$REPO/examples/node_service"
+if [ ! -d "$node_dir/node_modules" ] || [ "$node_dir/package-lock.json" -nt "$node_dir/node_modules" ]; then
+    say "npm ci (examples/node_service)"
+    (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error)
+fi

@@ -34,7 +34,8 @@ BEGIN
     -- the column's own text form: bigint's decimal, uuid's lowercase spelling
     doomed_user := to_jsonb(OLD) ->> TG_ARGV[0];
     IF doomed_user IS NOT NULL THEN
-        DELETE FROM castle.sessions WHERE user_id = doomed_user;
+        -- through revoke_all, which takes the per-user lock every deleter takes
+        PERFORM castle.revoke_all(doomed_user);
     END IF;
     RETURN NULL;
 END $$;

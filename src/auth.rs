@@ -3,6 +3,8 @@
 //! when castle.touch_interval says a write is due, so most calls take no
 //! transaction id, and none does on a hot standby.
 
+use std::num::NonZeroUsize;
+
 use pgrx::prelude::*;
 
 use crate::plans::{self, Statement, INT4, INT8};
@@ -80,6 +82,15 @@ pub fn find(token: Option<&str>) -> Result<Found, Refusal> {
             touch_due,
         })
     })
+}
+
+/// The user a session row belongs to.
+pub fn user_of(session: &Session) -> String {
+    let user_id = NonZeroUsize::new(2).expect("user_id is attribute 2");
+    match session.get_by_index::<&str>(user_id) {
+        Ok(Some(user)) => user.to_owned(),
+        _ => error!("castle_sessions: a session row without a user"),
+    }
 }
 
 /// The session after recording this use, when a write is due and possible.

@@ -2,6 +2,7 @@
 
 use pgrx::datum::Interval;
 use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
 use rand::rngs::OsRng;
 use rand::RngCore;
 
@@ -135,6 +136,19 @@ pub fn create(user_id: String, ttl: Option<Interval>, data: Option<RawJsonb>) ->
         id
     });
     token::encode(&settings::token_prefix(), id, &secret)
+}
+
+/// Serializes, until the transaction ends, everything that adds or deletes
+/// sessions of one user. Everything that does takes this lock before touching
+/// any of the user's rows, so trimming cannot deadlock with a concurrent
+/// revoke or rotate; and concurrent logins cannot both see room under the limit.
+pub fn lock_user(client: &mut SpiClient<'_>, user_id: &str) {
+    let lock = plans::kept(client, &LOCK_USER);
+    plans::or_raise(client.update(
+        lock,
+        None,
+        &[LOCK_CLASS.into(), user_lock_key(user_id).into()],
+    ));
 }
 
 /// `size` characters from the operating system's CSPRNG, on every call: a

@@ -4,12 +4,14 @@
 use pgrx::datum::Interval;
 use pgrx::iter::SetOfIterator;
 use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
 
 use crate::auth::{self, Session};
 use crate::issue::{self, refuse_on_standby, user_key};
 use crate::plans::{self, Statement, INT4, INT8, TEXT};
 use crate::raw_jsonb::RawJsonb;
 use crate::settings;
+use crate::token::Refusal;
 
 static DELETE_SESSION: Statement = Statement {
     sql: include_str!("queries/delete_session.sql"),
@@ -20,6 +22,11 @@ static TAKE_SESSION: Statement = Statement {
     sql: include_str!("queries/take_session.sql"),
     args: &[INT8],
     mutating: true,
+};
+static SESSION_OWNER: Statement = Statement {
+    sql: include_str!("queries/session_owner.sql"),
+    args: &[INT8],
+    mutating: false,
 };
 static DELETE_USER_SESSIONS: Statement = Statement {
     sql: include_str!("queries/delete_user_sessions.sql"),
@@ -44,7 +51,10 @@ static PRUNE_SESSIONS: Statement = Statement {
 fn revoke(token: Option<&str>) -> bool {
     refuse_on_standby("revoke");
     match auth::find(token) {
-        Ok(found) => delete_session(found.id),
+        Ok(found) => Spi::connect_mut(|client| {
+            issue::lock_user(client, &auth::user_of(&found.session));
+            delete_session(client, found.id)
+        }),
         Err(why) => {
             auth::log_refusal(why);
             false
@@ -57,7 +67,22 @@ fn revoke(token: Option<&str>) -> bool {
 #[search_path(pg_catalog, pg_temp)]
 fn revoke_session(session_id: i64) -> bool {
     refuse_on_standby("revoke_session");
-    delete_session(session_id)
+    Spi::connect_mut(|client| {
+        let owner = plans::kept(client, &SESSION_OWNER);
+        let rows = plans::or_raise(client.select(owner, Some(1), &[session_id.into()]));
+        let user_id: Option<String> = if rows.is_empty() {
+            None
+        } else {
+            plans::or_raise(rows.first().get(1))
+        };
+        match user_id {
+            Some(user_id) => {
+                issue::lock_user(client, &user_id);
+                delete_session(client, session_id)
+            }
+            None => false,
+        }
+    })
 }
 
 #[pg_extern(name = "revoke_all", volatile, parallel_unsafe, security_definer)]
@@ -112,18 +137,17 @@ fn sessions_of_text(
 fn rotate(token: Option<&str>, ttl: default!(Option<Interval>, "NULL")) -> String {
     refuse_on_standby("rotate");
     let found = auth::find(token).unwrap_or_else(|why| auth::refuse(why));
+    let user_id = auth::user_of(&found.session);
     // delete first, so that trimming counts the new session instead of the old one
-    let (user_id, data) = Spi::connect_mut(|client| {
+    let data = Spi::connect_mut(|client| {
+        issue::lock_user(client, &user_id);
         let take = plans::kept(client, &TAKE_SESSION);
         let taken = plans::or_raise(client.update(take, Some(1), &[found.id.into()]));
-        let row = taken.first();
-        let user_id: Option<String> = plans::or_raise(row.get(1));
-        let data: Option<RawJsonb> = plans::or_raise(row.get(2));
-        (
-            user_id
-                .unwrap_or_else(|| error!("castle_sessions: the session vanished during rotate")),
-            data,
-        )
+        if taken.is_empty() {
+            // trimmed or revoked by another transaction since we read it
+            auth::refuse(Refusal::UnknownId);
+        }
+        plans::or_raise(taken.first().get::<RawJsonb>(1))
     });
     issue::create(user_id, ttl, data)
 }
@@ -153,16 +177,16 @@ fn prune(batch_size: default!(i32, 10000)) -> i64 {
     })
 }
 
-fn delete_session(id: i64) -> bool {
-    Spi::connect_mut(|client| {
-        let delete = plans::kept(client, &DELETE_SESSION);
-        plans::or_raise(client.update(delete, None, &[id.into()])).len() == 1
-    })
+/// Deletes one session; the caller holds its user's lock.
+fn delete_session(client: &mut SpiClient<'_>, id: i64) -> bool {
+    let delete = plans::kept(client, &DELETE_SESSION);
+    plans::or_raise(client.update(delete, None, &[id.into()])).len() == 1
 }
 
 fn revoke_all(user_id: String, except_session: Option<i64>) -> i64 {
     refuse_on_standby("revoke_all");
     Spi::connect_mut(|client| {
+        issue::lock_user(client, &user_id);
         let delete = plans::kept(client, &DELETE_USER_SESSIONS);
         plans::or_raise(client.update(
             delete,

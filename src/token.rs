@@ -280,7 +280,8 @@ mod tests {
 
     /// A genuine token, bent one way or another.
     fn mutate(rng: &mut Rng, token: &str) -> String {
-        const BYTES: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ \0\xff";
+        const BYTES: &[u8] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ \0\xff";
         let mut bytes = token.as_bytes().to_vec();
         for _ in 0..1 + rng.below(3) {
             let at = rng.below(bytes.len() + 1);
@@ -329,7 +330,10 @@ mod tests {
                 if mutant != token {
                     accepted_mutants += 1;
                 }
-                assert_eq!(decoded.hash, hash, "a mutant decoded to another secret: {mutant}");
+                assert_eq!(
+                    decoded.hash, hash,
+                    "a mutant decoded to another secret: {mutant}"
+                );
             }
         }
         // mutants that keep the secret are rare: a changed id that still decodes

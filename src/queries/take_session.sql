@@ -1,2 +1,2 @@
--- Delete a session and hand back what a rotation carries over to its successor.
-DELETE FROM castle.sessions AS s WHERE s.id = $1 RETURNING s.user_id, s.data
+-- Delete a session and hand back the data a rotation carries over to its successor.
+DELETE FROM castle.sessions AS s WHERE s.id = $1 RETURNING s.data

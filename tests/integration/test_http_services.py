@@ -1,0 +1,172 @@
+"""The README's example services (examples/python_service on psycopg 3,
+examples/node_service on node-postgres), each started as a process and driven
+over real HTTP: sign-in, the protected route under row-level security, refusals
+and sign-out."""
+import json
+import os
+import subprocess
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psycopg
+import pytest
+
+import seed_algorithm as seed
+from conftest import PG_BIN, PORT, dsn
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+# A database of its own: the demo's notes table and role stay apart from the
+# other modules' objects in castle_py.
+DB = "castle_http"
+PASSWORDS = {1: "alice-demo-password", 2: "bob-demo-password"}  # examples/schema.sql
+COMMANDS = {
+    "python": [sys.executable, str(EXAMPLES / "python_service" / "app.py")],
+    "node": ["node", str(EXAMPLES / "node_service" / "server.js")],
+}
+# urllib would honour http_proxy from the environment; these requests are local.
+HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@pytest.fixture(scope="module")
+def database():
+    with psycopg.connect(dsn(), autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+        c.execute(f"CREATE DATABASE {DB}")
+    # loaded exactly as the README says, with psql
+    subprocess.run([f"{PG_BIN}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", PORT,
+                    "-U", "postgres", "-d", DB, "-f", str(EXAMPLES / "schema.sql")], check=True)
+    yield DB
+    with psycopg.connect(dsn(), autocommit=True) as c:
+        c.execute(f"DROP DATABASE {DB} WITH (FORCE)")
+        c.execute("DROP ROLE notes_app")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(base, method, path, token=None, body=None):
+    headers = {"User-Agent": "castle-http-test"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None if body is None else json.dumps(body).encode()
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(base + path, data=data, method=method, headers=headers)
+    try:
+        with HTTP.open(request, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, e.read()
+
+
+@pytest.fixture(scope="module", params=list(COMMANDS))
+def service(request, database, tmp_path_factory):
+    """The base URL of one example service, connected as notes_app."""
+    port = free_port()
+    log = tmp_path_factory.mktemp(request.param) / "service.log"
+    env = {**os.environ, "DATABASE_URL": f"postgresql://notes_app@127.0.0.1:{PORT}/{database}", "PORT": str(port)}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(COMMANDS[request.param], env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            call(base, "GET", "/notes")
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"{request.param} service did not start:\n{log.read_text()}")
+            time.sleep(0.1)
+    yield base
+    proc.terminate()
+    proc.wait(10)
+
+
+def sign_in(base, user, password=None):
+    status, body = call(base, "POST", "/sign-in", body={"user_id": user, "password": password or PASSWORDS[user]})
+    assert status == 200, body
+    return json.loads(body)["token"]
+
+
+def own_notes(user):
+    with psycopg.connect(dsn(DB)) as c:
+        rows = c.execute("SELECT id, body FROM notes WHERE owner_id = %s ORDER BY id", (user,)).fetchall()
+    return [{"id": i, "body": b} for i, b in rows]
+
+
+def test_each_user_sees_only_own_notes(service):
+    tokens = {user: sign_in(service, user) for user in PASSWORDS}
+    with psycopg.connect(dsn(DB)) as c:
+        data = c.execute("SELECT (castle.verify(%s)).data", (tokens[1],)).fetchone()[0]
+    assert data == {"user_agent": "castle-http-test"}
+    # alternating users, so the node service's pool hands each connection to
+    # the other user next: a login must never outlive its request
+    for _ in range(10):
+        for user, token in tokens.items():
+            status, body = call(service, "GET", "/notes", token)
+            assert (status, json.loads(body)) == (200, own_notes(user))
+    assert own_notes(1) and own_notes(2) and own_notes(1) != own_notes(2)
+
+
+def test_every_refusal_is_the_same_401(service):
+    token = sign_in(service, 1)
+    session_id = seed.split(token)[0]
+    revoked = sign_in(service, 2)
+    assert call(service, "POST", "/sign-out", revoked)[0] == 204
+    refusals = {
+        "no token": call(service, "GET", "/notes"),
+        "not a token": call(service, "GET", "/notes", "nonsense"),
+        "forged secret": call(service, "GET", "/notes", seed.token(session_id, seed.new_secret())),
+        "revoked session": call(service, "GET", "/notes", revoked),
+        "wrong password": call(service, "POST", "/sign-in", body={"user_id": 1, "password": PASSWORDS[2]}),
+        "unknown user": call(service, "POST", "/sign-in", body={"user_id": 99, "password": PASSWORDS[1]}),
+        "sign-out, forged": call(service, "POST", "/sign-out", seed.token(session_id, seed.new_secret())),
+        "sign-out, revoked": call(service, "POST", "/sign-out", revoked),
+    }
+    assert {status for status, _ in refusals.values()} == {401}, refusals
+    assert {body for _, body in refusals.values()} == {b'{"error": "unauthorized"}'}, refusals
+    assert call(service, "GET", "/notes", token)[0] == 200, "the forgeries did not harm the real session"
+
+
+def test_sign_out_ends_only_that_session(service):
+    alice, bob = sign_in(service, 1), sign_in(service, 2)
+    assert call(service, "GET", "/notes", alice)[0] == 200
+    assert call(service, "POST", "/sign-out", alice) == (204, b"")
+    assert call(service, "GET", "/notes", alice)[0] == 401
+    with psycopg.connect(dsn(DB)) as c:
+        assert c.execute("SELECT (castle.verify(%s)).id", (alice,)).fetchone()[0] is None
+    status, body = call(service, "GET", "/notes", bob)
+    assert (status, json.loads(body)) == (200, own_notes(2))
+
+
+def test_postgrest_pre_request(database):
+    """What PostgREST does per request, without PostgREST (Debian 12 does not
+    package it): a transaction, request.headers set locally, the pre-request
+    function, then the query, all as the anonymous role."""
+    subprocess.run([f"{PG_BIN}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", PORT,
+                    "-U", "postgres", "-d", DB, "-f", str(EXAMPLES / "postgrest.sql")], check=True)
+    with psycopg.connect(dsn(DB), autocommit=True) as c:
+        token = c.execute("SELECT castle.create_session(2::bigint, '1 hour')").fetchone()[0]
+    forged = seed.token(seed.split(token)[0], seed.new_secret())
+
+    def request(headers):
+        with psycopg.connect(dsn(DB, user="notes_app"), autocommit=True) as c, c.transaction():
+            c.execute("SET TRANSACTION READ ONLY")  # as PostgREST runs a GET
+            c.execute("SELECT set_config('request.headers', %s, true)", (json.dumps(headers),))
+            c.execute("SELECT public.castle_pre_request()")
+            return [r[0] for r in c.execute("SELECT owner_id FROM notes")]
+
+    assert set(request({"x-session-token": token})) == {2}
+    assert request({}) == []
+    with pytest.raises(psycopg.Error) as refused:
+        request({"x-session-token": forged})
+    assert refused.value.sqlstate == "28000"
