@@ -69,4 +69,7 @@ install_extension() {
     say "building and installing castle_sessions (release)"
     (cd "$REPO" && cargo pgrx install --release --pg-config "$PG_CONFIG" >"$REPO/target/install.log" 2>&1) || {
         tail -40 "$REPO/target/install.log"; exit 1; }
+    # pgrx installs the current version and the upgrade scripts; the scripts of
+    # earlier releases (kept for upgrade tests) go beside them.
+    cp "$REPO"/sql/castle_sessions--[0-9]*.[0-9]*.[0-9]*.sql "$("$PG_CONFIG" --sharedir)/extension/" 2>/dev/null || true
 }

@@ -1,0 +1,63 @@
+"""Upgrades: a database on the previous release's SQL, with live sessions, is
+updated with ALTER EXTENSION; its tokens keep working and its catalog ends up
+exactly as a fresh install's."""
+import psycopg
+
+from conftest import create, dsn, user_of
+
+CATALOG = """
+SELECT 'function ' || p.oid::regprocedure::text || ' ' || pg_get_function_arguments(p.oid)
+       || ' -> ' || coalesce(pg_get_function_result(p.oid), 'procedure')
+       || format(' vol=%s strict=%s par=%s secdef=%s config=%s src=%s acl=%s',
+                 p.provolatile, p.proisstrict, p.proparallel, p.prosecdef, p.proconfig,
+                 CASE WHEN p.prolang = 13 THEN p.prosrc ELSE md5(p.prosrc) END, p.proacl)
+  FROM pg_proc p WHERE p.pronamespace = 'castle'::regnamespace
+UNION ALL
+SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname = 'castle'
+UNION ALL
+SELECT format('column %s.%s %s %s %s', c.relname, a.attname, format_type(a.atttypid, a.atttypmod),
+              a.attnotnull, pg_get_expr(d.adbin, d.adrelid))
+  FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+  LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
+ WHERE c.relnamespace = 'castle'::regnamespace
+UNION ALL
+SELECT 'member ' || pg_describe_object(classid, objid, objsubid)
+  FROM pg_depend WHERE refobjid = (SELECT oid FROM pg_extension WHERE extname = 'castle_sessions') AND deptype = 'e'
+UNION ALL
+SELECT 'table acl ' || coalesce(relacl::text, 'default') FROM pg_class WHERE oid = 'castle.sessions'::regclass
+UNION ALL
+SELECT 'config dump ' || extconfig::regclass[]::text FROM pg_extension WHERE extname = 'castle_sessions'
+ORDER BY 1
+"""
+
+
+def fresh_database(admin, name):
+    admin.execute(f"DROP DATABASE IF EXISTS {name}")
+    admin.execute(f"CREATE DATABASE {name}")
+
+
+def test_update_from_0_1_0_keeps_tokens_and_matches_a_fresh_install(conn):
+    fresh_database(conn, "castle_old")
+    fresh_database(conn, "castle_new")
+    try:
+        with psycopg.connect(dsn("castle_old"), autocommit=True) as old:
+            old.execute("CREATE EXTENSION castle_sessions VERSION '0.1.0'")
+            tokens = {create(old, f"upgrader-{i}", "1 day", '{"device": "old"}'): f"upgrader-{i}" for i in range(5)}
+            old.execute("ALTER EXTENSION castle_sessions UPDATE")
+            assert old.execute("SELECT extversion FROM pg_extension WHERE extname = 'castle_sessions'"
+                               ).fetchone()[0] == "0.2.0"
+            for tok, user in tokens.items():
+                assert user_of(old, tok) == user
+            # and the new API works on the old sessions
+            some = next(iter(tokens))
+            assert old.execute("SELECT count(*) FROM castle.sessions_of(%s)", (tokens[some],)).fetchone()[0] == 1
+            rotated = old.execute("SELECT castle.rotate(%s)", (some,)).fetchone()[0]
+            assert user_of(old, some) is None and user_of(old, rotated) == tokens[some]
+            upgraded = [r[0] for r in old.execute(CATALOG)]
+        with psycopg.connect(dsn("castle_new"), autocommit=True) as new:
+            new.execute("CREATE EXTENSION castle_sessions")
+            fresh = [r[0] for r in new.execute(CATALOG)]
+        assert upgraded == fresh
+    finally:
+        conn.execute("DROP DATABASE IF EXISTS castle_old")
+        conn.execute("DROP DATABASE IF EXISTS castle_new")
