@@ -23,10 +23,13 @@ SELECT castle.create_session('alice@example.com', '1 second') AS short_token \gs
 SELECT pg_sleep(1.2);
 \set ON_ERROR_STOP 0
 SELECT * FROM castle.authenticate(:'short_token');
+\echo '   SQLSTATE' :LAST_ERROR_SQLSTATE
 \echo
 \echo '5. A bad token is refused the same way: one SQLSTATE (28000), one message, no hint of why'
 SELECT * FROM castle.authenticate('oat_MQ.bm90LWEtcmVhbC1zZWNyZXQ');
+\echo '   SQLSTATE' :LAST_ERROR_SQLSTATE
 SELECT * FROM castle.authenticate(NULL);
+\echo '   SQLSTATE' :LAST_ERROR_SQLSTATE
 \set ON_ERROR_STOP 1
 \echo
 \echo '   verify() says the same with NULL, for WHERE clauses and CASE:'
