@@ -4,8 +4,8 @@ over real HTTP: sign-in, the protected route under row-level security, refusals
 and sign-out."""
 import json
 import os
-import subprocess
 import socket
+import subprocess
 import sys
 import time
 import urllib.error
@@ -31,14 +31,18 @@ COMMANDS = {
 HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+def load(sql_file):
+    """Runs an examples/ file with psql, as the README says to."""
+    subprocess.run([f"{PG_BIN}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", PORT,
+                    "-U", "postgres", "-d", DB, "-f", str(EXAMPLES / sql_file)], check=True)
+
+
 @pytest.fixture(scope="module")
 def database():
     with psycopg.connect(dsn(), autocommit=True) as c:
         c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
         c.execute(f"CREATE DATABASE {DB}")
-    # loaded exactly as the README says, with psql
-    subprocess.run([f"{PG_BIN}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", PORT,
-                    "-U", "postgres", "-d", DB, "-f", str(EXAMPLES / "schema.sql")], check=True)
+    load("schema.sql")
     yield DB
     with psycopg.connect(dsn(), autocommit=True) as c:
         c.execute(f"DROP DATABASE {DB} WITH (FORCE)")
@@ -91,8 +95,8 @@ def service(request, database, tmp_path_factory):
     proc.wait(10)
 
 
-def sign_in(base, user, password=None):
-    status, body = call(base, "POST", "/sign-in", body={"user_id": user, "password": password or PASSWORDS[user]})
+def sign_in(base, user):
+    status, body = call(base, "POST", "/sign-in", body={"user_id": user, "password": PASSWORDS[user]})
     assert status == 200, body
     return json.loads(body)["token"]
 
@@ -152,8 +156,7 @@ def test_postgrest_pre_request(database):
     """What PostgREST does per request, without PostgREST (Debian 12 does not
     package it): a transaction, request.headers set locally, the pre-request
     function, then the query, all as the anonymous role."""
-    subprocess.run([f"{PG_BIN}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", PORT,
-                    "-U", "postgres", "-d", DB, "-f", str(EXAMPLES / "postgrest.sql")], check=True)
+    load("postgrest.sql")
     with psycopg.connect(dsn(DB), autocommit=True) as c:
         token = c.execute("SELECT castle.create_session(2::bigint, '1 hour')").fetchone()[0]
     forged = seed.token(seed.split(token)[0], seed.new_secret())
