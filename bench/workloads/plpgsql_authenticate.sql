@@ -1,0 +1,3 @@
+-- PL/pgSQL + pgcrypto authenticate on a real token
+\set n random(1, :ntokens)
+SELECT * FROM bench_plpgsql.authenticate((SELECT t.token FROM bench.tokens AS t WHERE t.n = :n));
