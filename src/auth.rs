@@ -1,5 +1,6 @@
 //! Checking tokens: `castle.authenticate` raises, `castle.verify` returns NULL.
-//! Finding the session is read-only; a successful check writes used_at only
+//! Finding the session is a read-only primary-key scan (`store`); a successful
+//! check writes used_at only
 //! when castle.touch_interval says a write is due, so most calls take no
 //! transaction id, and none does on a hot standby.
 
@@ -7,15 +8,10 @@ use std::num::NonZeroUsize;
 
 use pgrx::prelude::*;
 
-use crate::plans::{self, Statement, INT4, INT8};
-use crate::settings;
+use crate::plans::{self, Statement, INT8};
 use crate::token::{self, Refusal};
+use crate::{settings, store};
 
-static FIND_SESSION: Statement = Statement {
-    sql: include_str!("queries/find_session.sql"),
-    args: &[INT8, INT4, INT4],
-    mutating: false,
-};
 static TOUCH_SESSION: Statement = Statement {
     sql: include_str!("queries/touch_session.sql"),
     args: &[INT8],
@@ -55,32 +51,29 @@ pub fn authenticated(token: Option<&str>) -> Result<Session, Refusal> {
 pub fn find(token: Option<&str>) -> Result<Found, Refusal> {
     let token = token.ok_or(Refusal::Missing)?;
     let decoded = token::decode(&settings::token_prefix(), token)?;
-    Spi::connect(|client| {
-        let find = plans::kept(client, &FIND_SESSION);
-        let args = [
-            decoded.id.into(),
-            settings::idle_timeout_seconds().into(),
-            settings::touch_interval_seconds().into(),
-        ];
-        let rows = plans::or_raise(client.select(find, Some(1), &args));
-        if rows.is_empty() {
-            return Err(Refusal::UnknownId);
-        }
-        let row = rows.first();
-        let stored: String = plans::or_raise(row.get(1)).unwrap_or_default();
-        if !token::hashes_equal(&decoded.hash, stored.as_bytes()) {
-            return Err(Refusal::WrongSecret);
-        }
-        if plans::or_raise(row.get::<bool>(2)).unwrap_or(true) {
-            return Err(Refusal::Expired);
-        }
-        let touch_due = plans::or_raise(row.get::<bool>(3)).unwrap_or(false);
-        let session = plans::or_raise(row.get::<Session>(4)).ok_or(Refusal::UnknownId)?;
-        Ok(Found {
-            id: decoded.id,
-            session,
-            touch_due,
-        })
+    let stored = store::find_by_id(decoded.id).ok_or(Refusal::UnknownId)?;
+    if !token::hashes_equal(&decoded.hash, &stored.hash) {
+        return Err(Refusal::WrongSecret);
+    }
+    // now(), as every SQL statement of this transaction sees it
+    let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    let seconds_ago = |seconds: i32| now - i64::from(seconds) * 1_000_000;
+    let idle_timeout = settings::idle_timeout_seconds();
+    let last_use = stored.used_at.unwrap_or(stored.created_at);
+    if stored.expires_at.is_some_and(|at| at <= now)
+        || (idle_timeout > 0 && last_use <= seconds_ago(idle_timeout))
+    {
+        return Err(Refusal::Expired);
+    }
+    let touch_interval = settings::touch_interval_seconds();
+    let touch_due = touch_interval >= 0
+        && stored
+            .used_at
+            .is_none_or(|at| at <= seconds_ago(touch_interval));
+    Ok(Found {
+        id: decoded.id,
+        session: stored.session,
+        touch_due,
     })
 }
 

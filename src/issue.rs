@@ -2,7 +2,6 @@
 
 use pgrx::datum::Interval;
 use pgrx::prelude::*;
-use pgrx::spi::SpiClient;
 use rand::rngs::OsRng;
 use rand::RngCore;
 
@@ -10,19 +9,9 @@ use crate::plans::{self, Statement, INT4, INT8, INTERVAL, JSONB, TEXT};
 use crate::raw_jsonb::RawJsonb;
 use crate::{settings, token};
 
-static LOCK_USER: Statement = Statement {
-    sql: include_str!("queries/lock_user.sql"),
-    args: &[INT4, INT4],
-    mutating: true,
-};
 static INSERT_SESSION: Statement = Statement {
     sql: include_str!("queries/insert_session.sql"),
-    args: &[TEXT, TEXT, INTERVAL, JSONB],
-    mutating: true,
-};
-static TRIM_SESSIONS: Statement = Statement {
-    sql: include_str!("queries/trim_sessions.sql"),
-    args: &[TEXT, INT8, INT8, INT4],
+    args: &[TEXT, TEXT, INTERVAL, JSONB, INT8, INT4],
     mutating: true,
 };
 
@@ -103,37 +92,20 @@ pub fn create(user_id: String, ttl: Option<Interval>, data: Option<RawJsonb>) ->
     let hash = token::hash_secret(secret.as_bytes());
     let hash = std::str::from_utf8(&hash).expect("hex is ASCII");
 
+    lock_user(&user_id);
     let id = Spi::connect_mut(|client| {
-        let lock = plans::kept(client, &LOCK_USER);
-        plans::or_raise(client.update(
-            lock,
-            None,
-            &[LOCK_CLASS.into(), user_lock_key(&user_id).into()],
-        ));
-
         let insert = plans::kept(client, &INSERT_SESSION);
-        let inserted = plans::or_raise(client.update(
-            insert,
-            None,
-            &[
-                hash.into(),
-                user_id.as_str().into(),
-                ttl.into(),
-                data.into(),
-            ],
-        ));
-        let id: i64 = plans::or_raise(inserted.first().get_one())
-            .unwrap_or_else(|| error!("castle_sessions: INSERT returned no id"));
-
-        let trim = plans::kept(client, &TRIM_SESSIONS);
         let args = [
+            hash.into(),
             user_id.as_str().into(),
-            id.into(),
+            ttl.into(),
+            data.into(),
             settings::max_sessions().into(),
             settings::idle_timeout_seconds().into(),
         ];
-        plans::or_raise(client.update(trim, None, &args));
-        id
+        let inserted = plans::or_raise(client.update(insert, None, &args));
+        plans::or_raise(inserted.first().get_one::<i64>())
+            .unwrap_or_else(|| error!("castle_sessions: INSERT returned no id"))
     });
     token::encode(&settings::token_prefix(), id, &secret)
 }
@@ -142,13 +114,17 @@ pub fn create(user_id: String, ttl: Option<Interval>, data: Option<RawJsonb>) ->
 /// sessions of one user. Everything that does takes this lock before touching
 /// any of the user's rows, so trimming cannot deadlock with a concurrent
 /// revoke or rotate; and concurrent logins cannot both see room under the limit.
-pub fn lock_user(client: &mut SpiClient<'_>, user_id: &str) {
-    let lock = plans::kept(client, &LOCK_USER);
-    plans::or_raise(client.update(
-        lock,
-        None,
-        &[LOCK_CLASS.into(), user_lock_key(user_id).into()],
-    ));
+pub fn lock_user(user_id: &str) {
+    // what pg_advisory_xact_lock(LOCK_CLASS, key) takes, without a statement to run
+    let tag = pg_sys::LOCKTAG {
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: LOCK_CLASS as u32,
+        locktag_field3: user_lock_key(user_id) as u32,
+        locktag_field4: 2, // the two-int4-key form
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    };
+    unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as _, false, false) };
 }
 
 /// `size` characters from the operating system's CSPRNG, on every call: a

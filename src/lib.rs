@@ -12,6 +12,7 @@ mod lifecycle;
 mod plans;
 mod raw_jsonb;
 mod settings;
+mod store;
 pub mod token;
 
 ::pgrx::pg_module_magic!(name, version);

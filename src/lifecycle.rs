@@ -52,7 +52,7 @@ fn revoke(token: Option<&str>) -> bool {
     refuse_on_standby("revoke");
     match auth::find(token) {
         Ok(found) => Spi::connect_mut(|client| {
-            issue::lock_user(client, &auth::user_of(&found.session));
+            issue::lock_user(&auth::user_of(&found.session));
             delete_session(client, found.id)
         }),
         Err(why) => {
@@ -77,7 +77,7 @@ fn revoke_session(session_id: i64) -> bool {
         };
         match user_id {
             Some(user_id) => {
-                issue::lock_user(client, &user_id);
+                issue::lock_user(&user_id);
                 delete_session(client, session_id)
             }
             None => false,
@@ -140,7 +140,7 @@ fn rotate(token: Option<&str>, ttl: default!(Option<Interval>, "NULL")) -> Strin
     let user_id = auth::user_of(&found.session);
     // delete first, so that trimming counts the new session instead of the old one
     let data = Spi::connect_mut(|client| {
-        issue::lock_user(client, &user_id);
+        issue::lock_user(&user_id);
         let take = plans::kept(client, &TAKE_SESSION);
         let taken = plans::or_raise(client.update(take, Some(1), &[found.id.into()]));
         if taken.is_empty() {
@@ -186,7 +186,7 @@ fn delete_session(client: &mut SpiClient<'_>, id: i64) -> bool {
 fn revoke_all(user_id: String, except_session: Option<i64>) -> i64 {
     refuse_on_standby("revoke_all");
     Spi::connect_mut(|client| {
-        issue::lock_user(client, &user_id);
+        issue::lock_user(&user_id);
         let delete = plans::kept(client, &DELETE_USER_SESSIONS);
         plans::or_raise(client.update(
             delete,

@@ -1,0 +1,151 @@
+//! The hot path's read of one session: an index scan on castle.sessions'
+//! primary key, straight through the access methods. No SPI, no planner, no
+//! executor, no SQL text, so nothing on this path depends on search_path, and
+//! authenticate costs about what the primary-key lookup itself costs.
+
+use std::ffi::CStr;
+
+use pgrx::pg_sys::{self, Datum, Oid};
+use pgrx::prelude::*;
+
+/// castle.sessions' columns, in table order (sql/bootstrap.sql; upgrades only append).
+const ID: usize = 0;
+const HASH: usize = 1;
+const USER_ID: usize = 2;
+const CREATED_AT: usize = 3;
+const UPDATED_AT: usize = 4;
+const EXPIRES_AT: usize = 5;
+const USED_AT: usize = 6;
+const DATA: usize = 7;
+const COLUMNS: usize = 8;
+
+/// A session row as read, with the timestamps the checks need.
+pub struct StoredSession {
+    pub hash: [u8; 64],
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub used_at: Option<i64>,
+    /// the row as castle.session (without its hash), ready to return
+    pub session: pgrx::composite_type!('static, "castle.session"),
+}
+
+/// The session with this id, or None. Read as a VOLATILE function's own query
+/// reads (what a PL/pgSQL statement would see): after this transaction's earlier
+/// changes, and under a fresh snapshot at READ COMMITTED.
+pub fn find_by_id(id: i64) -> Option<StoredSession> {
+    let names = Names::resolve();
+    unsafe {
+        pg_sys::CommandCounterIncrement();
+        let snapshot = pg_sys::GetTransactionSnapshot();
+        let rel = pg_sys::table_open(names.table, pg_sys::AccessShareLock as _);
+        let index = pg_sys::index_open(names.primary_key, pg_sys::AccessShareLock as _);
+        if (*(*rel).rd_att).natts as usize != COLUMNS {
+            error!(
+                "castle_sessions: castle.sessions does not have the columns this version expects"
+            );
+        }
+        let mut key = pg_sys::ScanKeyData::default();
+        pg_sys::ScanKeyInit(
+            &mut key,
+            1,
+            pg_sys::BTEqualStrategyNumber as _,
+            Oid::from(pg_sys::F_INT8EQ),
+            Datum::from(id),
+        );
+        let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+        let scan = pg_sys::index_beginscan(rel, index, snapshot, 1, 0);
+        pg_sys::index_rescan(scan, &mut key, 1, std::ptr::null_mut(), 0);
+        let found = if pg_sys::index_getnext_slot(
+            scan,
+            pg_sys::ScanDirection::ForwardScanDirection,
+            slot,
+        ) {
+            pg_sys::slot_getallattrs(slot);
+            let values = std::slice::from_raw_parts((*slot).tts_values, COLUMNS);
+            let nulls = std::slice::from_raw_parts((*slot).tts_isnull, COLUMNS);
+            Some(read_row(values, nulls, names.session_type))
+        } else {
+            None
+        };
+        pg_sys::index_endscan(scan);
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        // locks are kept to the end of the transaction, as the executor does
+        pg_sys::index_close(index, pg_sys::NoLock as _);
+        pg_sys::table_close(rel, pg_sys::NoLock as _);
+        found
+    }
+}
+
+/// Copies what the caller needs out of the slot before its buffer is released.
+unsafe fn read_row(values: &[Datum], nulls: &[bool], session_type: Oid) -> StoredSession {
+    let timestamp = |i: usize| (!nulls[i]).then(|| values[i].value() as i64);
+    let mut hash = [0u8; 64];
+    let stored = unsafe {
+        pgrx::varlena::varlena_to_byte_slice(pg_sys::pg_detoast_datum_packed(
+            values[HASH].cast_mut_ptr(),
+        ))
+    };
+    if stored.len() == hash.len() {
+        hash.copy_from_slice(stored);
+    }
+    let picked = [
+        ID, USER_ID, CREATED_AT, UPDATED_AT, EXPIRES_AT, USED_AT, DATA,
+    ];
+    let mut session_values: Vec<Datum> = picked.iter().map(|&i| values[i]).collect();
+    let mut session_nulls: Vec<bool> = picked.iter().map(|&i| nulls[i]).collect();
+    let session = unsafe {
+        let tupdesc = pg_sys::lookup_rowtype_tupdesc(session_type, -1);
+        let tuple = pg_sys::heap_form_tuple(
+            tupdesc,
+            session_values.as_mut_ptr(),
+            session_nulls.as_mut_ptr(),
+        );
+        // flattens any TOASTed value (a large data) into the composite
+        let datum = pg_sys::heap_copy_tuple_as_datum(tuple, tupdesc);
+        pg_sys::DecrTupleDescRefCount(tupdesc);
+        pgrx::heap_tuple::PgHeapTuple::from_composite_datum(datum)
+    };
+    StoredSession {
+        hash,
+        created_at: timestamp(CREATED_AT).unwrap_or(i64::MIN),
+        expires_at: timestamp(EXPIRES_AT),
+        used_at: timestamp(USED_AT),
+        session,
+    }
+}
+
+/// The catalog objects the scan needs, looked up by name in schema castle on
+/// every call (a few syscache hits), so that DROP and CREATE EXTENSION in a
+/// live backend never leave it holding a stale OID.
+struct Names {
+    table: Oid,
+    primary_key: Oid,
+    session_type: Oid,
+}
+
+impl Names {
+    fn resolve() -> Names {
+        unsafe {
+            let schema = pg_sys::get_namespace_oid(c"castle".as_ptr(), false);
+            let relation = |name: &CStr| match pg_sys::get_relname_relid(name.as_ptr(), schema) {
+                oid if oid == pg_sys::InvalidOid => {
+                    error!("castle_sessions: castle.sessions is missing")
+                }
+                oid => oid,
+            };
+            let session_type = pg_sys::GetSysCacheOid(
+                pg_sys::SysCacheIdentifier::TYPENAMENSP as _,
+                pg_sys::Anum_pg_type_oid as _,
+                Datum::from(c"session".as_ptr()),
+                Datum::from(schema),
+                Datum::from(0),
+                Datum::from(0),
+            );
+            Names {
+                table: relation(c"sessions"),
+                primary_key: relation(c"sessions_pkey"),
+                session_type,
+            }
+        }
+    }
+}
