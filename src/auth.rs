@@ -23,20 +23,21 @@ pub type Session = pgrx::composite_type!('static, "castle.session");
 /// A live session a token names, as read before any write.
 pub struct Found {
     pub id: i64,
+    owner: pg_sys::Oid,
     pub session: Session,
     touch_due: bool,
 }
 
-/// The session a token names, or a refusal of it.
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
+/// The session a token names, or a refusal of it. Not SECURITY DEFINER: it
+/// runs no SQL but the touch, which `plans::as_owner` runs as the owner under
+/// a pinned search_path.
+#[pg_extern(volatile, parallel_unsafe)]
 fn authenticate(token: Option<&str>) -> pgrx::composite_type!('static, "castle.session") {
     authenticated(token).unwrap_or_else(|why| refuse(why))
 }
 
 /// The session a token names, or NULL wherever authenticate would raise.
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(volatile, parallel_unsafe)]
 fn verify(token: Option<&str>) -> Option<pgrx::composite_type!('static, "castle.session")> {
     authenticated(token).map_err(log_refusal).ok()
 }
@@ -72,6 +73,7 @@ pub fn find(token: Option<&str>) -> Result<Found, Refusal> {
             .is_none_or(|at| at <= seconds_ago(touch_interval));
     Ok(Found {
         id: decoded.id,
+        owner: stored.owner,
         session: stored.session,
         touch_due,
     })
@@ -91,14 +93,16 @@ fn touched(found: Found) -> Session {
     if !found.touch_due || !can_write_here() {
         return found.session;
     }
-    Spi::connect_mut(|client| {
-        let touch = plans::kept(client, &TOUCH_SESSION);
-        let rows = plans::or_raise(client.update(touch, Some(1), &[found.id.into()]));
-        if rows.is_empty() {
-            None
-        } else {
-            plans::or_raise(rows.first().get::<Session>(1))
-        }
+    plans::as_owner(found.owner, || {
+        Spi::connect_mut(|client| {
+            let touch = plans::kept(client, &TOUCH_SESSION);
+            let rows = plans::or_raise(client.update(touch, Some(1), &[found.id.into()]));
+            if rows.is_empty() {
+                None
+            } else {
+                plans::or_raise(rows.first().get::<Session>(1))
+            }
+        })
     })
     .unwrap_or(found.session)
 }

@@ -40,8 +40,7 @@ pub fn register_callbacks() {
 
 /// Authenticates exactly like castle.authenticate (same row, same refusals)
 /// and binds the session to the current transaction.
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(volatile, parallel_unsafe)]
 fn login(token: Option<&str>) -> pgrx::composite_type!('static, "castle.session") {
     let session = auth::authenticated(token).unwrap_or_else(|why| auth::refuse(why));
     let id = |n| NonZeroUsize::new(n).expect("attributes count from 1");

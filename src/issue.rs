@@ -7,11 +7,16 @@ use rand::RngCore;
 
 use crate::plans::{self, Statement, INT4, INT8, INTERVAL, JSONB, TEXT};
 use crate::raw_jsonb::RawJsonb;
-use crate::{settings, token};
+use crate::{settings, store, token};
 
+static TRIM_SESSIONS: Statement = Statement {
+    sql: include_str!("queries/trim_sessions.sql"),
+    args: &[TEXT, INT8, INT4],
+    mutating: true,
+};
 static INSERT_SESSION: Statement = Statement {
     sql: include_str!("queries/insert_session.sql"),
-    args: &[TEXT, TEXT, INTERVAL, JSONB, INT8, INT4],
+    args: &[TEXT, TEXT, INTERVAL, JSONB],
     mutating: true,
 };
 
@@ -93,15 +98,29 @@ pub fn create(user_id: String, ttl: Option<Interval>, data: Option<RawJsonb>) ->
     let hash = std::str::from_utf8(&hash).expect("hex is ASCII");
 
     lock_user(&user_id);
+    // Most sign-ins find the user under the limit with nothing dead: then the
+    // trimming statement is not run at all.
+    let max_sessions = settings::max_sessions();
+    let idle_timeout = settings::idle_timeout_seconds();
+    let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    let held = store::census(&user_id, now, idle_timeout);
+    let must_trim = held.dead > 0 || (max_sessions > 0 && held.live >= max_sessions);
     let id = Spi::connect_mut(|client| {
+        if must_trim {
+            let trim = plans::kept(client, &TRIM_SESSIONS);
+            let args = [
+                user_id.as_str().into(),
+                max_sessions.into(),
+                idle_timeout.into(),
+            ];
+            plans::or_raise(client.update(trim, None, &args));
+        }
         let insert = plans::kept(client, &INSERT_SESSION);
         let args = [
             hash.into(),
             user_id.as_str().into(),
             ttl.into(),
             data.into(),
-            settings::max_sessions().into(),
-            settings::idle_timeout_seconds().into(),
         ];
         let inserted = plans::or_raise(client.update(insert, None, &args));
         plans::or_raise(inserted.first().get_one::<i64>())

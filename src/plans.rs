@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use pgrx::pg_sys::{PgBuiltInOids, PgOid};
+use pgrx::pg_sys::{self, PgBuiltInOids, PgOid};
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 
@@ -53,4 +53,36 @@ pub fn kept(
 /// a property of the caller's input, so they are raised as they are.
 pub fn or_raise<T>(result: pgrx::spi::SpiResult<T>) -> T {
     result.unwrap_or_else(|e| error!("castle_sessions: {e}"))
+}
+
+/// Runs `f` — statements on the table — as the table's owner with search_path
+/// pinned to `pg_catalog, pg_temp`: what SECURITY DEFINER and SET search_path
+/// would give a whole function, for just the statements that need it, so the
+/// read-only hot path pays for neither. An error unwinds both with the
+/// (sub)transaction.
+pub fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    unsafe {
+        let mut caller = pg_sys::InvalidOid;
+        let mut context = 0;
+        pg_sys::GetUserIdAndSecContext(&mut caller, &mut context);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+        let nest_level = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        let result = f();
+        pg_sys::AtEOXact_GUC(true, nest_level);
+        pg_sys::SetUserIdAndSecContext(caller, context);
+        result
+    }
 }

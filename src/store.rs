@@ -21,6 +21,8 @@ const COLUMNS: usize = 8;
 
 /// A session row as read, with the timestamps the checks need.
 pub struct StoredSession {
+    /// castle.sessions' owner: whom a write on the caller's behalf runs as
+    pub owner: Oid,
     pub hash: [u8; 64],
     pub created_at: i64,
     pub expires_at: Option<i64>,
@@ -63,7 +65,12 @@ pub fn find_by_id(id: i64) -> Option<StoredSession> {
             pg_sys::slot_getallattrs(slot);
             let values = std::slice::from_raw_parts((*slot).tts_values, COLUMNS);
             let nulls = std::slice::from_raw_parts((*slot).tts_isnull, COLUMNS);
-            Some(read_row(values, nulls, names.session_type))
+            Some(read_row(
+                values,
+                nulls,
+                names.session_type,
+                (*(*rel).rd_rel).relowner,
+            ))
         } else {
             None
         };
@@ -76,8 +83,67 @@ pub fn find_by_id(id: i64) -> Option<StoredSession> {
     }
 }
 
+/// How many sessions a user holds, live and dead (expired, or unused for
+/// `idle_timeout` seconds when > 0), read through the (user_id, created_at)
+/// index under a fresh snapshot: after the caller took the user's lock, so it
+/// sees every session another transaction committed for this user.
+pub struct Census {
+    pub live: i64,
+    pub dead: i64,
+}
+
+pub fn census(user_id: &str, now: i64, idle_timeout: i32) -> Census {
+    let names = Names::resolve();
+    let mut census = Census { live: 0, dead: 0 };
+    unsafe {
+        pg_sys::CommandCounterIncrement();
+        let snapshot = pg_sys::GetTransactionSnapshot();
+        let rel = pg_sys::table_open(names.table, pg_sys::AccessShareLock as _);
+        let index = pg_sys::index_open(names.user_index, pg_sys::AccessShareLock as _);
+        let user = user_id.into_datum().expect("text");
+        let mut key = pg_sys::ScanKeyData::default();
+        pg_sys::ScanKeyEntryInitialize(
+            &mut key,
+            0,
+            1,
+            pg_sys::BTEqualStrategyNumber as _,
+            pg_sys::InvalidOid,
+            pg_sys::C_COLLATION_OID,
+            Oid::from(pg_sys::F_TEXTEQ),
+            user,
+        );
+        let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+        let scan = pg_sys::index_beginscan(rel, index, snapshot, 1, 0);
+        pg_sys::index_rescan(scan, &mut key, 1, std::ptr::null_mut(), 0);
+        while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
+            pg_sys::slot_getsomeattrs_int(slot, (USED_AT + 1) as i32);
+            let values = std::slice::from_raw_parts((*slot).tts_values, USED_AT + 1);
+            let nulls = std::slice::from_raw_parts((*slot).tts_isnull, USED_AT + 1);
+            let at = |i: usize| (!nulls[i]).then(|| values[i].value() as i64);
+            let last_use = at(USED_AT).or(at(CREATED_AT)).unwrap_or(i64::MIN);
+            let expired = at(EXPIRES_AT).is_some_and(|e| e <= now);
+            let idle = idle_timeout > 0 && last_use <= now - i64::from(idle_timeout) * 1_000_000;
+            if expired || idle {
+                census.dead += 1;
+            } else {
+                census.live += 1;
+            }
+        }
+        pg_sys::index_endscan(scan);
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::index_close(index, pg_sys::NoLock as _);
+        pg_sys::table_close(rel, pg_sys::NoLock as _);
+    }
+    census
+}
+
 /// Copies what the caller needs out of the slot before its buffer is released.
-unsafe fn read_row(values: &[Datum], nulls: &[bool], session_type: Oid) -> StoredSession {
+unsafe fn read_row(
+    values: &[Datum],
+    nulls: &[bool],
+    session_type: Oid,
+    owner: Oid,
+) -> StoredSession {
     let timestamp = |i: usize| (!nulls[i]).then(|| values[i].value() as i64);
     let mut hash = [0u8; 64];
     let stored = unsafe {
@@ -106,6 +172,7 @@ unsafe fn read_row(values: &[Datum], nulls: &[bool], session_type: Oid) -> Store
         pgrx::heap_tuple::PgHeapTuple::from_composite_datum(datum)
     };
     StoredSession {
+        owner,
         hash,
         created_at: timestamp(CREATED_AT).unwrap_or(i64::MIN),
         expires_at: timestamp(EXPIRES_AT),
@@ -120,6 +187,7 @@ unsafe fn read_row(values: &[Datum], nulls: &[bool], session_type: Oid) -> Store
 struct Names {
     table: Oid,
     primary_key: Oid,
+    user_index: Oid,
     session_type: Oid,
 }
 
@@ -144,6 +212,7 @@ impl Names {
             Names {
                 table: relation(c"sessions"),
                 primary_key: relation(c"sessions_pkey"),
+                user_index: relation(c"sessions_user_id_created_at_idx"),
                 session_type,
             }
         }
