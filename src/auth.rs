@@ -1,14 +1,12 @@
 //! Checking tokens: `castle.authenticate` raises, `castle.verify` returns NULL.
 //! Finding the session is a read-only primary-key scan (`store`); a successful
-//! check writes used_at only
-//! when castle.touch_interval says a write is due, so most calls take no
-//! transaction id, and none does on a hot standby.
-
-use std::num::NonZeroUsize;
+//! check writes used_at only when castle.touch_interval says a write is due,
+//! so most calls take no transaction id, and none does on a hot standby.
 
 use pgrx::prelude::*;
 
 use crate::plans::{self, Statement, INT8};
+use crate::session_row::SessionRow;
 use crate::token::{self, Refusal};
 use crate::{settings, store};
 
@@ -18,13 +16,11 @@ static TOUCH_SESSION: Statement = Statement {
     mutating: true,
 };
 
-pub type Session = pgrx::composite_type!('static, "castle.session");
-
 /// A live session a token names, as read before any write.
 pub struct Found {
     pub id: i64,
     owner: pg_sys::Oid,
-    pub session: Session,
+    pub session: SessionRow,
     touch_due: bool,
 }
 
@@ -32,18 +28,18 @@ pub struct Found {
 /// runs no SQL but the touch, which `plans::as_owner` runs as the owner under
 /// a pinned search_path.
 #[pg_extern(volatile, parallel_unsafe)]
-fn authenticate(token: Option<&str>) -> pgrx::composite_type!('static, "castle.session") {
+fn authenticate(token: Option<&str>) -> SessionRow {
     authenticated(token).unwrap_or_else(|why| refuse(why))
 }
 
 /// The session a token names, or NULL wherever authenticate would raise.
 #[pg_extern(volatile, parallel_unsafe)]
-fn verify(token: Option<&str>) -> Option<pgrx::composite_type!('static, "castle.session")> {
+fn verify(token: Option<&str>) -> Option<SessionRow> {
     authenticated(token).map_err(log_refusal).ok()
 }
 
 /// What authenticate returns: the session after recording this use.
-pub fn authenticated(token: Option<&str>) -> Result<Session, Refusal> {
+pub fn authenticated(token: Option<&str>) -> Result<SessionRow, Refusal> {
     find(token).map(touched)
 }
 
@@ -79,32 +75,24 @@ pub fn find(token: Option<&str>) -> Result<Found, Refusal> {
     })
 }
 
-/// The user a session row belongs to.
-pub fn user_of(session: &Session) -> String {
-    let user_id = NonZeroUsize::new(2).expect("user_id is attribute 2");
-    match session.get_by_index::<&str>(user_id) {
-        Ok(Some(user)) => user.to_owned(),
-        _ => error!("castle_sessions: a session row without a user"),
-    }
-}
-
 /// The session after recording this use, when a write is due and possible.
-fn touched(found: Found) -> Session {
+fn touched(found: Found) -> SessionRow {
     if !found.touch_due || !can_write_here() {
         return found.session;
     }
-    plans::as_owner(found.owner, || {
+    let recorded = plans::as_owner(found.owner, || {
         Spi::connect_mut(|client| {
             let touch = plans::kept(client, &TOUCH_SESSION);
-            let rows = plans::or_raise(client.update(touch, Some(1), &[found.id.into()]));
-            if rows.is_empty() {
-                None
-            } else {
-                plans::or_raise(rows.first().get::<Session>(1))
-            }
+            plans::or_raise(client.update(touch, Some(1), &[found.id.into()])).len() == 1
         })
-    })
-    .unwrap_or(found.session)
+    });
+    if recorded {
+        found
+            .session
+            .used_at(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() })
+    } else {
+        found.session
+    }
 }
 
 /// used_at is best-effort: never on a standby or in a read-only transaction,

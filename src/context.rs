@@ -8,12 +8,12 @@
 //! so a pooler in transaction mode can hand the connection to anyone next.
 
 use std::cell::RefCell;
-use std::num::NonZeroUsize;
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::auth;
+use crate::session_row::SessionRow;
 
 struct Binding {
     session_id: i64,
@@ -41,22 +41,15 @@ pub fn register_callbacks() {
 /// Authenticates exactly like castle.authenticate (same row, same refusals)
 /// and binds the session to the current transaction.
 #[pg_extern(volatile, parallel_unsafe)]
-fn login(token: Option<&str>) -> pgrx::composite_type!('static, "castle.session") {
+fn login(token: Option<&str>) -> SessionRow {
     let session = auth::authenticated(token).unwrap_or_else(|why| auth::refuse(why));
-    let id = |n| NonZeroUsize::new(n).expect("attributes count from 1");
-    let session_id: Option<i64> = session.get_by_index(id(1)).unwrap_or(None);
-    let user_id: Option<&str> = session.get_by_index(id(2)).unwrap_or(None);
-    let binding = match (session_id, user_id) {
-        (Some(session_id), Some(user_id)) => Binding {
-            session_id,
-            user_id: user_id.to_owned(),
-        },
-        _ => error!("castle_sessions: a session row without id or user"),
-    };
     if !unsafe { pg_sys::IsTransactionBlock() } {
         warning!("castle.login outside a transaction block binds nothing beyond this statement");
     }
-    push(Some(binding));
+    push(Some(Binding {
+        session_id: session.id(),
+        user_id: session.user_id(),
+    }));
     session
 }
 

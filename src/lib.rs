@@ -11,6 +11,7 @@ mod issue;
 mod lifecycle;
 mod plans;
 mod raw_jsonb;
+mod session_row;
 mod settings;
 mod store;
 pub mod token;
@@ -24,6 +25,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
     context::register_callbacks();
+    store::register_invalidation();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -6,7 +6,7 @@ use pgrx::iter::SetOfIterator;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
-use crate::auth::{self, Session};
+use crate::auth;
 use crate::issue::{self, refuse_on_standby, user_key};
 use crate::plans::{self, Statement, INT4, INT8, TEXT};
 use crate::raw_jsonb::RawJsonb;
@@ -52,7 +52,7 @@ fn revoke(token: Option<&str>) -> bool {
     refuse_on_standby("revoke");
     match auth::find(token) {
         Ok(found) => Spi::connect_mut(|client| {
-            issue::lock_user(&auth::user_of(&found.session));
+            issue::lock_user(&found.session.user_id());
             delete_session(client, found.id)
         }),
         Err(why) => {
@@ -137,7 +137,7 @@ fn sessions_of_text(
 fn rotate(token: Option<&str>, ttl: default!(Option<Interval>, "NULL")) -> String {
     refuse_on_standby("rotate");
     let found = auth::find(token).unwrap_or_else(|why| auth::refuse(why));
-    let user_id = auth::user_of(&found.session);
+    let user_id = found.session.user_id();
     // delete first, so that trimming counts the new session instead of the old one
     let data = Spi::connect_mut(|client| {
         issue::lock_user(&user_id);
@@ -196,6 +196,9 @@ fn revoke_all(user_id: String, except_session: Option<i64>) -> i64 {
         .len() as i64
     })
 }
+
+/// A castle.session row as SPI hands it over (the device list is not a hot path).
+type Session = pgrx::composite_type!('static, "castle.session");
 
 fn sessions_of(user_id: String) -> SetOfIterator<'static, Session> {
     let sessions: Vec<Session> = Spi::connect(|client| {

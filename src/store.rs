@@ -3,10 +3,13 @@
 //! executor, no SQL text, so nothing on this path depends on search_path, and
 //! authenticate costs about what the primary-key lookup itself costs.
 
+use std::cell::Cell;
 use std::ffi::CStr;
 
 use pgrx::pg_sys::{self, Datum, Oid};
 use pgrx::prelude::*;
+
+use crate::session_row::SessionRow;
 
 /// castle.sessions' columns, in table order (sql/bootstrap.sql; upgrades only append).
 const ID: usize = 0;
@@ -28,7 +31,7 @@ pub struct StoredSession {
     pub expires_at: Option<i64>,
     pub used_at: Option<i64>,
     /// the row as castle.session (without its hash), ready to return
-    pub session: pgrx::composite_type!('static, "castle.session"),
+    pub session: SessionRow,
 }
 
 /// The session with this id, or None. Read as a VOLATILE function's own query
@@ -157,20 +160,11 @@ unsafe fn read_row(
     let picked = [
         ID, USER_ID, CREATED_AT, UPDATED_AT, EXPIRES_AT, USED_AT, DATA,
     ];
-    let mut session_values: Vec<Datum> = picked.iter().map(|&i| values[i]).collect();
-    let mut session_nulls: Vec<bool> = picked.iter().map(|&i| nulls[i]).collect();
-    let session = unsafe {
-        let tupdesc = pg_sys::lookup_rowtype_tupdesc(session_type, -1);
-        let tuple = pg_sys::heap_form_tuple(
-            tupdesc,
-            session_values.as_mut_ptr(),
-            session_nulls.as_mut_ptr(),
-        );
-        // flattens any TOASTed value (a large data) into the composite
-        let datum = pg_sys::heap_copy_tuple_as_datum(tuple, tupdesc);
-        pg_sys::DecrTupleDescRefCount(tupdesc);
-        pgrx::heap_tuple::PgHeapTuple::from_composite_datum(datum)
-    };
+    let session = SessionRow::form(
+        session_type,
+        &mut picked.map(|i| values[i]),
+        &mut picked.map(|i| nulls[i]),
+    );
     StoredSession {
         owner,
         hash,
@@ -181,9 +175,10 @@ unsafe fn read_row(
     }
 }
 
-/// The catalog objects the scan needs, looked up by name in schema castle on
-/// every call (a few syscache hits), so that DROP and CREATE EXTENSION in a
-/// live backend never leave it holding a stale OID.
+/// The catalog objects the scans need, looked up by name in schema castle and
+/// kept until any relation cache invalidation (DROP or CREATE EXTENSION, ALTER
+/// TABLE, …) arrives, so that a live backend never holds a stale OID.
+#[derive(Clone, Copy)]
 struct Names {
     table: Oid,
     primary_key: Oid,
@@ -191,8 +186,31 @@ struct Names {
     session_type: Oid,
 }
 
+thread_local! {
+    static NAMES: Cell<Option<Names>> = const { Cell::new(None) };
+}
+
+pub fn register_invalidation() {
+    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget_names), Datum::from(0)) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_names(_arg: Datum, _relid: Oid) {
+    NAMES.with(|names| names.set(None));
+}
+
 impl Names {
     fn resolve() -> Names {
+        NAMES.with(|names| {
+            names.get().unwrap_or_else(|| {
+                let resolved = Names::look_up();
+                names.set(Some(resolved));
+                resolved
+            })
+        })
+    }
+
+    fn look_up() -> Names {
         unsafe {
             let schema = pg_sys::get_namespace_oid(c"castle".as_ptr(), false);
             let relation = |name: &CStr| match pg_sys::get_relname_relid(name.as_ptr(), schema) {

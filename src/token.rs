@@ -30,6 +30,12 @@ pub const MAX_TOKEN_LEN: usize = 64 + 28 + 1 + (MAX_SECRET_SIZE + 10).div_ceil(3
 /// byte masked with 63 picks one uniformly.
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
+/// Whether `b` is one of [`ALPHABET`]'s characters (a range test: searching the
+/// alphabet for every byte of every secret was a measurable part of authenticate).
+fn in_alphabet(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
 /// Why a token was refused. Only ever logged at DEBUG1; callers see one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -121,7 +127,7 @@ pub fn decode(prefix: &str, token: &str) -> Result<Decoded, Refusal> {
     let secret = URL_SAFE_NO_PAD
         .decode(secret_part)
         .map_err(|_| Refusal::BadSecret)?;
-    if !secret.iter().all(|b| ALPHABET.contains(b)) {
+    if !secret.iter().all(|&b| in_alphabet(b)) {
         return Err(Refusal::BadSecret);
     }
     if !checksum_matches(&secret) {
@@ -156,19 +162,25 @@ fn decode_id(part: &str) -> Result<i64, Refusal> {
 /// The secret ends in the unpadded decimal CRC-32 of what precedes it. The
 /// random part may itself end in digits, so every split that leaves a canonical
 /// decimal of 1–10 digits and at least [`MIN_SECRET_SIZE`] characters before it
-/// is tried: at most ten CRCs, and valid whatever `secret_size` was at issue time.
+/// is tried — valid whatever `secret_size` was at issue time. One running CRC
+/// serves every split: the secret is read once.
 fn checksum_matches(secret: &[u8]) -> bool {
-    (1..=10usize).any(|digits| {
-        if secret.len() < MIN_SECRET_SIZE + digits {
-            return false;
+    let longest = secret.len().saturating_sub(MIN_SECRET_SIZE).min(10);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&secret[..secret.len() - longest]);
+    for digits in (1..=longest).rev() {
+        // here `crc` covers everything before the last `digits` bytes
+        let sum = &secret[secret.len() - digits..];
+        let canonical = sum.iter().all(u8::is_ascii_digit) && (digits == 1 || sum[0] != b'0');
+        if canonical {
+            let written: u64 = sum.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0'));
+            if written == u64::from(crc.clone().finalize()) {
+                return true;
+            }
         }
-        let (random, sum) = secret.split_at(secret.len() - digits);
-        if !sum.iter().all(u8::is_ascii_digit) || (sum.len() > 1 && sum[0] == b'0') {
-            return false;
-        }
-        let expected: u64 = sum.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0'));
-        expected == u64::from(crc32fast::hash(random))
-    })
+        crc.update(&sum[..1]);
+    }
+    false
 }
 
 #[cfg(test)]
@@ -198,6 +210,9 @@ mod tests {
         let secret = secret_from_random(&bytes);
         for c in ALPHABET {
             assert!(secret.as_bytes().contains(c));
+        }
+        for b in 0..=255u8 {
+            assert_eq!(in_alphabet(b), ALPHABET.contains(&b), "{b}");
         }
         let token = encode("x_", i64::MAX, &secret);
         assert_eq!(decode("x_", &token).unwrap().id, i64::MAX);

@@ -3,4 +3,3 @@
 UPDATE castle.sessions AS s
    SET used_at = pg_catalog.now(), updated_at = pg_catalog.now()
  WHERE s.id = (SELECT l.id FROM castle.sessions AS l WHERE l.id = $1 FOR NO KEY UPDATE SKIP LOCKED)
-RETURNING ROW(s.id, s.user_id, s.created_at, s.updated_at, s.expires_at, s.used_at, s.data)::castle.session
