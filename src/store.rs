@@ -34,14 +34,11 @@ pub struct StoredSession {
     pub session: SessionRow,
 }
 
-/// The session with this id, or None. Read as a VOLATILE function's own query
-/// reads (what a PL/pgSQL statement would see): after this transaction's earlier
-/// changes, and under a fresh snapshot at READ COMMITTED.
+/// The session with this id, or None, as of `reading_snapshot()`.
 pub fn find_by_id(id: i64) -> Option<StoredSession> {
     let names = Names::resolve();
     unsafe {
-        pg_sys::CommandCounterIncrement();
-        let snapshot = pg_sys::GetTransactionSnapshot();
+        let snapshot = reading_snapshot();
         let rel = pg_sys::table_open(names.table, pg_sys::AccessShareLock as _);
         let index = pg_sys::index_open(names.primary_key, pg_sys::AccessShareLock as _);
         if (*(*rel).rd_att).natts as usize != COLUMNS {
@@ -83,6 +80,23 @@ pub fn find_by_id(id: i64) -> Option<StoredSession> {
         pg_sys::index_close(index, pg_sys::NoLock as _);
         pg_sys::table_close(rel, pg_sys::NoLock as _);
         found
+    }
+}
+
+/// The snapshot a read sees. A transaction that has written (a revoke, say)
+/// must see its own changes, as a PL/pgSQL statement would: count the command
+/// and take the transaction's current snapshot. One that has written nothing
+/// has nothing of its own to see, and the calling statement's snapshot serves
+/// — one snapshot per statement, as for any query, and the common case.
+unsafe fn reading_snapshot() -> pg_sys::Snapshot {
+    unsafe {
+        let written = pg_sys::GetCurrentTransactionIdIfAny() != pg_sys::InvalidTransactionId;
+        if written || !pg_sys::ActiveSnapshotSet() {
+            pg_sys::CommandCounterIncrement();
+            pg_sys::GetTransactionSnapshot()
+        } else {
+            pg_sys::GetActiveSnapshot()
+        }
     }
 }
 
