@@ -36,4 +36,5 @@ fi
 say "integration suite: psycopg 3 (tests/integration)"
 psql_at postgres -c "DROP DATABASE IF EXISTS castle_py" -c "CREATE DATABASE castle_py"
 psql_at castle_py -c "CREATE EXTENSION castle_sessions"
-PG_BIN="$PG_BIN" CASTLE_CLUSTER_ROOT="$(cluster_root)" CASTLE_CLUSTER_DIR="$PGDIR" "$REPO/.venv/bin/pytest" -q -p no:cacheprovider tests/integration
+PG_BIN="$PG_BIN" CASTLE_CLUSTER_ROOT="$(cluster_root)" CASTLE_CLUSTER_DIR="$PGDIR" \
+    "$REPO/.venv/bin/pytest" -q -rP -p no:cacheprovider tests/integration
