@@ -5,6 +5,7 @@
 
 use pgrx::prelude::*;
 
+use crate::issue;
 use crate::plans::{self, Statement, INT8};
 use crate::session_row::SessionRow;
 use crate::token::{self, Refusal};
@@ -77,7 +78,11 @@ pub fn find(token: Option<&str>) -> Result<Found, Refusal> {
 
 /// The session after recording this use, when a write is due and possible.
 fn touched(found: Found) -> SessionRow {
-    if !found.touch_due || !can_write_here() {
+    // The touch holds the row until the transaction ends; so it takes the
+    // user's lock first, as every writer of a user's sessions does, or a
+    // sign-in's trim and this transaction could wait on each other. Never
+    // waits: a busy user's use is recorded by a later call.
+    if !found.touch_due || !can_write_here() || !issue::try_lock_user(&found.session.user_id()) {
         return found.session;
     }
     let recorded = plans::as_owner(found.owner, || {
@@ -107,9 +112,17 @@ fn can_write_here() -> bool {
     }
 }
 
+/// The cause goes to the server log when it keeps DEBUG1 messages, and never to
+/// the client, whatever its client_min_messages: the cause, never the token.
 pub fn log_refusal(why: Refusal) {
-    // the cause, never the token: DBAs can see why, clients cannot
-    debug1!("castle_sessions: token refused: {}", why.cause());
+    if unsafe { pg_sys::log_min_messages } <= pg_sys::DEBUG1 as i32 {
+        pgrx::pg_sys::panic::ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            format!("castle_sessions: token refused: {}", why.cause()),
+            "castle_sessions::auth::log_refusal",
+        )
+        .report(PgLogLevel::LOG_SERVER_ONLY);
+    }
 }
 
 /// Every refusal, whatever its cause, is this one error: SQLSTATE 28000 and

@@ -134,16 +134,40 @@ pub fn create(user_id: String, ttl: Option<Interval>, data: Option<RawJsonb>) ->
 /// any of the user's rows, so trimming cannot deadlock with a concurrent
 /// revoke or rotate; and concurrent logins cannot both see room under the limit.
 pub fn lock_user(user_id: &str) {
-    // what pg_advisory_xact_lock(LOCK_CLASS, key) takes, without a statement to run
-    let tag = pg_sys::LOCKTAG {
+    unsafe {
+        pg_sys::LockAcquire(
+            &user_lock_tag(user_id),
+            pg_sys::ExclusiveLock as _,
+            false,
+            false,
+        )
+    };
+}
+
+/// The same lock, only if no other transaction holds it: for writes that may
+/// be skipped (the used_at touch) rather than wait.
+pub fn try_lock_user(user_id: &str) -> bool {
+    let taken = unsafe {
+        pg_sys::LockAcquire(
+            &user_lock_tag(user_id),
+            pg_sys::ExclusiveLock as _,
+            false,
+            true,
+        )
+    };
+    taken != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+}
+
+/// What pg_advisory_xact_lock(LOCK_CLASS, key) takes, without a statement to run.
+fn user_lock_tag(user_id: &str) -> pg_sys::LOCKTAG {
+    pg_sys::LOCKTAG {
         locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
         locktag_field2: LOCK_CLASS as u32,
         locktag_field3: user_lock_key(user_id) as u32,
         locktag_field4: 2, // the two-int4-key form
         locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
         locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
-    };
-    unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as _, false, false) };
+    }
 }
 
 /// `size` characters from the operating system's CSPRNG, on every call: a

@@ -1,7 +1,10 @@
 //! castle_sessions: opaque session tokens inside PostgreSQL.
 //!
-//! `token` is the pure codec; `settings` every castle.* setting; `issue` and
-//! `auth` the SQL API; `plans` the statements they keep prepared.
+//! `token` is the pure codec; `settings` every castle.* setting; the SQL API,
+//! one module per area: `issue` (create_session), `auth` (authenticate,
+//! verify), `lifecycle` (revoke, rotate, device lists, pruning), `context`
+//! (login and who is asking); `store` the hot path's direct index scans and
+//! `session_row` the rows they return; `plans` the statements kept prepared.
 
 use pgrx::prelude::*;
 

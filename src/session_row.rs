@@ -12,12 +12,28 @@ use pgrx::prelude::*;
 /// A castle.session composite datum in the current memory context.
 pub struct SessionRow(Datum);
 
-/// castle.session's attributes.
+/// castle.session's attribute numbers (1-based, for GetAttributeByNum) ...
 const ID: i16 = 1;
 const USER_ID: i16 = 2;
+/// ... and value positions (0-based), out of its seven attributes.
 const UPDATED_AT: usize = 3;
 const USED_AT: usize = 5;
 const ATTRIBUTES: usize = 7;
+
+/// castle.session's descriptor, refused unless it has the seven attributes we
+/// fill: an altered type must not make us read or write past our arrays.
+unsafe fn session_tupdesc(session_type: Oid) -> pg_sys::TupleDesc {
+    unsafe {
+        let tupdesc = pg_sys::lookup_rowtype_tupdesc(session_type, -1);
+        if (*tupdesc).natts as usize != ATTRIBUTES {
+            pg_sys::DecrTupleDescRefCount(tupdesc);
+            error!(
+                "castle_sessions: castle.session does not have the attributes this version expects"
+            );
+        }
+        tupdesc
+    }
+}
 
 impl SessionRow {
     /// Forms the composite from its seven values (copied, so they may point into a buffer).
@@ -27,7 +43,7 @@ impl SessionRow {
         nulls: &mut [bool; ATTRIBUTES],
     ) -> SessionRow {
         unsafe {
-            let tupdesc = pg_sys::lookup_rowtype_tupdesc(session_type, -1);
+            let tupdesc = session_tupdesc(session_type);
             let tuple = pg_sys::heap_form_tuple(tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
             pg_sys::DecrTupleDescRefCount(tupdesc);
             // heap_form_tuple already stamped the header with the type; this only
@@ -59,7 +75,7 @@ impl SessionRow {
         unsafe {
             let header = self.0.cast_mut_ptr::<pg_sys::HeapTupleHeaderData>();
             let session_type = pgrx::heap_tuple_header_get_type_id(header);
-            let tupdesc = pg_sys::lookup_rowtype_tupdesc(session_type, -1);
+            let tupdesc = session_tupdesc(session_type);
             let mut tuple = pg_sys::HeapTupleData {
                 t_len: pgrx::heap_tuple_header_get_datum_length(header) as u32,
                 t_data: header,

@@ -1,6 +1,9 @@
-//! Every `castle.*` setting, in one place. All are read at call time, so SET,
-//! ALTER ROLE/DATABASE … SET and postgresql.conf all apply as PostgreSQL users
-//! expect; a bad value is refused when it is set, with PostgreSQL's own message.
+//! Every `castle.*` setting, in one place. The three that bound what a session
+//! may do — max_sessions, default_ttl, idle_timeout — are superuser-set
+//! (SUSET): a role that may only check or create sessions must not be able to
+//! switch off trimming or the idle timeout for its own calls. All are read at
+//! call time, so SET, ALTER ROLE/DATABASE … SET and postgresql.conf all apply
+//! as PostgreSQL users expect; a bad value is refused when it is set, with PostgreSQL's own message.
 
 use std::ffi::{CStr, CString};
 
@@ -30,7 +33,7 @@ pub fn register() {
         &MAX_SESSIONS,
         0,
         i32::MAX,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
@@ -50,7 +53,7 @@ pub fn register() {
         &DEFAULT_TTL,
         0,
         i32::MAX,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
@@ -70,7 +73,7 @@ pub fn register() {
         &IDLE_TIMEOUT,
         0,
         i32::MAX,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::UNIT_S,
     );
     // SAFETY: the hooks below cannot panic: they only inspect a C string.

@@ -11,7 +11,8 @@ use pgrx::prelude::*;
 
 use crate::session_row::SessionRow;
 
-/// castle.sessions' columns, in table order (sql/bootstrap.sql; upgrades only append).
+/// castle.sessions' columns, in table order (sql/bootstrap.sql; an upgrade may
+/// only append, and the scans read these first eight).
 const ID: usize = 0;
 const HASH: usize = 1;
 const USER_ID: usize = 2;
@@ -34,14 +35,15 @@ pub struct StoredSession {
     pub session: SessionRow,
 }
 
-/// The session with this id, or None, as of `reading_snapshot()`.
+/// The session with this id, or None, under `activate_reading_snapshot`'s snapshot.
 pub fn find_by_id(id: i64) -> Option<StoredSession> {
     let names = Names::resolve();
     unsafe {
-        let snapshot = reading_snapshot();
+        let pushed = activate_reading_snapshot(false);
+        let snapshot = pg_sys::GetActiveSnapshot();
         let rel = pg_sys::table_open(names.table, pg_sys::AccessShareLock as _);
         let index = pg_sys::index_open(names.primary_key, pg_sys::AccessShareLock as _);
-        if (*(*rel).rd_att).natts as usize != COLUMNS {
+        if ((*(*rel).rd_att).natts as usize) < COLUMNS {
             error!(
                 "castle_sessions: castle.sessions does not have the columns this version expects"
             );
@@ -79,23 +81,29 @@ pub fn find_by_id(id: i64) -> Option<StoredSession> {
         // locks are kept to the end of the transaction, as the executor does
         pg_sys::index_close(index, pg_sys::NoLock as _);
         pg_sys::table_close(rel, pg_sys::NoLock as _);
+        if pushed {
+            pg_sys::PopActiveSnapshot();
+        }
         found
     }
 }
 
-/// The snapshot a read sees. A transaction that has written (a revoke, say)
-/// must see its own changes, as a PL/pgSQL statement would: count the command
-/// and take the transaction's current snapshot. One that has written nothing
-/// has nothing of its own to see, and the calling statement's snapshot serves
-/// — one snapshot per statement, as for any query, and the common case.
-unsafe fn reading_snapshot() -> pg_sys::Snapshot {
+/// Makes active the snapshot a read sees, and says whether it pushed one (to
+/// pop when done). A transaction that has written (a revoke, say) must see its
+/// own changes, as a PL/pgSQL statement would: count the command and push the
+/// transaction's current snapshot. One that has written nothing has nothing of
+/// its own to see, and the calling statement's snapshot serves — one snapshot
+/// per statement, as for any query, and the common case. An active snapshot is
+/// also what flattening a TOASTed value needs.
+unsafe fn activate_reading_snapshot(must_see_latest: bool) -> bool {
     unsafe {
         let written = pg_sys::GetCurrentTransactionIdIfAny() != pg_sys::InvalidTransactionId;
-        if written || !pg_sys::ActiveSnapshotSet() {
+        if must_see_latest || written || !pg_sys::ActiveSnapshotSet() {
             pg_sys::CommandCounterIncrement();
-            pg_sys::GetTransactionSnapshot()
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+            true
         } else {
-            pg_sys::GetActiveSnapshot()
+            false
         }
     }
 }
@@ -113,8 +121,9 @@ pub fn census(user_id: &str, now: i64, idle_timeout: i32) -> Census {
     let names = Names::resolve();
     let mut census = Census { live: 0, dead: 0 };
     unsafe {
-        pg_sys::CommandCounterIncrement();
-        let snapshot = pg_sys::GetTransactionSnapshot();
+        // after the caller took the user's lock: every session committed before
+        let pushed = activate_reading_snapshot(true);
+        let snapshot = pg_sys::GetActiveSnapshot();
         let rel = pg_sys::table_open(names.table, pg_sys::AccessShareLock as _);
         let index = pg_sys::index_open(names.user_index, pg_sys::AccessShareLock as _);
         let user = user_id.into_datum().expect("text");
@@ -150,6 +159,9 @@ pub fn census(user_id: &str, now: i64, idle_timeout: i32) -> Census {
         pg_sys::ExecDropSingleTupleTableSlot(slot);
         pg_sys::index_close(index, pg_sys::NoLock as _);
         pg_sys::table_close(rel, pg_sys::NoLock as _);
+        if pushed {
+            pg_sys::PopActiveSnapshot();
+        }
     }
     census
 }

@@ -52,6 +52,23 @@ def test_no_token_or_secret_reaches_the_server_log(conn):
             assert needle not in text, "a token, secret or hash reached the server log"
 
 
+def test_the_cause_of_a_refusal_never_reaches_the_client(conn):
+    """Even a client that asks for every debug message gets only the one error."""
+    heard = []
+    conn.add_notice_handler(lambda diag: heard.append(diag.message_primary or ""))
+    conn.execute("SET log_min_messages = debug1")
+    conn.execute("SET client_min_messages = debug1")
+    token = create(conn, "curious", "1 hour")
+    sid, _ = seed.split(token)
+    for bad in (seed.token(sid, seed.new_secret()), token + "x", seed.token(sid + 10**9, seed.new_secret())):
+        assert user_of(conn, bad) is None
+        with pytest.raises(psycopg.Error):
+            conn.execute("SELECT castle.authenticate(%s)", (bad,))
+    conn.execute("RESET client_min_messages")
+    conn.execute("RESET log_min_messages")
+    assert not [m for m in heard if "refused" in m or "castle" in m], heard
+
+
 def stop_immediately_and_restart():
     pg_ctl = ["sudo", "-u", "postgres", f"{PG_BIN}/pg_ctl", "-D", str(CLUSTER / "data")]
     subprocess.run(pg_ctl + ["-m", "immediate", "stop"], check=True, stdout=subprocess.DEVNULL)
