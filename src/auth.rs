@@ -55,19 +55,20 @@ pub fn find(token: Option<&str>) -> Result<Found, Refusal> {
     }
     // now(), as every SQL statement of this transaction sees it
     let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-    let seconds_ago = |seconds: i32| now - i64::from(seconds) * 1_000_000;
-    let idle_timeout = settings::idle_timeout_seconds();
     let last_use = stored.used_at.unwrap_or(stored.created_at);
-    if stored.expires_at.is_some_and(|at| at <= now)
-        || (idle_timeout > 0 && last_use <= seconds_ago(idle_timeout))
-    {
+    if store::is_dead(
+        stored.expires_at,
+        last_use,
+        now,
+        settings::idle_timeout_seconds(),
+    ) {
         return Err(Refusal::Expired);
     }
     let touch_interval = settings::touch_interval_seconds();
     let touch_due = touch_interval >= 0
         && stored
             .used_at
-            .is_none_or(|at| at <= seconds_ago(touch_interval));
+            .is_none_or(|at| at <= now - i64::from(touch_interval) * 1_000_000);
     Ok(Found {
         id: decoded.id,
         owner: stored.owner,

@@ -38,17 +38,8 @@ pub struct StoredSession {
 /// The session with this id, or None, under `activate_reading_snapshot`'s snapshot.
 pub fn find_by_id(id: i64) -> Option<StoredSession> {
     let names = Names::resolve();
+    let mut key = pg_sys::ScanKeyData::default();
     unsafe {
-        let pushed = activate_reading_snapshot(false);
-        let snapshot = pg_sys::GetActiveSnapshot();
-        let rel = pg_sys::table_open(names.table, pg_sys::AccessShareLock as _);
-        let index = pg_sys::index_open(names.primary_key, pg_sys::AccessShareLock as _);
-        if ((*(*rel).rd_att).natts as usize) < COLUMNS {
-            error!(
-                "castle_sessions: castle.sessions does not have the columns this version expects"
-            );
-        }
-        let mut key = pg_sys::ScanKeyData::default();
         pg_sys::ScanKeyInit(
             &mut key,
             1,
@@ -56,26 +47,47 @@ pub fn find_by_id(id: i64) -> Option<StoredSession> {
             Oid::from(pg_sys::F_INT8EQ),
             Datum::from(id),
         );
+    }
+    let mut found = None;
+    scan_sessions(names.primary_key, key, false, |values, nulls, owner| {
+        found = Some(unsafe { read_row(values, nulls, names.session_type, owner) });
+        false
+    });
+    found
+}
+
+/// Reads castle.sessions through `index` with one equality `key`, handing each
+/// row's first eight values to `row` (with the table's owner) until it returns
+/// false. The one place that opens, scans and closes: both direct reads share
+/// its snapshot rule, its column check and its clean-up.
+fn scan_sessions(
+    index: Oid,
+    mut key: pg_sys::ScanKeyData,
+    must_see_latest: bool,
+    mut row: impl FnMut(&[Datum], &[bool], Oid) -> bool,
+) {
+    let names = Names::resolve();
+    unsafe {
+        let pushed = activate_reading_snapshot(must_see_latest);
+        let rel = pg_sys::table_open(names.table, pg_sys::AccessShareLock as _);
+        let index = pg_sys::index_open(index, pg_sys::AccessShareLock as _);
+        if ((*(*rel).rd_att).natts as usize) < COLUMNS {
+            error!(
+                "castle_sessions: castle.sessions does not have the columns this version expects"
+            );
+        }
+        let owner = (*(*rel).rd_rel).relowner;
         let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
-        let scan = pg_sys::index_beginscan(rel, index, snapshot, 1, 0);
+        let scan = pg_sys::index_beginscan(rel, index, pg_sys::GetActiveSnapshot(), 1, 0);
         pg_sys::index_rescan(scan, &mut key, 1, std::ptr::null_mut(), 0);
-        let found = if pg_sys::index_getnext_slot(
-            scan,
-            pg_sys::ScanDirection::ForwardScanDirection,
-            slot,
-        ) {
-            pg_sys::slot_getallattrs(slot);
+        while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
+            pg_sys::slot_getsomeattrs_int(slot, COLUMNS as i32);
             let values = std::slice::from_raw_parts((*slot).tts_values, COLUMNS);
             let nulls = std::slice::from_raw_parts((*slot).tts_isnull, COLUMNS);
-            Some(read_row(
-                values,
-                nulls,
-                names.session_type,
-                (*(*rel).rd_rel).relowner,
-            ))
-        } else {
-            None
-        };
+            if !row(values, nulls, owner) {
+                break;
+            }
+        }
         pg_sys::index_endscan(scan);
         pg_sys::ExecDropSingleTupleTableSlot(slot);
         // locks are kept to the end of the transaction, as the executor does
@@ -84,8 +96,16 @@ pub fn find_by_id(id: i64) -> Option<StoredSession> {
         if pushed {
             pg_sys::PopActiveSnapshot();
         }
-        found
     }
+}
+
+/// Whether a session is dead: expired, or unused (used_at, else created_at)
+/// for longer than `idle_timeout` seconds when that is > 0. Timestamps are
+/// PostgreSQL's microseconds; `now` is the transaction's now(). The one rule
+/// authenticate, the sign-in census (and, in SQL, trim and prune) apply.
+pub fn is_dead(expires_at: Option<i64>, last_use: i64, now: i64, idle_timeout: i32) -> bool {
+    expires_at.is_some_and(|at| at <= now)
+        || (idle_timeout > 0 && last_use <= now - i64::from(idle_timeout) * 1_000_000)
 }
 
 /// Makes active the snapshot a read sees, and says whether it pushed one (to
@@ -119,15 +139,8 @@ pub struct Census {
 
 pub fn census(user_id: &str, now: i64, idle_timeout: i32) -> Census {
     let names = Names::resolve();
-    let mut census = Census { live: 0, dead: 0 };
+    let mut key = pg_sys::ScanKeyData::default();
     unsafe {
-        // after the caller took the user's lock: every session committed before
-        let pushed = activate_reading_snapshot(true);
-        let snapshot = pg_sys::GetActiveSnapshot();
-        let rel = pg_sys::table_open(names.table, pg_sys::AccessShareLock as _);
-        let index = pg_sys::index_open(names.user_index, pg_sys::AccessShareLock as _);
-        let user = user_id.into_datum().expect("text");
-        let mut key = pg_sys::ScanKeyData::default();
         pg_sys::ScanKeyEntryInitialize(
             &mut key,
             0,
@@ -136,33 +149,22 @@ pub fn census(user_id: &str, now: i64, idle_timeout: i32) -> Census {
             pg_sys::InvalidOid,
             pg_sys::C_COLLATION_OID,
             Oid::from(pg_sys::F_TEXTEQ),
-            user,
+            user_id.into_datum().expect("text"),
         );
-        let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
-        let scan = pg_sys::index_beginscan(rel, index, snapshot, 1, 0);
-        pg_sys::index_rescan(scan, &mut key, 1, std::ptr::null_mut(), 0);
-        while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
-            pg_sys::slot_getsomeattrs_int(slot, (USED_AT + 1) as i32);
-            let values = std::slice::from_raw_parts((*slot).tts_values, USED_AT + 1);
-            let nulls = std::slice::from_raw_parts((*slot).tts_isnull, USED_AT + 1);
-            let at = |i: usize| (!nulls[i]).then(|| values[i].value() as i64);
-            let last_use = at(USED_AT).or(at(CREATED_AT)).unwrap_or(i64::MIN);
-            let expired = at(EXPIRES_AT).is_some_and(|e| e <= now);
-            let idle = idle_timeout > 0 && last_use <= now - i64::from(idle_timeout) * 1_000_000;
-            if expired || idle {
-                census.dead += 1;
-            } else {
-                census.live += 1;
-            }
-        }
-        pg_sys::index_endscan(scan);
-        pg_sys::ExecDropSingleTupleTableSlot(slot);
-        pg_sys::index_close(index, pg_sys::NoLock as _);
-        pg_sys::table_close(rel, pg_sys::NoLock as _);
-        if pushed {
-            pg_sys::PopActiveSnapshot();
-        }
     }
+    let mut census = Census { live: 0, dead: 0 };
+    // after the caller took the user's lock: a fresh snapshot sees every
+    // session committed before it
+    scan_sessions(names.user_index, key, true, |values, nulls, _| {
+        let at = |i: usize| (!nulls[i]).then(|| values[i].value() as i64);
+        let last_use = at(USED_AT).or(at(CREATED_AT)).unwrap_or(i64::MIN);
+        if is_dead(at(EXPIRES_AT), last_use, now, idle_timeout) {
+            census.dead += 1;
+        } else {
+            census.live += 1;
+        }
+        true
+    });
     census
 }
 
