@@ -48,7 +48,7 @@ SELECT refusal($$SELECT castle.create_session('x')$$) AS ungranted_create;
 SELECT castle.user_id() IS NULL AS accessors_are_public;
 RESET ROLE;
 DROP ROLE regress_castle_nobody;
-DROP TABLE public.sessions;
+DROP TABLE public.sessions, pg_temp.sessions;
 DROP OPERATOR public.= (bigint, bigint);
 DROP OPERATOR public.= (text, text);
 DROP OPERATOR public.<= (timestamptz, timestamptz);
