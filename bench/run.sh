@@ -90,8 +90,11 @@ ratio() { awk -v a="$(median "$1")" -v b="$(median "$2")" 'BEGIN { printf "%.2f"
 # After each INSERT run its rows go (create_session trims its users to 3
 # sessions itself), then VACUUM, so the table does not grow round after round.
 tidy() {
-    psql_at "$1" -c "DELETE FROM castle.sessions WHERE user_id LIKE 'i%'" -c "VACUUM ANALYZE castle.sessions" >/dev/null
+    psql_at "$1" -c "DELETE FROM castle.sessions WHERE hash = '$INSERT_HASH'" \
+        -c "VACUUM ANALYZE castle.sessions" >/dev/null
 }
+INSERT_HASH=$(sed -n "s/.*VALUES ('\([0-9a-f]\{64\}\)'.*/\1/p" "$BENCH/workloads/insert.sql")
+[ ${#INSERT_HASH} -eq 64 ] || { echo "bench/workloads/insert.sql: no hash found" >&2; exit 1; }
 
 MAIN=(floor authenticate verify forged plpgsql_authenticate plpgsql_verify plpgsql_forged
       insert create_session plpgsql_create_session)

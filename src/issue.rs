@@ -5,7 +5,7 @@ use pgrx::prelude::*;
 use rand::rngs::OsRng;
 use rand::RngCore;
 
-use crate::plans::{self, Statement, INT4, INT8, INTERVAL, JSONB, TEXT};
+use crate::plans::{self, Statement, INT4, INT8, JSONB, TEXT, TIMESTAMPTZ};
 use crate::raw_jsonb::RawJsonb;
 use crate::{settings, store, token};
 
@@ -16,7 +16,7 @@ static TRIM_SESSIONS: Statement = Statement {
 };
 static INSERT_SESSION: Statement = Statement {
     sql: include_str!("queries/insert_session.sql"),
-    args: &[TEXT, TEXT, INTERVAL, JSONB],
+    args: &[TEXT, TEXT, TIMESTAMPTZ, JSONB],
     mutating: true,
 };
 
@@ -24,8 +24,7 @@ static INSERT_SESSION: Statement = Statement {
 /// with an application's own single-key advisory locks.
 const LOCK_CLASS: i32 = 0x6361_7374;
 
-#[pg_extern(name = "create_session", volatile, parallel_unsafe, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(name = "create_session", volatile, parallel_unsafe)]
 fn create_session_bigint(
     user_id: Option<i64>,
     ttl: default!(Option<Interval>, "NULL"),
@@ -34,8 +33,7 @@ fn create_session_bigint(
     create(user_key(user_id), ttl, data)
 }
 
-#[pg_extern(name = "create_session", volatile, parallel_unsafe, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(name = "create_session", volatile, parallel_unsafe)]
 fn create_session_uuid(
     user_id: Option<pgrx::Uuid>,
     ttl: default!(Option<Interval>, "NULL"),
@@ -44,8 +42,7 @@ fn create_session_uuid(
     create(user_key(user_id), ttl, data)
 }
 
-#[pg_extern(name = "create_session", volatile, parallel_unsafe, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(name = "create_session", volatile, parallel_unsafe)]
 fn create_session_text(
     user_id: Option<&str>,
     ttl: default!(Option<Interval>, "NULL"),
@@ -78,8 +75,16 @@ pub fn user_key<T: ToString>(user_id: Option<T>) -> String {
 
 /// Creates the session, trims the user's others, and returns the token: the
 /// only time it exists outside the caller.
+///
+/// Runs as the caller, with no SET clause: the common sign-in runs no SQL at
+/// all (the census and the insert go through the access methods, in `store`),
+/// so there is no search_path to pin and no identity to switch, and it costs
+/// about what a bare INSERT costs. The SQL it does run (trimming, or the
+/// insert when a DBA has added a trigger or column) runs as the table's owner
+/// with search_path pinned, through `plans::as_owner`.
 pub fn create(user_id: String, ttl: Option<Interval>, data: Option<RawJsonb>) -> String {
     refuse_on_standby("create_session");
+    unsafe { pg_sys::PreventCommandIfReadOnly(c"castle.create_session()".as_ptr()) };
     let ttl = match ttl {
         Some(ttl) if !is_positive(&ttl) => {
             ereport!(
@@ -92,41 +97,74 @@ pub fn create(user_id: String, ttl: Option<Interval>, data: Option<RawJsonb>) ->
         Some(ttl) => Some(ttl),
         None => default_ttl(),
     };
+    let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    let expires_at = ttl.map(|ttl| expiry(now, ttl));
 
     let secret = new_secret(settings::secret_size());
     let hash = token::hash_secret(secret.as_bytes());
-    let hash = std::str::from_utf8(&hash).expect("hex is ASCII");
 
     lock_user(&user_id);
-    // Most sign-ins find the user under the limit with nothing dead: then the
-    // trimming statement is not run at all.
+    // Most sign-ins find the user under the limit: then the trimming statement
+    // is not run at all, and dead sessions wait for castle.prune.
     let max_sessions = settings::max_sessions();
     let idle_timeout = settings::idle_timeout_seconds();
-    let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-    let held = store::census(&user_id, now, idle_timeout);
-    let must_trim = held.dead > 0 || (max_sessions > 0 && held.live >= max_sessions);
-    let id = Spi::connect_mut(|client| {
-        if must_trim {
-            let trim = plans::kept(client, &TRIM_SESSIONS);
-            let args = [
-                user_id.as_str().into(),
-                max_sessions.into(),
-                idle_timeout.into(),
-            ];
-            plans::or_raise(client.update(trim, None, &args));
-        }
-        let insert = plans::kept(client, &INSERT_SESSION);
-        let args = [
-            hash.into(),
-            user_id.as_str().into(),
-            ttl.into(),
-            data.into(),
-        ];
-        let inserted = plans::or_raise(client.update(insert, None, &args));
-        plans::or_raise(inserted.first().get_one::<i64>())
-            .unwrap_or_else(|| error!("castle_sessions: INSERT returned no id"))
-    });
+    if max_sessions > 0 && store::entries_of(&user_id, max_sessions) >= max_sessions {
+        plans::as_owner(store::table_owner(), || {
+            Spi::connect_mut(|client| {
+                let trim = plans::kept(client, &TRIM_SESSIONS);
+                let args = [
+                    user_id.as_str().into(),
+                    max_sessions.into(),
+                    idle_timeout.into(),
+                ];
+                plans::or_raise(client.update(trim, None, &args));
+            })
+        });
+    }
+    let new = store::NewSession {
+        hash: &hash,
+        user_id: &user_id,
+        now,
+        expires_at,
+        data: data.and_then(|data| data.into_datum()),
+    };
+    let id = store::insert(&new).unwrap_or_else(|| insert_with_sql(&new));
     token::encode(&settings::token_prefix(), id, &secret)
+}
+
+/// now() + ttl, with PostgreSQL's own arithmetic (months and days in the
+/// session's time zone), as `now() + ttl` in SQL would give.
+fn expiry(now: i64, ttl: Interval) -> i64 {
+    let expires_at = unsafe {
+        pgrx::direct_function_call::<pg_sys::Datum>(
+            pg_sys::timestamptz_pl_interval,
+            &[Some(pg_sys::Datum::from(now)), ttl.into_datum()],
+        )
+    };
+    expires_at.expect("timestamptz + interval is never NULL").value() as i64
+}
+
+/// The insert as SQL, as the table's owner: for a table with a DBA's trigger
+/// or added column, which `store::insert` leaves alone.
+fn insert_with_sql(new: &store::NewSession) -> i64 {
+    let hash = std::str::from_utf8(new.hash).expect("hex is ASCII");
+    let expires_at = new.expires_at.map(pg_sys::Datum::from);
+    plans::as_owner(store::table_owner(), || {
+        Spi::connect_mut(|client| {
+            let insert = plans::kept(client, &INSERT_SESSION);
+            let args = unsafe {
+                [
+                    hash.into(),
+                    new.user_id.into(),
+                    pgrx::datum::DatumWithOid::new(expires_at, pg_sys::TIMESTAMPTZOID),
+                    pgrx::datum::DatumWithOid::new(new.data, pg_sys::JSONBOID),
+                ]
+            };
+            let inserted = plans::or_raise(client.update(insert, None, &args));
+            plans::or_raise(inserted.first().get_one::<i64>())
+                .unwrap_or_else(|| error!("castle_sessions: INSERT returned no id"))
+        })
+    })
 }
 
 /// Serializes, until the transaction ends, everything that adds or deletes

@@ -1,7 +1,8 @@
-//! The hot path's read of one session: an index scan on castle.sessions'
-//! primary key, straight through the access methods. No SPI, no planner, no
-//! executor, no SQL text, so nothing on this path depends on search_path, and
-//! authenticate costs about what the primary-key lookup itself costs.
+//! The hot paths' access to castle.sessions, straight through the table and
+//! index access methods: authenticate's read of one session by primary key,
+//! the sign-in's census of a user's sessions, and the sign-in's insert. No
+//! SPI, no planner, no SQL text, so nothing here depends on search_path, and
+//! each costs about what the bare statement would.
 
 use std::cell::Cell;
 use std::ffi::CStr;
@@ -128,18 +129,17 @@ unsafe fn activate_reading_snapshot(must_see_latest: bool) -> bool {
     }
 }
 
-/// How many sessions a user holds, live and dead (expired, or unused for
-/// `idle_timeout` seconds when > 0), read through the (user_id, created_at)
-/// index under a fresh snapshot: after the caller took the user's lock, so it
-/// sees every session another transaction committed for this user.
-pub struct Census {
-    pub live: i64,
-    pub dead: i64,
-}
-
-pub fn census(user_id: &str, now: i64, idle_timeout: i32) -> Census {
+/// How many rows of the user's sessions there may be, counting no further
+/// than `limit`: the user's entries in the (user_id, created_at) index, read
+/// without visiting the table. Every session has an entry, so this is never
+/// fewer than the user's sessions; entries of rows deleted but not yet
+/// vacuumed (or inserted by a transaction that aborted) make it more, which
+/// only runs the exact trimming statement when it was not needed. No snapshot
+/// is involved: an entry is there as soon as its row is, whoever wrote it.
+pub fn entries_of(user_id: &str, limit: i64) -> i64 {
     let names = Names::resolve();
     let mut key = pg_sys::ScanKeyData::default();
+    let mut entries = 0;
     unsafe {
         pg_sys::ScanKeyEntryInitialize(
             &mut key,
@@ -151,21 +151,154 @@ pub fn census(user_id: &str, now: i64, idle_timeout: i32) -> Census {
             Oid::from(pg_sys::F_TEXTEQ),
             user_id.into_datum().expect("text"),
         );
-    }
-    let mut census = Census { live: 0, dead: 0 };
-    // after the caller took the user's lock: a fresh snapshot sees every
-    // session committed before it
-    scan_sessions(names.user_index, key, true, |values, nulls, _| {
-        let at = |i: usize| (!nulls[i]).then(|| values[i].value() as i64);
-        let last_use = at(USED_AT).or(at(CREATED_AT)).unwrap_or(i64::MIN);
-        if is_dead(at(EXPIRES_AT), last_use, now, idle_timeout) {
-            census.dead += 1;
-        } else {
-            census.live += 1;
+        let rel = pg_sys::table_open(names.table, pg_sys::AccessShareLock as _);
+        let index = pg_sys::index_open(names.user_index, pg_sys::AccessShareLock as _);
+        let scan = pg_sys::index_beginscan(rel, index, &raw mut pg_sys::SnapshotAnyData, 1, 0);
+        pg_sys::index_rescan(scan, &mut key, 1, std::ptr::null_mut(), 0);
+        while entries < limit
+            && !pg_sys::index_getnext_tid(scan, pg_sys::ScanDirection::ForwardScanDirection).is_null()
+        {
+            entries += 1;
         }
-        true
-    });
-    census
+        pg_sys::index_endscan(scan);
+        pg_sys::index_close(index, pg_sys::NoLock as _);
+        pg_sys::table_close(rel, pg_sys::NoLock as _);
+    }
+    entries
+}
+
+/// A sign-in's new row: everything but the id, which `insert` draws.
+pub struct NewSession<'a> {
+    /// lowercase hex SHA-256 of the secret
+    pub hash: &'a [u8; 64],
+    pub user_id: &'a str,
+    /// the transaction's now(): created_at and updated_at
+    pub now: i64,
+    pub expires_at: Option<i64>,
+    pub data: Option<Datum>,
+}
+
+/// Inserts a session as `INSERT INTO castle.sessions … RETURNING id` would:
+/// the id from the table's identity sequence, the row through the table AM,
+/// its NOT NULL and CHECK constraints, and every index entry, unique ones
+/// checked. A failed constraint keeps its SQLSTATE and message but loses its
+/// detail, which would show the row.
+///
+/// None, having written nothing, when the table is not as this version made
+/// it: a DBA's trigger (or a foreign key pointing at it), or an added column.
+/// Then the caller inserts with SQL, which fires and fills those.
+pub fn insert(new: &NewSession) -> Option<i64> {
+    let names = Names::resolve();
+    unsafe {
+        let rel = pg_sys::table_open(names.table, pg_sys::RowExclusiveLock as _);
+        let attributes = (*(*rel).rd_att).attrs.as_slice((*(*rel).rd_att).natts as usize);
+        // columns past ours may only be dropped ones, which stay NULL
+        let added_column = attributes.iter().skip(COLUMNS).any(|attribute| !attribute.attisdropped);
+        if attributes.len() < COLUMNS || added_column || !(*rel).trigdesc.is_null() {
+            pg_sys::table_close(rel, pg_sys::NoLock as _);
+            return None;
+        }
+        let id = next_id(names.id_sequence);
+        let estate = pg_sys::CreateExecutorState();
+        let result_rel =
+            pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>()).cast::<pg_sys::ResultRelInfo>();
+        (*result_rel).type_ = pg_sys::NodeTag::T_ResultRelInfo;
+        // range table index 0: no query's range table is behind this insert
+        pg_sys::InitResultRelInfo(result_rel, rel, 0, std::ptr::null_mut(), 0);
+        pg_sys::ExecOpenIndices(result_rel, false);
+
+        let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+        pg_sys::ExecClearTuple(slot);
+        let values = std::slice::from_raw_parts_mut((*slot).tts_values, attributes.len());
+        let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, attributes.len());
+        nulls.fill(true);
+        let text = |s: &[u8]| {
+            Datum::from(pg_sys::cstring_to_text_with_len(s.as_ptr().cast(), s.len() as i32))
+        };
+        let mut set = |column: usize, value: Option<Datum>| {
+            nulls[column] = value.is_none();
+            values[column] = value.unwrap_or(Datum::from(0));
+        };
+        set(ID, Some(Datum::from(id)));
+        set(HASH, Some(text(new.hash)));
+        set(USER_ID, Some(text(new.user_id.as_bytes())));
+        set(CREATED_AT, Some(Datum::from(new.now)));
+        set(UPDATED_AT, Some(Datum::from(new.now)));
+        set(EXPIRES_AT, new.expires_at.map(Datum::from));
+        set(USED_AT, None);
+        set(DATA, new.data);
+        pg_sys::ExecStoreVirtualTuple(slot);
+
+        if !constraints_hold_by_construction(rel, nulls) {
+            without_detail(|| pg_sys::ExecConstraints(result_rel, slot, estate));
+        }
+        pg_sys::table_tuple_insert(rel, slot, pg_sys::GetCurrentCommandId(true), 0, std::ptr::null_mut());
+        // A unique violation could only be on id (the pkey; its detail shows
+        // the id, which is no secret), or on an index a DBA added.
+        pg_sys::ExecInsertIndexTuples(
+            result_rel,
+            slot,
+            estate,
+            false,
+            false,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
+
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::ExecCloseIndices(result_rel);
+        pg_sys::FreeExecutorState(estate);
+        pg_sys::table_close(rel, pg_sys::NoLock as _);
+        Some(id)
+    }
+}
+
+/// Whether the row is sure to pass castle.sessions' constraints without
+/// evaluating them: no NULL in a NOT NULL column, and no CHECK but the one
+/// bootstrap.sql declares (a hex hash, which `token::hash_secret` always
+/// gives). A DBA's added CHECK, or NOT NULL on a column we leave NULL, is
+/// evaluated as an INSERT would.
+unsafe fn constraints_hold_by_construction(rel: pg_sys::Relation, nulls: &[bool]) -> bool {
+    unsafe {
+        let descriptor = (*rel).rd_att;
+        let constraints = (*descriptor).constr;
+        if constraints.is_null() {
+            return true;
+        }
+        let checks = std::slice::from_raw_parts((*constraints).check, (*constraints).num_check as usize);
+        let only_ours = checks.iter().all(|check| CStr::from_ptr(check.ccname) == c"sessions_hash_check");
+        let attributes = (*descriptor).attrs.as_slice(nulls.len());
+        only_ours && attributes.iter().zip(nulls).all(|(attribute, null)| !(attribute.attnotnull && *null))
+    }
+}
+
+/// Runs `f`, re-raising any error it raises with the same SQLSTATE and message
+/// but no detail: a constraint's detail may quote the row, hash included.
+fn without_detail<R>(f: impl FnOnce() -> R) -> R {
+    PgTryBuilder::new(std::panic::AssertUnwindSafe(f))
+        .catch_others(|caught| match caught {
+            pg_sys::panic::CaughtError::PostgresError(report)
+            | pg_sys::panic::CaughtError::ErrorReport(report) => {
+                ereport!(ERROR, report.sql_error_code(), report.message().to_owned());
+            }
+            panic => panic.rethrow(),
+        })
+        .execute()
+}
+
+/// nextval() without its USAGE check: the caller has EXECUTE on
+/// create_session, not rights on the sequence.
+unsafe fn next_id(sequence: Oid) -> i64 {
+    unsafe extern "C-unwind" {
+        // commands/sequence.h, which pgrx does not bind
+        fn nextval_internal(relid: Oid, check_permissions: bool) -> i64;
+    }
+    unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| nextval_internal(sequence, false)) }
+}
+
+/// castle.sessions' owner: whom statements on the caller's behalf run as.
+pub fn table_owner() -> Oid {
+    Names::resolve().owner
 }
 
 /// Copies what the caller needs out of the slot before its buffer is released.
@@ -212,6 +345,10 @@ struct Names {
     primary_key: Oid,
     user_index: Oid,
     session_type: Oid,
+    /// the sequence behind castle.sessions.id (GENERATED BY DEFAULT AS IDENTITY)
+    id_sequence: Oid,
+    /// castle.sessions' owner (ALTER TABLE … OWNER TO invalidates it, too)
+    owner: Oid,
 }
 
 thread_local! {
@@ -255,8 +392,14 @@ impl Names {
                 Datum::from(0),
                 Datum::from(0),
             );
+            let table = relation(c"sessions");
+            let rel = pg_sys::RelationIdGetRelation(table);
+            let owner = (*(*rel).rd_rel).relowner;
+            pg_sys::RelationClose(rel);
             Names {
-                table: relation(c"sessions"),
+                table,
+                id_sequence: pg_sys::getIdentitySequence(table, (ID + 1) as _, false),
+                owner,
                 primary_key: relation(c"sessions_pkey"),
                 user_index: relation(c"sessions_user_id_created_at_idx"),
                 session_type,

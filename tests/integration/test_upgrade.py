@@ -1,7 +1,8 @@
-"""Upgrades: a database on the previous release's SQL, with live sessions, is
+"""Upgrades: a database on an earlier release's SQL, with live sessions, is
 updated with ALTER EXTENSION; its tokens keep working and its catalog ends up
 exactly as a fresh install's."""
 import psycopg
+import pytest
 
 from conftest import create, dsn, user_of
 
@@ -36,16 +37,20 @@ def fresh_database(admin, name):
     admin.execute(f"CREATE DATABASE {name}")
 
 
-def test_update_from_0_1_0_keeps_tokens_and_matches_a_fresh_install(conn):
+@pytest.mark.parametrize("release", ["0.1.0", "0.2.0"])
+def test_update_keeps_tokens_and_matches_a_fresh_install(conn, release):
     fresh_database(conn, "castle_old")
     fresh_database(conn, "castle_new")
+    current = conn.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'castle_sessions'"
+                           ).fetchone()[0]
+    assert current != release
     try:
         with psycopg.connect(dsn("castle_old"), autocommit=True) as old:
-            old.execute("CREATE EXTENSION castle_sessions VERSION '0.1.0'")
+            old.execute(f"CREATE EXTENSION castle_sessions VERSION '{release}'")
             tokens = {create(old, f"upgrader-{i}", "1 day", '{"device": "old"}'): f"upgrader-{i}" for i in range(5)}
             old.execute("ALTER EXTENSION castle_sessions UPDATE")
             assert old.execute("SELECT extversion FROM pg_extension WHERE extname = 'castle_sessions'"
-                               ).fetchone()[0] == "0.2.0"
+                               ).fetchone()[0] == current
             for tok, user in tokens.items():
                 assert user_of(old, tok) == user
             # and the new API works on the old sessions

@@ -1,0 +1,60 @@
+-- A DBA may add to castle.sessions: a trigger, a column, a CHECK, NOT NULL.
+-- create_session writes the row itself only while the table is as the
+-- extension made it; otherwise it inserts with SQL, so triggers fire and
+-- defaults fill. Either way constraints hold, and a failed one says which,
+-- with no detail (the detail of a failed row would show its hash).
+CREATE ROLE regress_castle_app;
+GRANT USAGE ON SCHEMA castle TO regress_castle_app;
+GRANT EXECUTE ON FUNCTION castle.create_session(text, interval, jsonb),
+                          castle.authenticate(text) TO regress_castle_app;
+-- an audit trigger
+CREATE TABLE public.session_audit (session_id bigint, user_id text);
+CREATE FUNCTION public.audit_session() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO public.session_audit VALUES (NEW.id, NEW.user_id);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER audit AFTER INSERT ON castle.sessions FOR EACH ROW EXECUTE FUNCTION public.audit_session();
+SET ROLE regress_castle_app;
+SELECT castle.create_session('audited') AS audited \gset
+SELECT user_id FROM castle.authenticate(:'audited');
+RESET ROLE;
+SELECT a.user_id AS audited_user, a.session_id = (castle.verify(:'audited')).id AS same_session
+  FROM public.session_audit AS a;
+DROP TRIGGER audit ON castle.sessions;
+SELECT castle.create_session('unaudited') IS NOT NULL AS created;
+SELECT count(*) AS audited_rows FROM public.session_audit;
+-- an added column with a default is filled; once dropped, the fast path is back
+ALTER TABLE castle.sessions ADD COLUMN origin text NOT NULL DEFAULT 'castle';
+SET ROLE regress_castle_app;
+SELECT castle.create_session('with-origin') AS with_origin \gset
+RESET ROLE;
+SELECT user_id, origin FROM castle.sessions WHERE id = (castle.verify(:'with_origin')).id;
+ALTER TABLE castle.sessions DROP COLUMN origin;
+SELECT castle.create_session('after-drop') AS after_drop \gset
+SELECT user_id FROM castle.authenticate(:'after_drop');
+-- a CHECK is evaluated; the failure names it, shows no row, and writes nothing
+ALTER TABLE castle.sessions ADD CONSTRAINT no_banned CHECK (user_id <> 'banned');
+SET ROLE regress_castle_app;
+SELECT refusal($$SELECT castle.create_session('banned')$$) AS banned_as_app;
+RESET ROLE;
+SELECT refusal($$SELECT castle.create_session('banned')$$) AS banned_as_superuser;
+SELECT count(*) AS banned_rows FROM castle.sessions WHERE user_id = 'banned';
+SELECT castle.create_session('allowed') IS NOT NULL AS others_still_sign_in;
+ALTER TABLE castle.sessions DROP CONSTRAINT no_banned;
+-- NOT NULL on a column create_session may leave NULL (expires_at, without a ttl)
+BEGIN;
+UPDATE castle.sessions SET expires_at = now() + interval '1 day' WHERE expires_at IS NULL;
+ALTER TABLE castle.sessions ALTER COLUMN expires_at SET NOT NULL;
+SELECT refusal($$SELECT castle.create_session('no-ttl')$$) AS without_ttl;
+SELECT castle.create_session('with-ttl', '1 hour') IS NOT NULL AS with_ttl_created;
+ROLLBACK;
+-- a read-only transaction is refused before anything is written
+BEGIN READ ONLY;
+SELECT refusal($$SELECT castle.create_session('read-only')$$) AS read_only;
+ROLLBACK;
+DROP TABLE public.session_audit;
+DROP FUNCTION public.audit_session();
+REVOKE ALL ON SCHEMA castle FROM regress_castle_app;
+REVOKE ALL ON FUNCTION castle.create_session(text, interval, jsonb), castle.authenticate(text) FROM regress_castle_app;
+DROP ROLE regress_castle_app;
