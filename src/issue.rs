@@ -108,7 +108,10 @@ pub fn create(user_id: String, ttl: Option<Interval>, data: Option<RawJsonb>) ->
     // is not run at all, and dead sessions wait for castle.prune.
     let max_sessions = settings::max_sessions();
     let idle_timeout = settings::idle_timeout_seconds();
-    if max_sessions > 0 && store::entries_of(&user_id, max_sessions) >= max_sessions {
+    if max_sessions > 0
+        && store::entries_of(&user_id, max_sessions) >= max_sessions
+        && !store::trim(&user_id, max_sessions - 1, now, idle_timeout)
+    {
         plans::as_owner(store::table_owner(), || {
             Spi::connect_mut(|client| {
                 let trim = plans::kept(client, &TRIM_SESSIONS);

@@ -50,7 +50,7 @@ pub fn find_by_id(id: i64) -> Option<StoredSession> {
         );
     }
     let mut found = None;
-    scan_sessions(names.primary_key, key, false, |values, nulls, owner| {
+    scan_sessions(names.primary_key, key, false, |values, nulls, owner, _| {
         found = Some(unsafe { read_row(values, nulls, names.session_type, owner) });
         false
     });
@@ -65,7 +65,7 @@ fn scan_sessions(
     index: Oid,
     mut key: pg_sys::ScanKeyData,
     must_see_latest: bool,
-    mut row: impl FnMut(&[Datum], &[bool], Oid) -> bool,
+    mut row: impl FnMut(&[Datum], &[bool], Oid, pg_sys::ItemPointerData) -> bool,
 ) {
     let names = Names::resolve();
     unsafe {
@@ -85,7 +85,7 @@ fn scan_sessions(
             pg_sys::slot_getsomeattrs_int(slot, COLUMNS as i32);
             let values = std::slice::from_raw_parts((*slot).tts_values, COLUMNS);
             let nulls = std::slice::from_raw_parts((*slot).tts_isnull, COLUMNS);
-            if !row(values, nulls, owner) {
+            if !row(values, nulls, owner, (*slot).tts_tid) {
                 break;
             }
         }
@@ -138,19 +138,9 @@ unsafe fn activate_reading_snapshot(must_see_latest: bool) -> bool {
 /// is involved: an entry is there as soon as its row is, whoever wrote it.
 pub fn entries_of(user_id: &str, limit: i64) -> i64 {
     let names = Names::resolve();
-    let mut key = pg_sys::ScanKeyData::default();
+    let mut key = user_key(user_id);
     let mut entries = 0;
     unsafe {
-        pg_sys::ScanKeyEntryInitialize(
-            &mut key,
-            0,
-            1,
-            pg_sys::BTEqualStrategyNumber as _,
-            pg_sys::InvalidOid,
-            pg_sys::C_COLLATION_OID,
-            Oid::from(pg_sys::F_TEXTEQ),
-            user_id.into_datum().expect("text"),
-        );
         let rel = pg_sys::table_open(names.table, pg_sys::AccessShareLock as _);
         let index = pg_sys::index_open(names.user_index, pg_sys::AccessShareLock as _);
         let scan = pg_sys::index_beginscan(rel, index, &raw mut pg_sys::SnapshotAnyData, 1, 0);
@@ -165,6 +155,88 @@ pub fn entries_of(user_id: &str, limit: i64) -> i64 {
         pg_sys::table_close(rel, pg_sys::NoLock as _);
     }
     entries
+}
+
+/// Makes room for one more session of the user, as `queries/trim_sessions.sql`
+/// does in SQL: deletes the user's dead sessions, then the oldest live ones,
+/// so that at most `keep` live ones remain. The caller holds the user's lock,
+/// so the only other writers of these rows are prune (deleting dead ones,
+/// which is as good) and a DBA's UPDATE. Returns false, having maybe deleted
+/// some, when the caller must run the SQL instead: the table has triggers to
+/// fire, or a row changed under us.
+pub fn trim(user_id: &str, keep: i64, now: i64, idle_timeout: i32) -> bool {
+    let names = Names::resolve();
+    unsafe {
+        let rel = pg_sys::table_open(names.table, pg_sys::RowExclusiveLock as _);
+        let has_triggers = !(*rel).trigdesc.is_null();
+        pg_sys::table_close(rel, pg_sys::NoLock as _);
+        if has_triggers {
+            return false;
+        }
+    }
+    // (newest first) the user's live sessions, and the dead ones
+    let mut live: Vec<(i64, i64, pg_sys::ItemPointerData)> = Vec::new();
+    let mut doomed: Vec<pg_sys::ItemPointerData> = Vec::new();
+    let key = user_key(user_id);
+    // a fresh snapshot, after the caller took the user's lock: every session
+    // committed before it
+    scan_sessions(names.user_index, key, true, |values, nulls, _, tid| {
+        let at = |i: usize| (!nulls[i]).then(|| values[i].value() as i64);
+        let created_at = at(CREATED_AT).unwrap_or(i64::MIN);
+        if is_dead(at(EXPIRES_AT), at(USED_AT).unwrap_or(created_at), now, idle_timeout) {
+            doomed.push(tid);
+        } else {
+            live.push((created_at, values[ID].value() as i64, tid));
+        }
+        true
+    });
+    live.sort_unstable_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    doomed.extend(live.iter().skip(keep.max(0) as usize).map(|&(_, _, tid)| tid));
+    unsafe {
+        let rel = pg_sys::table_open(names.table, pg_sys::RowExclusiveLock as _);
+        let mut failure = pg_sys::TM_FailureData::default();
+        let mut done = true;
+        for mut tid in doomed {
+            let result = pg_sys::table_tuple_delete(
+                rel,
+                &mut tid,
+                pg_sys::GetCurrentCommandId(true),
+                pg_sys::GetActiveSnapshot(),
+                std::ptr::null_mut(),
+                true,
+                &mut failure,
+                false,
+            );
+            match result {
+                // deleted by us, or already gone (a concurrent prune)
+                pg_sys::TM_Result::TM_Ok
+                | pg_sys::TM_Result::TM_Deleted
+                | pg_sys::TM_Result::TM_SelfModified => {}
+                // updated since the scan: let the SQL decide again
+                _ => done = false,
+            }
+        }
+        pg_sys::table_close(rel, pg_sys::NoLock as _);
+        done
+    }
+}
+
+/// The scan key for a user's sessions in the (user_id, created_at) index.
+fn user_key(user_id: &str) -> pg_sys::ScanKeyData {
+    let mut key = pg_sys::ScanKeyData::default();
+    unsafe {
+        pg_sys::ScanKeyEntryInitialize(
+            &mut key,
+            0,
+            1,
+            pg_sys::BTEqualStrategyNumber as _,
+            pg_sys::InvalidOid,
+            pg_sys::C_COLLATION_OID,
+            Oid::from(pg_sys::F_TEXTEQ),
+            user_id.into_datum().expect("text"),
+        );
+    }
+    key
 }
 
 /// A sign-in's new row: everything but the id, which `insert` draws.

@@ -7,20 +7,29 @@ CREATE ROLE regress_castle_app;
 GRANT USAGE ON SCHEMA castle TO regress_castle_app;
 GRANT EXECUTE ON FUNCTION castle.create_session(text, interval, jsonb),
                           castle.authenticate(text) TO regress_castle_app;
--- an audit trigger
-CREATE TABLE public.session_audit (session_id bigint, user_id text);
+-- an audit trigger fires for the insert, and for the trimming's delete
+CREATE TABLE public.session_audit (op text, session_id bigint, user_id text);
 CREATE FUNCTION public.audit_session() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO public.session_audit VALUES (NEW.id, NEW.user_id);
-    RETURN NEW;
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO public.session_audit VALUES (TG_OP, NEW.id, NEW.user_id);
+    ELSE
+        INSERT INTO public.session_audit VALUES (TG_OP, OLD.id, OLD.user_id);
+    END IF;
+    RETURN NULL;
 END $$;
-CREATE TRIGGER audit AFTER INSERT ON castle.sessions FOR EACH ROW EXECUTE FUNCTION public.audit_session();
+CREATE TRIGGER audit AFTER INSERT OR DELETE ON castle.sessions
+    FOR EACH ROW EXECUTE FUNCTION public.audit_session();
 SET ROLE regress_castle_app;
 SELECT castle.create_session('audited') AS audited \gset
-SELECT user_id FROM castle.authenticate(:'audited');
+SELECT id AS audited_id, user_id AS audited_user FROM castle.authenticate(:'audited') \gset
+SELECT :'audited_user' AS audited_user;
+SELECT count(castle.create_session('audited')) FROM generate_series(1, 3);
 RESET ROLE;
-SELECT a.user_id AS audited_user, a.session_id = (castle.verify(:'audited')).id AS same_session
-  FROM public.session_audit AS a;
+SELECT a.op, a.user_id, count(*) FROM public.session_audit AS a GROUP BY 1, 2 ORDER BY 1;
+SELECT a.session_id = :audited_id AS oldest_trimmed, (castle.verify(:'audited')).id IS NULL AS its_token_refused
+  FROM public.session_audit AS a WHERE a.op = 'DELETE';
+SELECT count(*) AS audited_sessions FROM castle.sessions WHERE user_id = 'audited';
 DROP TRIGGER audit ON castle.sessions;
 SELECT castle.create_session('unaudited') IS NOT NULL AS created;
 SELECT count(*) AS audited_rows FROM public.session_audit;
