@@ -77,11 +77,12 @@ pub fn user_key<T: ToString>(user_id: Option<T>) -> String {
 /// only time it exists outside the caller.
 ///
 /// Runs as the caller, with no SET clause: the common sign-in runs no SQL at
-/// all (the census and the insert go through the access methods, in `store`),
-/// so there is no search_path to pin and no identity to switch, and it costs
-/// about what a bare INSERT costs. The SQL it does run (trimming, or the
-/// insert when a DBA has added a trigger or column) runs as the table's owner
-/// with search_path pinned, through `plans::as_owner`.
+/// all (counting the user's sessions, trimming and the insert go through the
+/// access methods, in `store`), so there is no search_path to pin and no
+/// identity to switch, and it costs about what a bare INSERT costs. The SQL it
+/// runs when a DBA has given the table a trigger or a column (the trim and the
+/// insert) runs as the table's owner with search_path pinned, through
+/// `plans::as_owner`.
 pub fn create(user_id: String, ttl: Option<Interval>, data: Option<RawJsonb>) -> String {
     refuse_on_standby("create_session");
     unsafe { pg_sys::PreventCommandIfReadOnly(c"castle.create_session()".as_ptr()) };
@@ -104,8 +105,8 @@ pub fn create(user_id: String, ttl: Option<Interval>, data: Option<RawJsonb>) ->
     let hash = token::hash_secret(secret.as_bytes());
 
     lock_user(&user_id);
-    // Most sign-ins find the user under the limit: then the trimming statement
-    // is not run at all, and dead sessions wait for castle.prune.
+    // Most sign-ins find the user under the limit from the index alone: then
+    // no row is read or deleted, and dead sessions wait for castle.prune.
     let max_sessions = settings::max_sessions();
     let idle_timeout = settings::idle_timeout_seconds();
     if max_sessions > 0
