@@ -48,7 +48,7 @@ pub fn authenticated(token: Option<&str>) -> Result<SessionRow, Refusal> {
 /// without writing anything.
 pub fn find(token: Option<&str>) -> Result<Found, Refusal> {
     let token = token.ok_or(Refusal::Missing)?;
-    let decoded = token::decode(&settings::token_prefix(), token)?;
+    let decoded = settings::with_token_prefix(|prefix| token::decode(prefix, token))?;
     let stored = store::find_by_id(decoded.id).ok_or(Refusal::UnknownId)?;
     if !token::hashes_equal(&decoded.hash, &stored.hash) {
         return Err(Refusal::WrongSecret);

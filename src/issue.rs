@@ -133,7 +133,7 @@ pub fn create(user_id: String, ttl: Option<Interval>, data: Option<RawJsonb>) ->
         data: data.and_then(|data| data.into_datum()),
     };
     let id = store::insert(&new).unwrap_or_else(|| insert_with_sql(&new));
-    token::encode(&settings::token_prefix(), id, &secret)
+    settings::with_token_prefix(|prefix| token::encode(prefix, id, &secret))
 }
 
 /// now() + ttl, with PostgreSQL's own arithmetic (months and days in the

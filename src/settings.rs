@@ -125,8 +125,16 @@ pub fn idle_timeout_seconds() -> i32 {
     IDLE_TIMEOUT.get()
 }
 
-pub fn token_prefix() -> String {
-    string_setting(&TOKEN_PREFIX)
+/// castle.token_prefix, lent to `f` rather than copied: read on every check.
+/// The check hook lets in only ASCII, so it is always valid UTF-8.
+pub fn with_token_prefix<R>(f: impl FnOnce(&str) -> R) -> R {
+    let raw = unsafe { *TOKEN_PREFIX.as_ptr() };
+    let prefix = if raw.is_null() {
+        ""
+    } else {
+        unsafe { CStr::from_ptr(raw) }.to_str().unwrap_or_default()
+    };
+    f(prefix)
 }
 
 pub fn invalid_message() -> String {
