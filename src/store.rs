@@ -23,6 +23,55 @@ const EXPIRES_AT: usize = 5;
 const USED_AT: usize = 6;
 const DATA: usize = 7;
 const COLUMNS: usize = 8;
+/// Their types: what every direct read and write assumes of the datums.
+const COLUMN_TYPES: [Oid; COLUMNS] = [
+    pg_sys::INT8OID,
+    pg_sys::TEXTOID,
+    pg_sys::TEXTOID,
+    pg_sys::TIMESTAMPTZOID,
+    pg_sys::TIMESTAMPTZOID,
+    pg_sys::TIMESTAMPTZOID,
+    pg_sys::TIMESTAMPTZOID,
+    pg_sys::JSONBOID,
+];
+
+/// Whether castle.sessions' first eight columns are still the ones this
+/// version made, in place and type. A DBA's ALTER COLUMN … TYPE, or a dropped
+/// and re-added column, must stop the direct reads and writes with an error
+/// rather than let them misread or write the wrong kind of datum.
+unsafe fn columns_as_made(rel: pg_sys::Relation) -> bool {
+    unsafe {
+        let descriptor = (*rel).rd_att;
+        let attributes = (*descriptor).attrs.as_slice((*descriptor).natts as usize);
+        attributes.len() >= COLUMNS
+            && attributes.iter().zip(COLUMN_TYPES).all(|(attribute, expected)| {
+                !attribute.attisdropped && attribute.atttypid == expected && attribute.atttypmod == -1
+            })
+    }
+}
+
+fn columns_changed() -> ! {
+    ereport!(
+        ERROR,
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "castle.sessions has been altered: its first eight columns are not the ones castle_sessions made",
+        "Give the columns back their types (see sql/bootstrap.sql)."
+    );
+}
+
+/// Whether a write may bypass the executor: nothing on the table would have
+/// acted on it. A DBA's trigger (or a foreign key pointing at the table), rule
+/// or forced row-level security, or the table being a partition, sends the
+/// write to SQL, run as the table's owner.
+unsafe fn plain_for_writes(rel: pg_sys::Relation) -> bool {
+    unsafe {
+        let class = (*rel).rd_rel;
+        (*rel).trigdesc.is_null()
+            && (*rel).rd_rules.is_null()
+            && !(*class).relforcerowsecurity
+            && !(*class).relispartition
+    }
+}
 
 /// A session row as read, with the timestamps the checks need.
 pub struct StoredSession {
@@ -72,10 +121,8 @@ fn scan_sessions(
         let pushed = activate_reading_snapshot(must_see_latest);
         let rel = pg_sys::table_open(names.table, pg_sys::AccessShareLock as _);
         let index = pg_sys::index_open(index, pg_sys::AccessShareLock as _);
-        if ((*(*rel).rd_att).natts as usize) < COLUMNS {
-            error!(
-                "castle_sessions: castle.sessions does not have the columns this version expects"
-            );
+        if !columns_as_made(rel) {
+            columns_changed();
         }
         let owner = (*(*rel).rd_rel).relowner;
         let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
@@ -168,9 +215,13 @@ pub fn trim(user_id: &str, keep: i64, now: i64, idle_timeout: i32) -> bool {
     let names = Names::resolve();
     unsafe {
         let rel = pg_sys::table_open(names.table, pg_sys::RowExclusiveLock as _);
-        let has_triggers = !(*rel).trigdesc.is_null();
+        let plain = plain_for_writes(rel);
+        if plain {
+            // what a DELETE checks first: a publication that needs a replica identity
+            pg_sys::CheckCmdReplicaIdentity(rel, pg_sys::CmdType::CMD_DELETE);
+        }
         pg_sys::table_close(rel, pg_sys::NoLock as _);
-        if has_triggers {
+        if !plain {
             return false;
         }
     }
@@ -221,6 +272,57 @@ pub fn trim(user_id: &str, keep: i64, now: i64, idle_timeout: i32) -> bool {
     }
 }
 
+/// Under REPEATABLE READ or SERIALIZABLE a transaction's snapshot predates the
+/// user's lock, so it may miss a session another sign-in committed meanwhile,
+/// and trimming by it would leave the user over the limit. Such a transaction
+/// gets a serialization failure (40001, retry it) whenever the latest committed
+/// state holds other sessions of the user than its snapshot does.
+pub fn refuse_if_snapshot_is_stale(user_id: &str) {
+    let isolation = unsafe { pg_sys::XactIsoLevel };
+    if isolation < pg_sys::XACT_REPEATABLE_READ as i32 {
+        return; // READ COMMITTED: every statement reads the latest state
+    }
+    let seen = unsafe {
+        pg_sys::CommandCounterIncrement();
+        rows_seen(user_id, pg_sys::GetTransactionSnapshot())
+    };
+    let latest = unsafe { rows_seen(user_id, pg_sys::GetLatestSnapshot()) };
+    if seen != latest {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+            "could not serialize access due to a concurrent sign-in of the same user",
+            "Retry the transaction."
+        );
+    }
+}
+
+/// The ids of the user's sessions that `snapshot` sees, sorted.
+unsafe fn rows_seen(user_id: &str, snapshot: pg_sys::Snapshot) -> Vec<i64> {
+    let names = Names::resolve();
+    let mut key = user_key(user_id);
+    let mut rows = Vec::new();
+    unsafe {
+        let snapshot = pg_sys::RegisterSnapshot(snapshot);
+        let rel = pg_sys::table_open(names.table, pg_sys::AccessShareLock as _);
+        let index = pg_sys::index_open(names.user_index, pg_sys::AccessShareLock as _);
+        let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+        let scan = pg_sys::index_beginscan(rel, index, snapshot, 1, 0);
+        pg_sys::index_rescan(scan, &mut key, 1, std::ptr::null_mut(), 0);
+        while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
+            pg_sys::slot_getsomeattrs_int(slot, (ID + 1) as i32);
+            rows.push((*(*slot).tts_values).value() as i64);
+        }
+        pg_sys::index_endscan(scan);
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::index_close(index, pg_sys::NoLock as _);
+        pg_sys::table_close(rel, pg_sys::NoLock as _);
+        pg_sys::UnregisterSnapshot(snapshot);
+    }
+    rows.sort_unstable();
+    rows
+}
+
 /// The scan key for a user's sessions in the (user_id, created_at) index.
 fn user_key(user_id: &str) -> pg_sys::ScanKeyData {
     let mut key = pg_sys::ScanKeyData::default();
@@ -263,10 +365,15 @@ pub fn insert(new: &NewSession) -> Option<i64> {
     let names = Names::resolve();
     unsafe {
         let rel = pg_sys::table_open(names.table, pg_sys::RowExclusiveLock as _);
+        if !columns_as_made(rel) {
+            columns_changed();
+        }
         let attributes = (*(*rel).rd_att).attrs.as_slice((*(*rel).rd_att).natts as usize);
         // columns past ours may only be dropped ones, which stay NULL
         let added_column = attributes.iter().skip(COLUMNS).any(|attribute| !attribute.attisdropped);
-        if attributes.len() < COLUMNS || added_column || !(*rel).trigdesc.is_null() {
+        // an id column that is no longer an identity (a DBA's serial default, say)
+        let no_sequence = names.id_sequence == pg_sys::InvalidOid;
+        if added_column || no_sequence || !plain_for_writes(rel) {
             pg_sys::table_close(rel, pg_sys::NoLock as _);
             return None;
         }
@@ -337,7 +444,10 @@ unsafe fn constraints_hold_by_construction(rel: pg_sys::Relation, nulls: &[bool]
         if constraints.is_null() {
             return true;
         }
-        let checks = std::slice::from_raw_parts((*constraints).check, (*constraints).num_check as usize);
+        let checks = match (*constraints).num_check as usize {
+            0 => &[][..],
+            n => std::slice::from_raw_parts((*constraints).check, n),
+        };
         let only_ours = checks.iter().all(|check| CStr::from_ptr(check.ccname) == c"sessions_hash_check");
         let attributes = (*descriptor).attrs.as_slice(nulls.len());
         only_ours && attributes.iter().zip(nulls).all(|(attribute, null)| !(attribute.attnotnull && *null))
@@ -346,7 +456,7 @@ unsafe fn constraints_hold_by_construction(rel: pg_sys::Relation, nulls: &[bool]
 
 /// Runs `f`, re-raising any error it raises with the same SQLSTATE and message
 /// but no detail: a constraint's detail may quote the row, hash included.
-fn without_detail<R>(f: impl FnOnce() -> R) -> R {
+pub fn without_detail<R>(f: impl FnOnce() -> R) -> R {
     PgTryBuilder::new(std::panic::AssertUnwindSafe(f))
         .catch_others(|caught| match caught {
             pg_sys::panic::CaughtError::PostgresError(report)
@@ -465,12 +575,13 @@ impl Names {
                 Datum::from(0),
             );
             let table = relation(c"sessions");
-            let rel = pg_sys::RelationIdGetRelation(table);
+            let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as _);
             let owner = (*(*rel).rd_rel).relowner;
-            pg_sys::RelationClose(rel);
+            pg_sys::table_close(rel, pg_sys::NoLock as _);
             Names {
                 table,
-                id_sequence: pg_sys::getIdentitySequence(table, (ID + 1) as _, false),
+                // missing: the insert falls back to SQL and the column's default
+                id_sequence: pg_sys::getIdentitySequence(table, (ID + 1) as _, true),
                 owner,
                 primary_key: relation(c"sessions_pkey"),
                 user_index: relation(c"sessions_user_id_created_at_idx"),

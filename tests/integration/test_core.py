@@ -161,6 +161,27 @@ def test_trimming_is_exact_under_concurrent_logins():
     assert len(live) == 3 and len(tokens) == workers * rounds
 
 
+def test_repeatable_read_sign_in_on_a_stale_snapshot_is_a_serialization_failure():
+    """A REPEATABLE READ snapshot taken before another sign-in committed would
+    trim by the wrong set of sessions: the sign-in is refused with 40001, and a
+    retry keeps the user at the limit."""
+    user = f"rr-{time.time_ns()}"
+    with psycopg.connect(dsn(), autocommit=True) as a, psycopg.connect(dsn(), autocommit=True) as b:
+        create(a, user)
+        create(a, user)
+        b.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        b.execute("SELECT 1")  # takes the transaction's snapshot: two sessions
+        create(a, user)        # a third, committed after it
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            create(b, user)
+        b.execute("ROLLBACK")
+        b.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        newest = create(b, user)
+        b.execute("COMMIT")
+        assert a.execute("SELECT count(*) FROM castle.sessions WHERE user_id = %s", (user,)).fetchone()[0] == 3
+        assert user_of(a, newest) == user
+
+
 def test_settings_from_database_and_role():
     with psycopg.connect(dsn(), autocommit=True) as admin:
         admin.execute(f"ALTER DATABASE {DB} SET castle.token_prefix = 'db_'")

@@ -30,6 +30,10 @@ SELECT a.op, a.user_id, count(*) FROM public.session_audit AS a GROUP BY 1, 2 OR
 SELECT a.session_id = :audited_id AS oldest_trimmed, (castle.verify(:'audited')).id IS NULL AS its_token_refused
   FROM public.session_audit AS a WHERE a.op = 'DELETE';
 SELECT count(*) AS audited_sessions FROM castle.sessions WHERE user_id = 'audited';
+-- with the trigger, a CHECK is evaluated by SQL, as the owner: still no detail
+ALTER TABLE castle.sessions ADD CONSTRAINT no_banned CHECK (user_id <> 'banned');
+SELECT refusal($$SELECT castle.create_session('banned')$$) AS banned_with_trigger;
+ALTER TABLE castle.sessions DROP CONSTRAINT no_banned;
 DROP TRIGGER audit ON castle.sessions;
 SELECT castle.create_session('unaudited') IS NOT NULL AS created;
 SELECT count(*) AS audited_rows FROM public.session_audit;
@@ -51,6 +55,17 @@ SELECT refusal($$SELECT castle.create_session('banned')$$) AS banned_as_superuse
 SELECT count(*) AS banned_rows FROM castle.sessions WHERE user_id = 'banned';
 SELECT castle.create_session('allowed') IS NOT NULL AS others_still_sign_in;
 ALTER TABLE castle.sessions DROP CONSTRAINT no_banned;
+-- without any CHECK at all
+ALTER TABLE castle.sessions DROP CONSTRAINT sessions_hash_check;
+SELECT castle.create_session('unchecked') IS NOT NULL AS created_without_checks;
+ALTER TABLE castle.sessions ADD CONSTRAINT sessions_hash_check CHECK (hash ~ '^[0-9a-f]{64}$');
+-- a column of another type stops every direct read and write, with a clear error
+SELECT castle.create_session('retyped') AS retyped \gset
+ALTER TABLE castle.sessions ALTER COLUMN data TYPE json USING data::json;
+SELECT refusal($$SELECT castle.create_session('retyped')$$) AS create_on_retyped_table;
+SELECT refusal(format('SELECT castle.verify(%L)', :'retyped')) AS verify_on_retyped_table;
+ALTER TABLE castle.sessions ALTER COLUMN data TYPE jsonb USING data::jsonb;
+SELECT user_id FROM castle.authenticate(:'retyped');
 -- NOT NULL on a column create_session may leave NULL (expires_at, without a ttl)
 BEGIN;
 UPDATE castle.sessions SET expires_at = now() + interval '1 day' WHERE expires_at IS NULL;
