@@ -99,7 +99,7 @@ pub fn find_by_id(id: i64) -> Option<StoredSession> {
         );
     }
     let mut found = None;
-    scan_sessions(names.primary_key, key, false, |values, nulls, owner, _| {
+    scan_sessions(names.primary_key, key, Reading::Statement, |values, nulls, owner, _| {
         found = Some(unsafe { read_row(values, nulls, names.session_type, owner) });
         false
     });
@@ -113,12 +113,12 @@ pub fn find_by_id(id: i64) -> Option<StoredSession> {
 fn scan_sessions(
     index: Oid,
     mut key: pg_sys::ScanKeyData,
-    must_see_latest: bool,
+    reading: Reading,
     mut row: impl FnMut(&[Datum], &[bool], Oid, pg_sys::ItemPointerData) -> bool,
 ) {
     let names = Names::resolve();
     unsafe {
-        let pushed = activate_reading_snapshot(must_see_latest);
+        let pushed = activate_reading_snapshot(reading);
         let rel = pg_sys::table_open(names.table, pg_sys::AccessShareLock as _);
         let index = pg_sys::index_open(index, pg_sys::AccessShareLock as _);
         if !columns_as_made(rel) {
@@ -156,6 +156,19 @@ pub fn is_dead(expires_at: Option<i64>, last_use: i64, now: i64, idle_timeout: i
         || (idle_timeout > 0 && last_use <= now - i64::from(idle_timeout) * 1_000_000)
 }
 
+/// Which snapshot a direct read sees.
+#[derive(Clone, Copy, PartialEq)]
+enum Reading {
+    /// the calling statement's, as any query would (a fresh one once the
+    /// transaction has written, so that it sees its own changes)
+    Statement,
+    /// a fresh one: at READ COMMITTED every row committed before now; at
+    /// REPEATABLE READ and above, the transaction's
+    Fresh,
+    /// every row committed before now, whatever the isolation level
+    Latest,
+}
+
 /// Makes active the snapshot a read sees, and says whether it pushed one (to
 /// pop when done). A transaction that has written (a revoke, say) must see its
 /// own changes, as a PL/pgSQL statement would: count the command and push the
@@ -163,16 +176,19 @@ pub fn is_dead(expires_at: Option<i64>, last_use: i64, now: i64, idle_timeout: i
 /// its own to see, and the calling statement's snapshot serves — one snapshot
 /// per statement, as for any query, and the common case. An active snapshot is
 /// also what flattening a TOASTed value needs.
-unsafe fn activate_reading_snapshot(must_see_latest: bool) -> bool {
+unsafe fn activate_reading_snapshot(reading: Reading) -> bool {
     unsafe {
         let written = pg_sys::GetCurrentTransactionIdIfAny() != pg_sys::InvalidTransactionId;
-        if must_see_latest || written || !pg_sys::ActiveSnapshotSet() {
-            pg_sys::CommandCounterIncrement();
-            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-            true
-        } else {
-            false
+        if reading == Reading::Statement && !written && pg_sys::ActiveSnapshotSet() {
+            return false;
         }
+        pg_sys::CommandCounterIncrement();
+        let snapshot = match reading {
+            Reading::Latest => pg_sys::GetLatestSnapshot(),
+            _ => pg_sys::GetTransactionSnapshot(),
+        };
+        pg_sys::PushActiveSnapshot(snapshot);
+        true
     }
 }
 
@@ -230,8 +246,9 @@ pub fn trim(user_id: &str, keep: i64, now: i64, idle_timeout: i32) -> bool {
     let mut doomed: Vec<pg_sys::ItemPointerData> = Vec::new();
     let key = user_key(user_id);
     // a fresh snapshot, after the caller took the user's lock: every session
-    // committed before it
-    scan_sessions(names.user_index, key, true, |values, nulls, _, tid| {
+    // committed before it (above READ COMMITTED, `refuse_if_snapshot_is_stale`
+    // has made sure the transaction's snapshot has them all)
+    scan_sessions(names.user_index, key, Reading::Fresh, |values, nulls, _, tid| {
         let at = |i: usize| (!nulls[i]).then(|| values[i].value() as i64);
         let created_at = at(CREATED_AT).unwrap_or(i64::MIN);
         if is_dead(at(EXPIRES_AT), at(USED_AT).unwrap_or(created_at), now, idle_timeout) {
@@ -282,12 +299,7 @@ pub fn refuse_if_snapshot_is_stale(user_id: &str) {
     if isolation < pg_sys::XACT_REPEATABLE_READ as i32 {
         return; // READ COMMITTED: every statement reads the latest state
     }
-    let seen = unsafe {
-        pg_sys::CommandCounterIncrement();
-        rows_seen(user_id, pg_sys::GetTransactionSnapshot())
-    };
-    let latest = unsafe { rows_seen(user_id, pg_sys::GetLatestSnapshot()) };
-    if seen != latest {
+    if rows_seen(user_id, Reading::Fresh) != rows_seen(user_id, Reading::Latest) {
         ereport!(
             ERROR,
             PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
@@ -297,30 +309,15 @@ pub fn refuse_if_snapshot_is_stale(user_id: &str) {
     }
 }
 
-/// The ids of the user's sessions that `snapshot` sees, sorted.
-unsafe fn rows_seen(user_id: &str, snapshot: pg_sys::Snapshot) -> Vec<i64> {
-    let names = Names::resolve();
-    let mut key = user_key(user_id);
-    let mut rows = Vec::new();
-    unsafe {
-        let snapshot = pg_sys::RegisterSnapshot(snapshot);
-        let rel = pg_sys::table_open(names.table, pg_sys::AccessShareLock as _);
-        let index = pg_sys::index_open(names.user_index, pg_sys::AccessShareLock as _);
-        let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
-        let scan = pg_sys::index_beginscan(rel, index, snapshot, 1, 0);
-        pg_sys::index_rescan(scan, &mut key, 1, std::ptr::null_mut(), 0);
-        while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
-            pg_sys::slot_getsomeattrs_int(slot, (ID + 1) as i32);
-            rows.push((*(*slot).tts_values).value() as i64);
-        }
-        pg_sys::index_endscan(scan);
-        pg_sys::ExecDropSingleTupleTableSlot(slot);
-        pg_sys::index_close(index, pg_sys::NoLock as _);
-        pg_sys::table_close(rel, pg_sys::NoLock as _);
-        pg_sys::UnregisterSnapshot(snapshot);
-    }
-    rows.sort_unstable();
-    rows
+/// The ids of the user's sessions a read sees, sorted.
+fn rows_seen(user_id: &str, reading: Reading) -> Vec<i64> {
+    let mut ids = Vec::new();
+    scan_sessions(Names::resolve().user_index, user_key(user_id), reading, |values, _, _, _| {
+        ids.push(values[ID].value() as i64);
+        true
+    });
+    ids.sort_unstable();
+    ids
 }
 
 /// The scan key for a user's sessions in the (user_id, created_at) index.
