@@ -532,6 +532,8 @@ struct Names {
 
 thread_local! {
     static NAMES: Cell<Option<Names>> = const { Cell::new(None) };
+    /// Counts invalidations, so that a look-up overtaken by one is not kept.
+    static FORGOTTEN: Cell<u64> = const { Cell::new(0) };
 }
 
 pub fn register_invalidation() {
@@ -541,14 +543,20 @@ pub fn register_invalidation() {
 #[pg_guard]
 unsafe extern "C-unwind" fn forget_names(_arg: Datum, _relid: Oid) {
     NAMES.with(|names| names.set(None));
+    FORGOTTEN.with(|forgotten| forgotten.set(forgotten.get() + 1));
 }
 
 impl Names {
     fn resolve() -> Names {
         NAMES.with(|names| {
             names.get().unwrap_or_else(|| {
+                let before = FORGOTTEN.with(Cell::get);
                 let resolved = Names::look_up();
-                names.set(Some(resolved));
+                // an invalidation processed during the look-up (it takes locks
+                // and reads catalogs) may have made it stale: use it, don't keep it
+                if FORGOTTEN.with(Cell::get) == before {
+                    names.set(Some(resolved));
+                }
                 resolved
             })
         })
