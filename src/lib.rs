@@ -14,6 +14,7 @@ mod issue;
 mod lifecycle;
 mod plans;
 mod raw_jsonb;
+mod scan;
 mod session_row;
 mod settings;
 mod store;
@@ -29,6 +30,7 @@ pub extern "C-unwind" fn _PG_init() {
     settings::register();
     context::register_callbacks();
     store::register_invalidation();
+    scan::register();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -1,0 +1,284 @@
+//! `SELECT * FROM castle.authenticate(token)` without PostgreSQL's Function
+//! Scan. A function in FROM runs through a Function Scan, which on every
+//! execution builds a tuplestore, looks up and copies the row type's
+//! descriptor, and copies the row in and out: about a tenth of a whole
+//! authenticate. This module offers the planner, beside that path, a Custom
+//! Scan for `castle.authenticate` and `castle.verify` in FROM that calls the
+//! same function once per scan and hands its row straight to the query: same
+//! call, same result (verify's NULL is a row of NULLs, as a Function Scan
+//! makes it), same errors. Only the plain case gets it: no ORDINALITY, one
+//! function, no condition on its columns, no whole-row reference; anything
+//! else keeps the Function Scan.
+
+use std::ffi::CStr;
+
+use pgrx::pg_sys::{self, NodeTag};
+use pgrx::prelude::*;
+
+const NAME: &CStr = c"castle session";
+
+static mut PREVIOUS_HOOK: pg_sys::set_rel_pathlist_hook_type = None;
+
+static mut PATH_METHODS: pg_sys::CustomPathMethods = pg_sys::CustomPathMethods {
+    CustomName: NAME.as_ptr(),
+    PlanCustomPath: Some(plan_path),
+    ReparameterizeCustomPathByChild: None,
+};
+
+static mut SCAN_METHODS: pg_sys::CustomScanMethods = pg_sys::CustomScanMethods {
+    CustomName: NAME.as_ptr(),
+    CreateCustomScanState: Some(create_state),
+};
+
+static mut EXEC_METHODS: pg_sys::CustomExecMethods = pg_sys::CustomExecMethods {
+    CustomName: NAME.as_ptr(),
+    BeginCustomScan: Some(begin_scan),
+    ExecCustomScan: Some(exec_scan),
+    EndCustomScan: Some(end_scan),
+    ReScanCustomScan: Some(rescan),
+    ..unsafe { std::mem::zeroed() }
+};
+
+/// The executor state: the custom scan's, then the call and whether this scan
+/// has made its one row.
+#[repr(C)]
+struct SessionScanState {
+    css: pg_sys::CustomScanState,
+    call: *mut pg_sys::ExprState,
+    done: bool,
+}
+
+pub fn register() {
+    unsafe {
+        PREVIOUS_HOOK = pg_sys::set_rel_pathlist_hook;
+        pg_sys::set_rel_pathlist_hook = Some(offer_path);
+        pg_sys::RegisterCustomScanMethods(&raw const SCAN_METHODS);
+    }
+}
+
+unsafe fn list_items(list: *mut pg_sys::List) -> &'static [pg_sys::ListCell] {
+    unsafe {
+        if list.is_null() {
+            &[]
+        } else {
+            std::slice::from_raw_parts((*list).elements, (*list).length as usize)
+        }
+    }
+}
+
+unsafe fn is_node(node: *mut pg_sys::Node, tag: NodeTag) -> bool {
+    unsafe { !node.is_null() && (*node).type_ == tag }
+}
+
+/// The one function call of a `FROM castle.authenticate(…)` or
+/// `FROM castle.verify(…)` relation, if `rte` is one.
+unsafe fn session_call(rte: *mut pg_sys::RangeTblEntry) -> Option<*mut pg_sys::FuncExpr> {
+    unsafe {
+        if (*rte).rtekind != pg_sys::RTEKind::RTE_FUNCTION || (*rte).funcordinality {
+            return None;
+        }
+        let [function] = list_items((*rte).functions) else {
+            return None;
+        };
+        let call = (*function.ptr_value.cast::<pg_sys::RangeTblFunction>()).funcexpr;
+        if !is_node(call, NodeTag::T_FuncExpr) {
+            return None;
+        }
+        let call = call.cast::<pg_sys::FuncExpr>();
+        let castle = pg_sys::get_namespace_oid(c"castle".as_ptr(), true);
+        if castle == pg_sys::InvalidOid || pg_sys::get_func_namespace((*call).funcid) != castle {
+            return None;
+        }
+        let name = CStr::from_ptr(pg_sys::get_func_name((*call).funcid));
+        // what this scan can stand in for: one call, one row of a named composite
+        let one_row = !(*call).funcretset
+            && pg_sys::get_typtype((*call).funcresulttype) == pg_sys::TYPTYPE_COMPOSITE as std::ffi::c_char;
+        ((name == c"authenticate" || name == c"verify") && one_row).then_some(call)
+    }
+}
+
+/// Whether the query asks of `rel` nothing but some of its columns: no
+/// condition on the row, no whole-row reference.
+unsafe fn asks_only_columns(rel: *mut pg_sys::RelOptInfo) -> bool {
+    unsafe {
+        (*rel).baserestrictinfo.is_null()
+            && list_items((*(*rel).reltarget).exprs).iter().all(|item| {
+                let expr = item.ptr_value.cast::<pg_sys::Node>();
+                is_node(expr, NodeTag::T_Var) && (*expr.cast::<pg_sys::Var>()).varattno >= 1
+            })
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn offer_path(
+    root: *mut pg_sys::PlannerInfo,
+    rel: *mut pg_sys::RelOptInfo,
+    rti: pg_sys::Index,
+    rte: *mut pg_sys::RangeTblEntry,
+) {
+    unsafe {
+        if let Some(previous) = PREVIOUS_HOOK {
+            previous(root, rel, rti, rte);
+        }
+        if session_call(rte).is_none() || !asks_only_columns(rel) {
+            return;
+        }
+        // beside each Function Scan path (one per parameterization, for
+        // LATERAL), the same scan for less
+        let function_scans: Vec<*mut pg_sys::Path> = list_items((*rel).pathlist)
+            .iter()
+            .map(|item| item.ptr_value.cast::<pg_sys::Path>())
+            .filter(|&path| (*path).pathtype == NodeTag::T_FunctionScan)
+            .collect();
+        for path in function_scans {
+            let custom = pg_sys::palloc0(std::mem::size_of::<pg_sys::CustomPath>())
+                .cast::<pg_sys::CustomPath>();
+            (*custom).path = *path;
+            (*custom).path.type_ = NodeTag::T_CustomPath;
+            (*custom).path.pathtype = NodeTag::T_CustomScan;
+            (*custom).path.startup_cost = (*path).startup_cost / 2.0;
+            (*custom).path.total_cost = (*path).total_cost / 2.0;
+            (*custom).path.pathkeys = std::ptr::null_mut();
+            (*custom).methods = &raw const PATH_METHODS;
+            pg_sys::add_path(rel, custom.cast());
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn plan_path(
+    root: *mut pg_sys::PlannerInfo,
+    rel: *mut pg_sys::RelOptInfo,
+    best_path: *mut pg_sys::CustomPath,
+    tlist: *mut pg_sys::List,
+    clauses: *mut pg_sys::List,
+    _custom_plans: *mut pg_sys::List,
+) -> *mut pg_sys::Plan {
+    unsafe {
+        let relid = (*rel).relid;
+        let rte = *(*root).simple_rte_array.add(relid as usize);
+        let Some(call) = session_call(rte) else {
+            error!("castle_sessions: a session scan planned for another relation");
+        };
+        let scan =
+            pg_sys::palloc0(std::mem::size_of::<pg_sys::CustomScan>()).cast::<pg_sys::CustomScan>();
+        (*scan).scan.plan.type_ = NodeTag::T_CustomScan;
+        (*scan).scan.plan.targetlist = tlist;
+        (*scan).scan.plan.qual = pg_sys::extract_actual_clauses(clauses, false);
+        // no relation to open: the rows come from the call; custom_scan_tlist
+        // says what they hold, castle.session's columns in order
+        (*scan).scan.scanrelid = 0;
+        (*scan).flags = (*best_path).flags;
+        (*scan).custom_exprs = pg_sys::lappend(
+            std::ptr::null_mut(),
+            pg_sys::copyObjectImpl(call.cast()),
+        );
+        let row_type = pg_sys::exprType(call.cast());
+        let descriptor = pg_sys::lookup_rowtype_tupdesc(row_type, -1);
+        let mut columns = std::ptr::null_mut();
+        for (i, attribute) in (*descriptor)
+            .attrs
+            .as_slice((*descriptor).natts as usize)
+            .iter()
+            .enumerate()
+        {
+            let var = pg_sys::makeVar(
+                relid as _,
+                (i + 1) as _,
+                attribute.atttypid,
+                attribute.atttypmod,
+                attribute.attcollation,
+                0,
+            );
+            let entry = pg_sys::makeTargetEntry(var.cast(), (i + 1) as _, std::ptr::null_mut(), false);
+            columns = pg_sys::lappend(columns, entry.cast());
+        }
+        pg_sys::DecrTupleDescRefCount(descriptor);
+        (*scan).custom_scan_tlist = columns;
+        (*scan).custom_relids = pg_sys::bms_make_singleton(relid as _);
+        (*scan).methods = &raw const SCAN_METHODS;
+        scan.cast()
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn create_state(_scan: *mut pg_sys::CustomScan) -> *mut pg_sys::Node {
+    unsafe {
+        let state = pg_sys::palloc0(std::mem::size_of::<SessionScanState>())
+            .cast::<SessionScanState>();
+        (*state).css.ss.ps.type_ = NodeTag::T_CustomScanState;
+        (*state).css.methods = &raw const EXEC_METHODS;
+        state.cast()
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn begin_scan(
+    node: *mut pg_sys::CustomScanState,
+    _estate: *mut pg_sys::EState,
+    _eflags: i32,
+) {
+    unsafe {
+        let state = node.cast::<SessionScanState>();
+        let scan = (*node).ss.ps.plan.cast::<pg_sys::CustomScan>();
+        let [call] = list_items((*scan).custom_exprs) else {
+            error!("castle_sessions: a session scan without its call");
+        };
+        (*state).call = pg_sys::ExecInitExpr(call.ptr_value.cast(), &mut (*node).ss.ps);
+        (*state).done = false;
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn exec_scan(node: *mut pg_sys::CustomScanState) -> *mut pg_sys::TupleTableSlot {
+    unsafe { pg_sys::ExecScan(&mut (*node).ss, Some(next_row), Some(recheck)) }
+}
+
+/// The scan's one row: the call's result, or a row of NULLs for a NULL, as a
+/// Function Scan gives; then nothing.
+#[pg_guard]
+unsafe extern "C-unwind" fn next_row(node: *mut pg_sys::ScanState) -> *mut pg_sys::TupleTableSlot {
+    unsafe {
+        let state = node.cast::<SessionScanState>();
+        let slot = (*node).ss_ScanTupleSlot;
+        pg_sys::ExecClearTuple(slot);
+        if (*state).done {
+            return slot;
+        }
+        (*state).done = true;
+        let mut is_null = false;
+        let result =
+            pg_sys::ExecEvalExprSwitchContext((*state).call, (*node).ps.ps_ExprContext, &mut is_null);
+        let descriptor = (*slot).tts_tupleDescriptor;
+        let natts = (*descriptor).natts as usize;
+        if is_null {
+            std::slice::from_raw_parts_mut((*slot).tts_isnull, natts).fill(true);
+        } else {
+            let header = pg_sys::pg_detoast_datum(result.cast_mut_ptr()).cast::<pg_sys::HeapTupleHeaderData>();
+            // (fewer attributes are read as NULLs, as for any composite)
+            if usize::from((*header).t_infomask2 & pg_sys::HEAP_NATTS_MASK as u16) > natts {
+                error!("castle_sessions: castle.session changed under a running query");
+            }
+            let mut tuple = pg_sys::HeapTupleData {
+                t_len: pgrx::heap_tuple_header_get_datum_length(header) as u32,
+                t_data: header,
+                ..Default::default()
+            };
+            pg_sys::heap_deform_tuple(&mut tuple, descriptor, (*slot).tts_values, (*slot).tts_isnull);
+        }
+        pg_sys::ExecStoreVirtualTuple(slot)
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn recheck(_node: *mut pg_sys::ScanState, _slot: *mut pg_sys::TupleTableSlot) -> bool {
+    true
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn end_scan(_node: *mut pg_sys::CustomScanState) {}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn rescan(node: *mut pg_sys::CustomScanState) {
+    unsafe { (*node.cast::<SessionScanState>()).done = false };
+}

@@ -1,0 +1,39 @@
+-- authenticate and verify in FROM run as a Custom Scan (the Function Scan's
+-- tuplestore and row-type look-ups are most of what a call costs beyond the
+-- lookup itself), with a Function Scan's results: one row per call, a row of
+-- NULLs for verify's refusal, rescans under LATERAL, the same errors.
+SELECT castle.create_session('scan-user', '1 hour', '{"k": 1}') AS good \gset
+EXPLAIN (COSTS OFF) SELECT * FROM castle.authenticate(:'good');
+SELECT user_id, data FROM castle.authenticate(:'good');
+SELECT count(*) FROM castle.authenticate(:'good');
+-- verify's refusal: one row, every column NULL
+SELECT v.*, (v.id IS NULL AND v.user_id IS NULL AND v.data IS NULL) AS all_null FROM castle.verify('junk') AS v;
+SELECT count(*) FROM castle.verify('junk');
+-- authenticate's refusal is the usual error
+SELECT refusal($$SELECT * FROM castle.authenticate('junk')$$) AS refused;
+-- a token from a subquery, and from a prepared statement's parameter, also once its plan is generic
+CREATE TEMP TABLE scan_tokens (n int, token text);
+INSERT INTO scan_tokens VALUES (1, :'good'), (2, 'junk'), (3, castle.create_session('scan-other'));
+SELECT user_id FROM castle.verify((SELECT t.token FROM scan_tokens AS t WHERE t.n = 1));
+PREPARE scan_check(text) AS SELECT user_id FROM castle.verify($1);
+EXECUTE scan_check(:'good');
+EXECUTE scan_check(:'good');
+EXECUTE scan_check(:'good');
+EXECUTE scan_check(:'good');
+EXECUTE scan_check(:'good');
+EXECUTE scan_check('junk');
+EXECUTE scan_check(:'good');
+DEALLOCATE scan_check;
+-- LATERAL: the call runs again for every outer row
+EXPLAIN (COSTS OFF) SELECT v.user_id FROM scan_tokens AS t, LATERAL castle.verify(t.token) AS v;
+SELECT t.n, v.user_id FROM scan_tokens AS t, LATERAL castle.verify(t.token) AS v ORDER BY t.n;
+-- the cases left to the Function Scan: a condition on the row, ORDINALITY, the whole row
+EXPLAIN (COSTS OFF) SELECT * FROM castle.verify(:'good') AS v WHERE v.user_id = 'scan-user';
+SELECT v.user_id FROM castle.verify(:'good') AS v WHERE v.user_id = 'scan-user';
+EXPLAIN (COSTS OFF) SELECT * FROM castle.verify(:'good') WITH ORDINALITY;
+SELECT user_id, ordinality FROM castle.verify(:'good') WITH ORDINALITY;
+EXPLAIN (COSTS OFF) SELECT v FROM castle.verify(:'good') AS v;
+SELECT (v).user_id FROM castle.verify(:'good') AS v;
+-- other functions in FROM are not touched
+EXPLAIN (COSTS OFF) SELECT * FROM castle.sessions_of('scan-user');
+DROP TABLE scan_tokens;
