@@ -3,8 +3,9 @@
 //! `token` is the pure codec; `settings` every castle.* setting; the SQL API,
 //! one module per area: `issue` (create_session), `auth` (authenticate,
 //! verify), `lifecycle` (revoke, rotate, device lists, pruning), `context`
-//! (login and who is asking); `store` the hot path's direct index scans and
-//! `session_row` the rows they return; `plans` the statements kept prepared.
+//! (login and who is asking); `store` the hot paths' direct table access and
+//! `session_row` the rows they return; `scan` the Custom Scan that runs
+//! authenticate and verify in FROM; `plans` the statements kept prepared.
 
 use pgrx::prelude::*;
 
