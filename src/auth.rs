@@ -20,7 +20,6 @@ static TOUCH_SESSION: Statement = Statement {
 /// A live session a token names, as read before any write.
 pub struct Found {
     pub id: i64,
-    owner: pg_sys::Oid,
     pub session: SessionRow,
     touch_due: bool,
 }
@@ -71,7 +70,6 @@ pub fn find(token: Option<&str>) -> Result<Found, Refusal> {
             .is_none_or(|at| at <= now - i64::from(touch_interval) * 1_000_000);
     Ok(Found {
         id: decoded.id,
-        owner: stored.owner,
         session: stored.session,
         touch_due,
     })
@@ -86,7 +84,7 @@ fn touched(found: Found) -> SessionRow {
     if !found.touch_due || !can_write_here() || !issue::try_lock_user(&found.session.user_id()) {
         return found.session;
     }
-    let recorded = plans::as_owner(found.owner, || {
+    let recorded = plans::as_owner(store::table_owner(), || {
         Spi::connect_mut(|client| {
             let touch = plans::kept(client, &TOUCH_SESSION);
             plans::or_raise(client.update(touch, Some(1), &[found.id.into()])).len() == 1

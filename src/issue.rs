@@ -135,32 +135,29 @@ fn expiry(now: i64, ttl: Interval) -> i64 {
             &[Some(pg_sys::Datum::from(now)), ttl.into_datum()],
         )
     };
-    expires_at.expect("timestamptz + interval is never NULL").value() as i64
+    expires_at
+        .expect("timestamptz + interval is never NULL")
+        .value() as i64
 }
 
 /// Trimming as SQL, as the table's owner: for a table with a DBA's trigger
-/// (or rule, or forced row security), which `store::trim` leaves alone. Errors
-/// lose their detail, which could show a row and its hash.
+/// (or rule, or forced row security), which `store::trim` leaves alone.
 fn trim_with_sql(user_id: &str, max_sessions: i64, idle_timeout: i32) {
-    store::without_detail(|| {
-        plans::as_owner(store::table_owner(), || {
-            Spi::connect_mut(|client| {
-                let trim = plans::kept(client, &TRIM_SESSIONS);
-                let args = [user_id.into(), max_sessions.into(), idle_timeout.into()];
-                plans::or_raise(client.update(trim, None, &args));
-            })
+    plans::as_owner(store::table_owner(), || {
+        Spi::connect_mut(|client| {
+            let trim = plans::kept(client, &TRIM_SESSIONS);
+            let args = [user_id.into(), max_sessions.into(), idle_timeout.into()];
+            plans::or_raise(client.update(trim, None, &args));
         })
     })
 }
 
 /// The insert as SQL, as the table's owner: for a table with a DBA's trigger
-/// or added column, which `store::insert` leaves alone. Errors lose their
-/// detail: the owner may read the table, so a failed constraint's detail would
-/// show the row, hash included.
+/// or added column, which `store::insert` leaves alone.
 fn insert_with_sql(new: &store::NewSession) -> i64 {
     let hash = std::str::from_utf8(new.hash).expect("hex is ASCII");
     let expires_at = new.expires_at.map(pg_sys::Datum::from);
-    store::without_detail(|| plans::as_owner(store::table_owner(), || {
+    plans::as_owner(store::table_owner(), || {
         Spi::connect_mut(|client| {
             let insert = plans::kept(client, &INSERT_SESSION);
             let args = unsafe {
@@ -175,7 +172,7 @@ fn insert_with_sql(new: &store::NewSession) -> i64 {
             plans::or_raise(inserted.first().get_one::<i64>())
                 .unwrap_or_else(|| error!("castle_sessions: INSERT returned no id"))
         })
-    }))
+    })
 }
 
 /// Serializes, until the transaction ends, everything that adds or deletes

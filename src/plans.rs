@@ -59,9 +59,10 @@ pub fn or_raise<T>(result: pgrx::spi::SpiResult<T>) -> T {
 /// pinned to `pg_catalog, pg_temp`: what SECURITY DEFINER and SET search_path
 /// would give a whole function, for just the statements that need it, so the
 /// read-only hot path pays for neither. An error unwinds both with the
-/// (sub)transaction.
+/// (sub)transaction, and loses its detail: the owner may read the table, so a
+/// failed constraint's detail would quote the row, hash included.
 pub fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
-    unsafe {
+    without_detail(|| unsafe {
         let mut caller = pg_sys::InvalidOid;
         let mut context = 0;
         pg_sys::GetUserIdAndSecContext(&mut caller, &mut context);
@@ -84,5 +85,19 @@ pub fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
         pg_sys::AtEOXact_GUC(true, nest_level);
         pg_sys::SetUserIdAndSecContext(caller, context);
         result
-    }
+    })
+}
+
+/// Runs `f`, re-raising any error it raises with the same SQLSTATE and message
+/// but no detail: a constraint's detail may quote the row, hash included.
+pub fn without_detail<R>(f: impl FnOnce() -> R) -> R {
+    PgTryBuilder::new(std::panic::AssertUnwindSafe(f))
+        .catch_others(|caught| match caught {
+            pg_sys::panic::CaughtError::PostgresError(report)
+            | pg_sys::panic::CaughtError::ErrorReport(report) => {
+                ereport!(ERROR, report.sql_error_code(), report.message().to_owned());
+            }
+            panic => panic.rethrow(),
+        })
+        .execute()
 }

@@ -92,7 +92,8 @@ unsafe fn session_call(rte: *mut pg_sys::RangeTblEntry) -> Option<*mut pg_sys::F
         let name = CStr::from_ptr(pg_sys::get_func_name((*call).funcid));
         // what this scan can stand in for: one call, one row of a named composite
         let one_row = !(*call).funcretset
-            && pg_sys::get_typtype((*call).funcresulttype) == pg_sys::TYPTYPE_COMPOSITE as std::ffi::c_char;
+            && pg_sys::get_typtype((*call).funcresulttype)
+                == pg_sys::TYPTYPE_COMPOSITE as std::ffi::c_char;
         ((name == c"authenticate" || name == c"verify") && one_row).then_some(call)
     }
 }
@@ -169,10 +170,8 @@ unsafe extern "C-unwind" fn plan_path(
         // says what they hold, castle.session's columns in order
         (*scan).scan.scanrelid = 0;
         (*scan).flags = (*best_path).flags;
-        (*scan).custom_exprs = pg_sys::lappend(
-            std::ptr::null_mut(),
-            pg_sys::copyObjectImpl(call.cast()),
-        );
+        (*scan).custom_exprs =
+            pg_sys::lappend(std::ptr::null_mut(), pg_sys::copyObjectImpl(call.cast()));
         let row_type = pg_sys::exprType(call.cast());
         let descriptor = pg_sys::lookup_rowtype_tupdesc(row_type, -1);
         let mut columns = std::ptr::null_mut();
@@ -190,7 +189,8 @@ unsafe extern "C-unwind" fn plan_path(
                 attribute.attcollation,
                 0,
             );
-            let entry = pg_sys::makeTargetEntry(var.cast(), (i + 1) as _, std::ptr::null_mut(), false);
+            let entry =
+                pg_sys::makeTargetEntry(var.cast(), (i + 1) as _, std::ptr::null_mut(), false);
             columns = pg_sys::lappend(columns, entry.cast());
         }
         pg_sys::DecrTupleDescRefCount(descriptor);
@@ -204,8 +204,8 @@ unsafe extern "C-unwind" fn plan_path(
 #[pg_guard]
 unsafe extern "C-unwind" fn create_state(_scan: *mut pg_sys::CustomScan) -> *mut pg_sys::Node {
     unsafe {
-        let state = pg_sys::palloc0(std::mem::size_of::<SessionScanState>())
-            .cast::<SessionScanState>();
+        let state =
+            pg_sys::palloc0(std::mem::size_of::<SessionScanState>()).cast::<SessionScanState>();
         (*state).css.ss.ps.type_ = NodeTag::T_CustomScanState;
         (*state).css.methods = &raw const EXEC_METHODS;
         state.cast()
@@ -230,7 +230,9 @@ unsafe extern "C-unwind" fn begin_scan(
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn exec_scan(node: *mut pg_sys::CustomScanState) -> *mut pg_sys::TupleTableSlot {
+unsafe extern "C-unwind" fn exec_scan(
+    node: *mut pg_sys::CustomScanState,
+) -> *mut pg_sys::TupleTableSlot {
     unsafe { pg_sys::ExecScan(&mut (*node).ss, Some(next_row), Some(recheck)) }
 }
 
@@ -247,14 +249,18 @@ unsafe extern "C-unwind" fn next_row(node: *mut pg_sys::ScanState) -> *mut pg_sy
         }
         (*state).done = true;
         let mut is_null = false;
-        let result =
-            pg_sys::ExecEvalExprSwitchContext((*state).call, (*node).ps.ps_ExprContext, &mut is_null);
+        let result = pg_sys::ExecEvalExprSwitchContext(
+            (*state).call,
+            (*node).ps.ps_ExprContext,
+            &mut is_null,
+        );
         let descriptor = (*slot).tts_tupleDescriptor;
         let natts = (*descriptor).natts as usize;
         if is_null {
             std::slice::from_raw_parts_mut((*slot).tts_isnull, natts).fill(true);
         } else {
-            let header = pg_sys::pg_detoast_datum(result.cast_mut_ptr()).cast::<pg_sys::HeapTupleHeaderData>();
+            let header = pg_sys::pg_detoast_datum(result.cast_mut_ptr())
+                .cast::<pg_sys::HeapTupleHeaderData>();
             // (fewer attributes are read as NULLs, as for any composite)
             if usize::from((*header).t_infomask2 & pg_sys::HEAP_NATTS_MASK as u16) > natts {
                 error!("castle_sessions: castle.session changed under a running query");
@@ -264,14 +270,22 @@ unsafe extern "C-unwind" fn next_row(node: *mut pg_sys::ScanState) -> *mut pg_sy
                 t_data: header,
                 ..Default::default()
             };
-            pg_sys::heap_deform_tuple(&mut tuple, descriptor, (*slot).tts_values, (*slot).tts_isnull);
+            pg_sys::heap_deform_tuple(
+                &mut tuple,
+                descriptor,
+                (*slot).tts_values,
+                (*slot).tts_isnull,
+            );
         }
         pg_sys::ExecStoreVirtualTuple(slot)
     }
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn recheck(_node: *mut pg_sys::ScanState, _slot: *mut pg_sys::TupleTableSlot) -> bool {
+unsafe extern "C-unwind" fn recheck(
+    _node: *mut pg_sys::ScanState,
+    _slot: *mut pg_sys::TupleTableSlot,
+) -> bool {
     true
 }
 

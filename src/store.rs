@@ -1,6 +1,6 @@
 //! The hot paths' access to castle.sessions, straight through the table and
 //! index access methods: authenticate's read of one session by primary key,
-//! the sign-in's census of a user's sessions, and the sign-in's insert. No
+//! and the sign-in's count of a user's sessions, trim and insert. No
 //! SPI, no planner, no SQL text, so nothing here depends on search_path, and
 //! each costs about what the bare statement would.
 
@@ -10,6 +10,7 @@ use std::ffi::CStr;
 use pgrx::pg_sys::{self, Datum, Oid};
 use pgrx::prelude::*;
 
+use crate::plans;
 use crate::session_row::SessionRow;
 
 /// castle.sessions' columns, in table order (sql/bootstrap.sql; an upgrade may
@@ -44,9 +45,14 @@ unsafe fn columns_as_made(rel: pg_sys::Relation) -> bool {
         let descriptor = (*rel).rd_att;
         let attributes = (*descriptor).attrs.as_slice((*descriptor).natts as usize);
         attributes.len() >= COLUMNS
-            && attributes.iter().zip(COLUMN_TYPES).all(|(attribute, expected)| {
-                !attribute.attisdropped && attribute.atttypid == expected && attribute.atttypmod == -1
-            })
+            && attributes
+                .iter()
+                .zip(COLUMN_TYPES)
+                .all(|(attribute, expected)| {
+                    !attribute.attisdropped
+                        && attribute.atttypid == expected
+                        && attribute.atttypmod == -1
+                })
     }
 }
 
@@ -75,8 +81,6 @@ unsafe fn plain_for_writes(rel: pg_sys::Relation) -> bool {
 
 /// A session row as read, with the timestamps the checks need.
 pub struct StoredSession {
-    /// castle.sessions' owner: whom a write on the caller's behalf runs as
-    pub owner: Oid,
     pub hash: [u8; 64],
     pub created_at: i64,
     pub expires_at: Option<i64>,
@@ -99,22 +103,27 @@ pub fn find_by_id(id: i64) -> Option<StoredSession> {
         );
     }
     let mut found = None;
-    scan_sessions(names.primary_key, key, Reading::Statement, |values, nulls, owner, _| {
-        found = Some(unsafe { read_row(values, nulls, names.session_type, owner) });
-        false
-    });
+    scan_sessions(
+        names.primary_key,
+        key,
+        Reading::Statement,
+        |values, nulls, _| {
+            found = Some(unsafe { read_row(values, nulls, names.session_type) });
+            false
+        },
+    );
     found
 }
 
 /// Reads castle.sessions through `index` with one equality `key`, handing each
-/// row's first eight values to `row` (with the table's owner) until it returns
+/// row's first eight values (and where the row is) to `row` until it returns
 /// false. The one place that opens, scans and closes: both direct reads share
 /// its snapshot rule, its column check and its clean-up.
 fn scan_sessions(
     index: Oid,
     mut key: pg_sys::ScanKeyData,
     reading: Reading,
-    mut row: impl FnMut(&[Datum], &[bool], Oid, pg_sys::ItemPointerData) -> bool,
+    mut row: impl FnMut(&[Datum], &[bool], pg_sys::ItemPointerData) -> bool,
 ) {
     let names = Names::resolve();
     unsafe {
@@ -124,7 +133,6 @@ fn scan_sessions(
         if !columns_as_made(rel) {
             columns_changed();
         }
-        let owner = (*(*rel).rd_rel).relowner;
         let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
         let scan = pg_sys::index_beginscan(rel, index, pg_sys::GetActiveSnapshot(), 1, 0);
         pg_sys::index_rescan(scan, &mut key, 1, std::ptr::null_mut(), 0);
@@ -132,7 +140,7 @@ fn scan_sessions(
             pg_sys::slot_getsomeattrs_int(slot, COLUMNS as i32);
             let values = std::slice::from_raw_parts((*slot).tts_values, COLUMNS);
             let nulls = std::slice::from_raw_parts((*slot).tts_isnull, COLUMNS);
-            if !row(values, nulls, owner, (*slot).tts_tid) {
+            if !row(values, nulls, (*slot).tts_tid) {
                 break;
             }
         }
@@ -150,7 +158,7 @@ fn scan_sessions(
 /// Whether a session is dead: expired, or unused (used_at, else created_at)
 /// for longer than `idle_timeout` seconds when that is > 0. Timestamps are
 /// PostgreSQL's microseconds; `now` is the transaction's now(). The one rule
-/// authenticate, the sign-in census (and, in SQL, trim and prune) apply.
+/// authenticate and the sign-in's trim (and, in SQL, trim and prune) apply.
 pub fn is_dead(expires_at: Option<i64>, last_use: i64, now: i64, idle_timeout: i32) -> bool {
     expires_at.is_some_and(|at| at <= now)
         || (idle_timeout > 0 && last_use <= now - i64::from(idle_timeout) * 1_000_000)
@@ -201,7 +209,7 @@ unsafe fn activate_reading_snapshot(reading: Reading) -> bool {
 /// is involved: an entry is there as soon as its row is, whoever wrote it.
 pub fn entries_of(user_id: &str, limit: i64) -> i64 {
     let names = Names::resolve();
-    let mut key = user_key(user_id);
+    let mut key = user_scan_key(user_id);
     let mut entries = 0;
     unsafe {
         let rel = pg_sys::table_open(names.table, pg_sys::AccessShareLock as _);
@@ -209,7 +217,8 @@ pub fn entries_of(user_id: &str, limit: i64) -> i64 {
         let scan = pg_sys::index_beginscan(rel, index, &raw mut pg_sys::SnapshotAnyData, 1, 0);
         pg_sys::index_rescan(scan, &mut key, 1, std::ptr::null_mut(), 0);
         while entries < limit
-            && !pg_sys::index_getnext_tid(scan, pg_sys::ScanDirection::ForwardScanDirection).is_null()
+            && !pg_sys::index_getnext_tid(scan, pg_sys::ScanDirection::ForwardScanDirection)
+                .is_null()
         {
             entries += 1;
         }
@@ -229,39 +238,47 @@ pub fn entries_of(user_id: &str, limit: i64) -> i64 {
 /// fire, or a row changed under us.
 pub fn trim(user_id: &str, keep: i64, now: i64, idle_timeout: i32) -> bool {
     let names = Names::resolve();
-    unsafe {
-        let rel = pg_sys::table_open(names.table, pg_sys::RowExclusiveLock as _);
-        let plain = plain_for_writes(rel);
-        if plain {
-            // what a DELETE checks first: a publication that needs a replica identity
-            pg_sys::CheckCmdReplicaIdentity(rel, pg_sys::CmdType::CMD_DELETE);
-        }
-        pg_sys::table_close(rel, pg_sys::NoLock as _);
-        if !plain {
-            return false;
-        }
+    let rel = unsafe { pg_sys::table_open(names.table, pg_sys::RowExclusiveLock as _) };
+    if !unsafe { plain_for_writes(rel) } {
+        unsafe { pg_sys::table_close(rel, pg_sys::NoLock as _) };
+        return false;
     }
+    // what a DELETE checks first: a publication that needs a replica identity
+    unsafe { pg_sys::CheckCmdReplicaIdentity(rel, pg_sys::CmdType::CMD_DELETE) };
     // (newest first) the user's live sessions, and the dead ones
     let mut live: Vec<(i64, i64, pg_sys::ItemPointerData)> = Vec::new();
     let mut doomed: Vec<pg_sys::ItemPointerData> = Vec::new();
-    let key = user_key(user_id);
+    let key = user_scan_key(user_id);
     // a fresh snapshot, after the caller took the user's lock: every session
     // committed before it (above READ COMMITTED, `refuse_if_snapshot_is_stale`
     // has made sure the transaction's snapshot has them all)
-    scan_sessions(names.user_index, key, Reading::Fresh, |values, nulls, _, tid| {
-        let at = |i: usize| (!nulls[i]).then(|| values[i].value() as i64);
-        let created_at = at(CREATED_AT).unwrap_or(i64::MIN);
-        if is_dead(at(EXPIRES_AT), at(USED_AT).unwrap_or(created_at), now, idle_timeout) {
-            doomed.push(tid);
-        } else {
-            live.push((created_at, values[ID].value() as i64, tid));
-        }
-        true
-    });
+    scan_sessions(
+        names.user_index,
+        key,
+        Reading::Fresh,
+        |values, nulls, tid| {
+            let at = |i: usize| (!nulls[i]).then(|| values[i].value() as i64);
+            let created_at = at(CREATED_AT).unwrap_or(i64::MIN);
+            if is_dead(
+                at(EXPIRES_AT),
+                at(USED_AT).unwrap_or(created_at),
+                now,
+                idle_timeout,
+            ) {
+                doomed.push(tid);
+            } else {
+                live.push((created_at, values[ID].value() as i64, tid));
+            }
+            true
+        },
+    );
     live.sort_unstable_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
-    doomed.extend(live.iter().skip(keep.max(0) as usize).map(|&(_, _, tid)| tid));
+    doomed.extend(
+        live.iter()
+            .skip(keep.max(0) as usize)
+            .map(|&(_, _, tid)| tid),
+    );
     unsafe {
-        let rel = pg_sys::table_open(names.table, pg_sys::RowExclusiveLock as _);
         let mut failure = pg_sys::TM_FailureData::default();
         let mut done = true;
         for mut tid in doomed {
@@ -312,16 +329,21 @@ pub fn refuse_if_snapshot_is_stale(user_id: &str) {
 /// The ids of the user's sessions a read sees, sorted.
 fn rows_seen(user_id: &str, reading: Reading) -> Vec<i64> {
     let mut ids = Vec::new();
-    scan_sessions(Names::resolve().user_index, user_key(user_id), reading, |values, _, _, _| {
-        ids.push(values[ID].value() as i64);
-        true
-    });
+    scan_sessions(
+        Names::resolve().user_index,
+        user_scan_key(user_id),
+        reading,
+        |values, _, _| {
+            ids.push(values[ID].value() as i64);
+            true
+        },
+    );
     ids.sort_unstable();
     ids
 }
 
 /// The scan key for a user's sessions in the (user_id, created_at) index.
-fn user_key(user_id: &str) -> pg_sys::ScanKeyData {
+fn user_scan_key(user_id: &str) -> pg_sys::ScanKeyData {
     let mut key = pg_sys::ScanKeyData::default();
     unsafe {
         pg_sys::ScanKeyEntryInitialize(
@@ -365,9 +387,14 @@ pub fn insert(new: &NewSession) -> Option<i64> {
         if !columns_as_made(rel) {
             columns_changed();
         }
-        let attributes = (*(*rel).rd_att).attrs.as_slice((*(*rel).rd_att).natts as usize);
+        let attributes = (*(*rel).rd_att)
+            .attrs
+            .as_slice((*(*rel).rd_att).natts as usize);
         // columns past ours may only be dropped ones, which stay NULL
-        let added_column = attributes.iter().skip(COLUMNS).any(|attribute| !attribute.attisdropped);
+        let added_column = attributes
+            .iter()
+            .skip(COLUMNS)
+            .any(|attribute| !attribute.attisdropped);
         // an id column that is no longer an identity (a DBA's serial default, say)
         let no_sequence = names.id_sequence == pg_sys::InvalidOid;
         if added_column || no_sequence || !plain_for_writes(rel) {
@@ -376,8 +403,8 @@ pub fn insert(new: &NewSession) -> Option<i64> {
         }
         let id = next_id(names.id_sequence);
         let estate = pg_sys::CreateExecutorState();
-        let result_rel =
-            pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>()).cast::<pg_sys::ResultRelInfo>();
+        let result_rel = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
+            .cast::<pg_sys::ResultRelInfo>();
         (*result_rel).type_ = pg_sys::NodeTag::T_ResultRelInfo;
         // range table index 0: no query's range table is behind this insert
         pg_sys::InitResultRelInfo(result_rel, rel, 0, std::ptr::null_mut(), 0);
@@ -389,7 +416,10 @@ pub fn insert(new: &NewSession) -> Option<i64> {
         let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, attributes.len());
         nulls.fill(true);
         let text = |s: &[u8]| {
-            Datum::from(pg_sys::cstring_to_text_with_len(s.as_ptr().cast(), s.len() as i32))
+            Datum::from(pg_sys::cstring_to_text_with_len(
+                s.as_ptr().cast(),
+                s.len() as i32,
+            ))
         };
         let mut set = |column: usize, value: Option<Datum>| {
             nulls[column] = value.is_none();
@@ -406,9 +436,15 @@ pub fn insert(new: &NewSession) -> Option<i64> {
         pg_sys::ExecStoreVirtualTuple(slot);
 
         if !constraints_hold_by_construction(rel, nulls) {
-            without_detail(|| pg_sys::ExecConstraints(result_rel, slot, estate));
+            plans::without_detail(|| pg_sys::ExecConstraints(result_rel, slot, estate));
         }
-        pg_sys::table_tuple_insert(rel, slot, pg_sys::GetCurrentCommandId(true), 0, std::ptr::null_mut());
+        pg_sys::table_tuple_insert(
+            rel,
+            slot,
+            pg_sys::GetCurrentCommandId(true),
+            0,
+            std::ptr::null_mut(),
+        );
         // A unique violation could only be on id (the pkey; its detail shows
         // the id, which is no secret), or on an index a DBA added.
         pg_sys::ExecInsertIndexTuples(
@@ -445,24 +481,16 @@ unsafe fn constraints_hold_by_construction(rel: pg_sys::Relation, nulls: &[bool]
             0 => &[][..],
             n => std::slice::from_raw_parts((*constraints).check, n),
         };
-        let only_ours = checks.iter().all(|check| CStr::from_ptr(check.ccname) == c"sessions_hash_check");
+        let only_ours = checks
+            .iter()
+            .all(|check| CStr::from_ptr(check.ccname) == c"sessions_hash_check");
         let attributes = (*descriptor).attrs.as_slice(nulls.len());
-        only_ours && attributes.iter().zip(nulls).all(|(attribute, null)| !(attribute.attnotnull && *null))
+        only_ours
+            && attributes
+                .iter()
+                .zip(nulls)
+                .all(|(attribute, null)| !(attribute.attnotnull && *null))
     }
-}
-
-/// Runs `f`, re-raising any error it raises with the same SQLSTATE and message
-/// but no detail: a constraint's detail may quote the row, hash included.
-pub fn without_detail<R>(f: impl FnOnce() -> R) -> R {
-    PgTryBuilder::new(std::panic::AssertUnwindSafe(f))
-        .catch_others(|caught| match caught {
-            pg_sys::panic::CaughtError::PostgresError(report)
-            | pg_sys::panic::CaughtError::ErrorReport(report) => {
-                ereport!(ERROR, report.sql_error_code(), report.message().to_owned());
-            }
-            panic => panic.rethrow(),
-        })
-        .execute()
 }
 
 /// nextval() without its USAGE check: the caller has EXECUTE on
@@ -481,12 +509,7 @@ pub fn table_owner() -> Oid {
 }
 
 /// Copies what the caller needs out of the slot before its buffer is released.
-unsafe fn read_row(
-    values: &[Datum],
-    nulls: &[bool],
-    session_type: Oid,
-    owner: Oid,
-) -> StoredSession {
+unsafe fn read_row(values: &[Datum], nulls: &[bool], session_type: Oid) -> StoredSession {
     let timestamp = |i: usize| (!nulls[i]).then(|| values[i].value() as i64);
     let mut hash = [0u8; 64];
     let stored = unsafe {
@@ -506,7 +529,6 @@ unsafe fn read_row(
         &mut picked.map(|i| nulls[i]),
     );
     StoredSession {
-        owner,
         hash,
         created_at: timestamp(CREATED_AT).unwrap_or(i64::MIN),
         expires_at: timestamp(EXPIRES_AT),
