@@ -7,9 +7,9 @@ use pgrx::prelude::*;
 
 use crate::issue;
 use crate::plans::{self, Statement, INT8};
-use crate::session_row::SessionRow;
+use crate::session_row::{SessionRow, SessionValues};
 use crate::token::{self, Refusal};
-use crate::{settings, store};
+use crate::{settings, store, unguarded};
 
 static TOUCH_SESSION: Statement = Statement {
     sql: include_str!("queries/touch_session.sql"),
@@ -20,7 +20,7 @@ static TOUCH_SESSION: Statement = Statement {
 /// A live session a token names, as read before any write.
 pub struct Found {
     pub id: i64,
-    pub session: SessionRow,
+    pub session: SessionValues,
     touch_due: bool,
 }
 
@@ -29,23 +29,28 @@ pub struct Found {
 /// a pinned search_path.
 #[pg_extern(volatile, parallel_unsafe)]
 fn authenticate(token: Option<&str>) -> SessionRow {
-    authenticated(token).unwrap_or_else(|why| refuse(why))
+    authenticated(token.map(str::as_bytes))
+        .unwrap_or_else(|why| refuse(why))
+        .into_row(store::session_type())
 }
 
 /// The session a token names, or NULL wherever authenticate would raise.
 #[pg_extern(volatile, parallel_unsafe)]
 fn verify(token: Option<&str>) -> Option<SessionRow> {
-    authenticated(token).map_err(log_refusal).ok()
+    authenticated(token.map(str::as_bytes))
+        .map_err(log_refusal)
+        .ok()
+        .map(|session| session.into_row(store::session_type()))
 }
 
 /// What authenticate returns: the session after recording this use.
-pub fn authenticated(token: Option<&str>) -> Result<SessionRow, Refusal> {
+pub fn authenticated(token: Option<&[u8]>) -> Result<SessionValues, Refusal> {
     find(token).map(touched)
 }
 
 /// Checks a token completely — format, checksum, hash, expiry, idle timeout —
 /// without writing anything.
-pub fn find(token: Option<&str>) -> Result<Found, Refusal> {
+pub fn find(token: Option<&[u8]>) -> Result<Found, Refusal> {
     let token = token.ok_or(Refusal::Missing)?;
     let decoded = settings::with_token_prefix(|prefix| token::decode(prefix, token))?;
     let stored = store::find_by_id(decoded.id).ok_or(Refusal::UnknownId)?;
@@ -53,7 +58,7 @@ pub fn find(token: Option<&str>) -> Result<Found, Refusal> {
         return Err(Refusal::WrongSecret);
     }
     // now(), as every SQL statement of this transaction sees it
-    let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    let now = unsafe { unguarded::GetCurrentTransactionStartTimestamp() };
     let last_use = stored.used_at.unwrap_or(stored.created_at);
     if store::is_dead(
         stored.expires_at,
@@ -76,7 +81,7 @@ pub fn find(token: Option<&str>) -> Result<Found, Refusal> {
 }
 
 /// The session after recording this use, when a write is due and possible.
-fn touched(found: Found) -> SessionRow {
+fn touched(found: Found) -> SessionValues {
     // The touch holds the row until the transaction ends; so it takes the
     // user's lock first, as every writer of a user's sessions does, or a
     // sign-in's trim and this transaction could wait on each other. Never

@@ -20,6 +20,7 @@ mod session_row;
 mod settings;
 mod store;
 pub mod token;
+mod unguarded;
 
 ::pgrx::pg_module_magic!(name, version);
 

@@ -50,7 +50,7 @@ static PRUNE_SESSIONS: Statement = Statement {
 #[search_path(pg_catalog, pg_temp)]
 fn revoke(token: Option<&str>) -> bool {
     refuse_on_standby("revoke");
-    match auth::find(token) {
+    match auth::find(token.map(str::as_bytes)) {
         Ok(found) => Spi::connect_mut(|client| {
             issue::lock_user(&found.session.user_id());
             delete_session(client, found.id)
@@ -136,7 +136,7 @@ fn sessions_of_text(
 #[search_path(pg_catalog, pg_temp)]
 fn rotate(token: Option<&str>, ttl: default!(Option<Interval>, "NULL")) -> String {
     refuse_on_standby("rotate");
-    let found = auth::find(token).unwrap_or_else(|why| auth::refuse(why));
+    let found = auth::find(token.map(str::as_bytes)).unwrap_or_else(|why| auth::refuse(why));
     let user_id = found.session.user_id();
     // delete first, so that trimming counts the new session instead of the old one
     let data = Spi::connect_mut(|client| {

@@ -9,11 +9,23 @@
 //! makes it), same errors. Only the plain case gets it: no ORDINALITY, one
 //! function, no condition on its columns, no whole-row reference; anything
 //! else keeps the Function Scan.
+//!
+//! When the function is still ours as installed (our C symbol, not SECURITY
+//! DEFINER, no SET clause), the scan goes one step further and skips the
+//! function call machinery too: it checks EXECUTE as a call would, evaluates
+//! the token, runs `auth::authenticated` itself and puts the session's values
+//! straight into its row, with no composite made and taken apart. A plan
+//! depends on the function and on castle.session, so redefining either
+//! replans; with per-function statistics on (track_functions = all) or a
+//! security module's function hook, the scan calls the function as usual.
 
 use std::ffi::CStr;
 
 use pgrx::pg_sys::{self, NodeTag};
 use pgrx::prelude::*;
+
+use crate::auth;
+use crate::session_row::{ATTRIBUTES, ATTRIBUTE_TYPES};
 
 const NAME: &CStr = c"castle session";
 
@@ -39,12 +51,24 @@ static mut EXEC_METHODS: pg_sys::CustomExecMethods = pg_sys::CustomExecMethods {
     ..unsafe { std::mem::zeroed() }
 };
 
-/// The executor state: the custom scan's, then the call and whether this scan
-/// has made its one row.
+/// How a scan gets its row, kept in the plan's custom_private.
+#[derive(Clone, Copy, PartialEq)]
+enum Call {
+    /// through fmgr, as a Function Scan would call it
+    Function = 0,
+    /// `auth::authenticated` directly, for castle.authenticate ...
+    Authenticate = 1,
+    /// ... and for castle.verify
+    Verify = 2,
+}
+
+/// The executor state: the custom scan's, then what to evaluate (the call, or
+/// for a direct call its token), how, and whether this scan has made its row.
 #[repr(C)]
 struct SessionScanState {
     css: pg_sys::CustomScanState,
-    call: *mut pg_sys::ExprState,
+    expression: *mut pg_sys::ExprState,
+    call: Call,
     done: bool,
 }
 
@@ -146,6 +170,40 @@ unsafe extern "C-unwind" fn offer_path(
     }
 }
 
+/// How this scan may get its row: directly, when `call` is to our own C
+/// function as installed and its row is castle.session as this version made
+/// it; through fmgr otherwise. fmgr itself says whether the function would be
+/// called plainly: it hands back our symbol only for a C function without
+/// SECURITY DEFINER, SET clauses or a hook that needs to see the call.
+unsafe fn direct_call(
+    call: *mut pg_sys::FuncExpr,
+    attributes: &[pg_sys::FormData_pg_attribute],
+) -> Call {
+    unsafe {
+        let row_as_made = attributes.len() == ATTRIBUTES
+            && attributes
+                .iter()
+                .zip(ATTRIBUTE_TYPES)
+                .all(|(attribute, expected)| {
+                    !attribute.attisdropped && attribute.atttypid == expected
+                });
+        let single_token = list_items((*call).args).len() == 1;
+        if !row_as_made || !single_token {
+            return Call::Function;
+        }
+        let mut function = pg_sys::FmgrInfo::default();
+        pg_sys::fmgr_info((*call).funcid, &mut function);
+        let address = function.fn_addr.map_or(0, |f| f as usize);
+        if address == auth::authenticate_wrapper as *const () as usize {
+            Call::Authenticate
+        } else if address == auth::verify_wrapper as *const () as usize {
+            Call::Verify
+        } else {
+            Call::Function
+        }
+    }
+}
+
 #[pg_guard]
 unsafe extern "C-unwind" fn plan_path(
     root: *mut pg_sys::PlannerInfo,
@@ -174,13 +232,10 @@ unsafe extern "C-unwind" fn plan_path(
             pg_sys::lappend(std::ptr::null_mut(), pg_sys::copyObjectImpl(call.cast()));
         let row_type = pg_sys::exprType(call.cast());
         let descriptor = pg_sys::lookup_rowtype_tupdesc(row_type, -1);
+        let attributes = (*descriptor).attrs.as_slice((*descriptor).natts as usize);
+        let direct = direct_call(call, attributes);
         let mut columns = std::ptr::null_mut();
-        for (i, attribute) in (*descriptor)
-            .attrs
-            .as_slice((*descriptor).natts as usize)
-            .iter()
-            .enumerate()
-        {
+        for (i, attribute) in attributes.iter().enumerate() {
             let var = pg_sys::makeVar(
                 relid as _,
                 (i + 1) as _,
@@ -195,6 +250,14 @@ unsafe extern "C-unwind" fn plan_path(
         }
         pg_sys::DecrTupleDescRefCount(descriptor);
         (*scan).custom_scan_tlist = columns;
+        (*scan).custom_private = pg_sys::lappend(
+            std::ptr::null_mut(),
+            pg_sys::makeInteger(direct as i32).cast(),
+        );
+        // castle.session altered (ALTER TYPE) must replan, as a changed table does
+        let type_relation = pg_sys::get_typ_typrelid(row_type);
+        (*(*root).glob).relationOids =
+            pg_sys::lappend_oid((*(*root).glob).relationOids, type_relation);
         (*scan).custom_relids = pg_sys::bms_make_singleton(relid as _);
         (*scan).methods = &raw const SCAN_METHODS;
         scan.cast()
@@ -221,10 +284,47 @@ unsafe extern "C-unwind" fn begin_scan(
     unsafe {
         let state = node.cast::<SessionScanState>();
         let scan = (*node).ss.ps.plan.cast::<pg_sys::CustomScan>();
-        let [call] = list_items((*scan).custom_exprs) else {
+        let ([call], [how]) = (
+            list_items((*scan).custom_exprs),
+            list_items((*scan).custom_private),
+        ) else {
             error!("castle_sessions: a session scan without its call");
         };
-        (*state).call = pg_sys::ExecInitExpr(call.ptr_value.cast(), &mut (*node).ss.ps);
+        let call = call.ptr_value.cast::<pg_sys::FuncExpr>();
+        (*state).call = match (*how.ptr_value.cast::<pg_sys::Integer>()).ival {
+            1 => Call::Authenticate,
+            2 => Call::Verify,
+            _ => Call::Function,
+        };
+        // what fmgr would do on the call's behalf, the scan can't: count it, or
+        // let a security module's hook see it
+        if pg_sys::pgstat_track_functions >= pg_sys::TrackFunctionsLevel::TRACK_FUNC_ALL as i32
+            || (*&raw const pg_sys::needs_fmgr_hook).is_some()
+        {
+            (*state).call = Call::Function;
+        }
+        (*state).expression = if (*state).call == Call::Function {
+            pg_sys::ExecInitExpr(call.cast(), &mut (*node).ss.ps)
+        } else {
+            // the checks ExecInitExpr makes of a function call, in its order
+            let function = (*call).funcid;
+            let allowed =
+                pg_sys::pg_proc_aclcheck(function, pg_sys::GetUserId(), pg_sys::ACL_EXECUTE as _);
+            if allowed != pg_sys::AclResult::ACLCHECK_OK {
+                pg_sys::aclcheck_error(
+                    allowed,
+                    pg_sys::ObjectType::OBJECT_FUNCTION,
+                    pg_sys::get_func_name(function),
+                );
+            }
+            if (*&raw const pg_sys::object_access_hook).is_some() {
+                pg_sys::RunFunctionExecuteHook(function);
+            }
+            let [token] = list_items((*call).args) else {
+                error!("castle_sessions: a session scan without its token");
+            };
+            pg_sys::ExecInitExpr(token.ptr_value.cast(), &mut (*node).ss.ps)
+        };
         (*state).done = false;
     }
 }
@@ -248,16 +348,40 @@ unsafe extern "C-unwind" fn next_row(node: *mut pg_sys::ScanState) -> *mut pg_sy
             return slot;
         }
         (*state).done = true;
+        let context = (*node).ps.ps_ExprContext;
         let mut is_null = false;
-        let result = pg_sys::ExecEvalExprSwitchContext(
-            (*state).call,
-            (*node).ps.ps_ExprContext,
-            &mut is_null,
-        );
+        let result = pg_sys::ExecEvalExprSwitchContext((*state).expression, context, &mut is_null);
         let descriptor = (*slot).tts_tupleDescriptor;
         let natts = (*descriptor).natts as usize;
-        if is_null {
-            std::slice::from_raw_parts_mut((*slot).tts_isnull, natts).fill(true);
+        let values = std::slice::from_raw_parts_mut((*slot).tts_values, natts);
+        let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, natts);
+        if (*state).call != Call::Function {
+            // the token, then the session read in the same per-row memory a
+            // call's result would be made in
+            let token = (!is_null).then(|| {
+                pgrx::varlena::varlena_to_byte_slice(pg_sys::pg_detoast_datum_packed(
+                    result.cast_mut_ptr(),
+                ))
+            });
+            let caller = pg_sys::MemoryContextSwitchTo((*context).ecxt_per_tuple_memory);
+            let session = auth::authenticated(token);
+            pg_sys::MemoryContextSwitchTo(caller);
+            match (session, (*state).call) {
+                (Ok(session), _) if natts == ATTRIBUTES => {
+                    values.copy_from_slice(&session.values);
+                    nulls.copy_from_slice(&session.nulls);
+                }
+                (Ok(_), _) => {
+                    error!("castle_sessions: castle.session changed under a running query")
+                }
+                (Err(why), Call::Verify) => {
+                    auth::log_refusal(why);
+                    nulls.fill(true);
+                }
+                (Err(why), _) => auth::refuse(why),
+            }
+        } else if is_null {
+            nulls.fill(true);
         } else {
             let header = pg_sys::pg_detoast_datum(result.cast_mut_ptr())
                 .cast::<pg_sys::HeapTupleHeaderData>();
@@ -273,8 +397,8 @@ unsafe extern "C-unwind" fn next_row(node: *mut pg_sys::ScanState) -> *mut pg_sy
             pg_sys::heap_deform_tuple(
                 &mut tuple,
                 descriptor,
-                (*slot).tts_values,
-                (*slot).tts_isnull,
+                values.as_mut_ptr(),
+                nulls.as_mut_ptr(),
             );
         }
         pg_sys::ExecStoreVirtualTuple(slot)

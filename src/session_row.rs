@@ -1,6 +1,7 @@
-//! `castle.session` values built once and handed to PostgreSQL as they are.
-//! pgrx's PgHeapTuple would copy the row twice more on its way out; on the hot
-//! path that was a measurable share of authenticate.
+//! `castle.session` values: read once from the table, then handed to the
+//! query as they are (the Custom Scan) or formed once into the composite a
+//! function returns. pgrx's PgHeapTuple would copy the row twice more on its
+//! way out; on the hot path that was a measurable share of authenticate.
 
 use pgrx::callconv::{BoxRet, FcInfo};
 use pgrx::pg_sys::{self, Datum, Oid};
@@ -9,96 +10,81 @@ use pgrx::pgrx_sql_entity_graph::metadata::{
 };
 use pgrx::prelude::*;
 
-/// A castle.session composite datum in the current memory context.
-pub struct SessionRow(Datum);
-
-/// castle.session's attribute numbers (1-based, for GetAttributeByNum) ...
-const ID: i16 = 1;
-const USER_ID: i16 = 2;
-/// ... and value positions (0-based), out of its seven attributes.
+/// castle.session's attributes (0-based), out of its seven.
+const ID: usize = 0;
+const USER_ID: usize = 1;
 const UPDATED_AT: usize = 3;
 const USED_AT: usize = 5;
-const ATTRIBUTES: usize = 7;
+pub const ATTRIBUTES: usize = 7;
+/// Their types, which the Custom Scan checks its row type against.
+pub const ATTRIBUTE_TYPES: [Oid; ATTRIBUTES] = [
+    pg_sys::INT8OID,
+    pg_sys::TEXTOID,
+    pg_sys::TIMESTAMPTZOID,
+    pg_sys::TIMESTAMPTZOID,
+    pg_sys::TIMESTAMPTZOID,
+    pg_sys::TIMESTAMPTZOID,
+    pg_sys::JSONBOID,
+];
 
-/// castle.session's descriptor, refused unless it has the seven attributes we
-/// fill: an altered type must not make us read or write past our arrays.
-unsafe fn session_tupdesc(session_type: Oid) -> pg_sys::TupleDesc {
-    unsafe {
-        let tupdesc = pg_sys::lookup_rowtype_tupdesc(session_type, -1);
-        if (*tupdesc).natts as usize != ATTRIBUTES {
-            pg_sys::DecrTupleDescRefCount(tupdesc);
-            error!(
-                "castle_sessions: castle.session does not have the attributes this version expects"
-            );
-        }
-        tupdesc
-    }
+/// castle.session's seven values, in its attribute order, as read from the
+/// table and copied into the current memory context: what the Custom Scan
+/// hands on as they are, and what a function call forms into a composite.
+#[derive(Clone, Copy)]
+pub struct SessionValues {
+    pub values: [Datum; ATTRIBUTES],
+    pub nulls: [bool; ATTRIBUTES],
 }
 
-impl SessionRow {
-    /// Forms the composite from its seven values (copied, so they may point into a buffer).
-    pub fn form(
-        session_type: Oid,
-        values: &mut [Datum; ATTRIBUTES],
-        nulls: &mut [bool; ATTRIBUTES],
-    ) -> SessionRow {
-        unsafe {
-            let tupdesc = session_tupdesc(session_type);
-            let tuple = pg_sys::heap_form_tuple(tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
-            pg_sys::DecrTupleDescRefCount(tupdesc);
-            // heap_form_tuple already stamped the header with the type; this only
-            // flattens TOASTed values (a large data), which a composite may not hold
-            SessionRow(pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data))
-        }
-    }
-
+impl SessionValues {
+    /// The primary key, never NULL.
     pub fn id(&self) -> i64 {
-        self.attribute(ID)
-            .map(|d| d.value() as i64)
-            .unwrap_or_else(|| error!("castle_sessions: a session without an id"))
+        self.values[ID].value() as i64
     }
 
+    /// user_id, never NULL (the table's NOT NULL).
     pub fn user_id(&self) -> String {
-        match self.attribute(USER_ID) {
-            Some(text) => unsafe {
-                pgrx::varlena::text_to_rust_str_unchecked(pg_sys::pg_detoast_datum_packed(
-                    text.cast_mut_ptr(),
-                ))
-            }
-            .to_owned(),
-            None => error!("castle_sessions: a session without a user"),
+        unsafe {
+            pgrx::varlena::text_to_rust_str_unchecked(pg_sys::pg_detoast_datum_packed(
+                self.values[USER_ID].cast_mut_ptr(),
+            ))
         }
+        .to_owned()
     }
 
     /// The same session after a use recorded at `now`.
-    pub fn used_at(self, now: i64) -> SessionRow {
-        unsafe {
-            let header = self.0.cast_mut_ptr::<pg_sys::HeapTupleHeaderData>();
-            let session_type = pgrx::heap_tuple_header_get_type_id(header);
-            let tupdesc = session_tupdesc(session_type);
-            let mut tuple = pg_sys::HeapTupleData {
-                t_len: pgrx::heap_tuple_header_get_datum_length(header) as u32,
-                t_data: header,
-                ..Default::default()
-            };
-            let mut values = [Datum::from(0); ATTRIBUTES];
-            let mut nulls = [false; ATTRIBUTES];
-            pg_sys::heap_deform_tuple(&mut tuple, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
-            pg_sys::DecrTupleDescRefCount(tupdesc);
-            for i in [UPDATED_AT, USED_AT] {
-                values[i] = Datum::from(now);
-                nulls[i] = false;
-            }
-            SessionRow::form(session_type, &mut values, &mut nulls)
+    pub fn used_at(mut self, now: i64) -> SessionValues {
+        for i in [UPDATED_AT, USED_AT] {
+            self.values[i] = Datum::from(now);
+            self.nulls[i] = false;
         }
+        self
     }
 
-    fn attribute(&self, n: i16) -> Option<Datum> {
-        let mut is_null = false;
-        let value = unsafe { pg_sys::GetAttributeByNum(self.0.cast_mut_ptr(), n, &mut is_null) };
-        (!is_null).then_some(value)
+    /// The composite a function returns, of type `session_type` (castle.session),
+    /// refused unless it has the seven attributes we fill: an altered type must
+    /// not make us read past our arrays.
+    pub fn into_row(mut self, session_type: Oid) -> SessionRow {
+        unsafe {
+            let tupdesc = pg_sys::lookup_rowtype_tupdesc(session_type, -1);
+            if (*tupdesc).natts as usize != ATTRIBUTES {
+                pg_sys::DecrTupleDescRefCount(tupdesc);
+                error!(
+                    "castle_sessions: castle.session does not have the attributes this version expects"
+                );
+            }
+            let tuple =
+                pg_sys::heap_form_tuple(tupdesc, self.values.as_mut_ptr(), self.nulls.as_mut_ptr());
+            pg_sys::DecrTupleDescRefCount(tupdesc);
+            // heap_form_tuple already stamped the header with the type
+            SessionRow(pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data))
+        }
     }
 }
+
+/// A castle.session composite datum in the current memory context: what
+/// authenticate, verify and login return when called as functions.
+pub struct SessionRow(Datum);
 
 unsafe impl BoxRet for SessionRow {
     unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> pgrx::datum::Datum<'fcx> {

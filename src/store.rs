@@ -11,7 +11,8 @@ use pgrx::pg_sys::{self, Datum, Oid};
 use pgrx::prelude::*;
 
 use crate::plans;
-use crate::session_row::SessionRow;
+use crate::session_row::SessionValues;
+use crate::unguarded;
 
 /// castle.sessions' columns, in table order (sql/bootstrap.sql; an upgrade may
 /// only append, and the scans read these first eight).
@@ -86,15 +87,14 @@ pub struct StoredSession {
     pub expires_at: Option<i64>,
     pub used_at: Option<i64>,
     /// the row as castle.session (without its hash), ready to return
-    pub session: SessionRow,
+    pub session: SessionValues,
 }
 
 /// The session with this id, or None, under `activate_reading_snapshot`'s snapshot.
 pub fn find_by_id(id: i64) -> Option<StoredSession> {
-    let names = Names::resolve();
     let mut key = pg_sys::ScanKeyData::default();
     unsafe {
-        pg_sys::ScanKeyInit(
+        unguarded::ScanKeyInit(
             &mut key,
             1,
             pg_sys::BTEqualStrategyNumber as _,
@@ -104,54 +104,73 @@ pub fn find_by_id(id: i64) -> Option<StoredSession> {
     }
     let mut found = None;
     scan_sessions(
-        names.primary_key,
+        Names::resolve().primary_key,
         key,
         Reading::Statement,
         |values, nulls, _| {
-            found = Some(unsafe { read_row(values, nulls, names.session_type) });
+            found = Some(unsafe { read_row(values, nulls) });
             false
         },
     );
     found
 }
 
+/// One row's first eight values, as a scan hands them on.
+type Values = [Datum; COLUMNS];
+type Nulls = [bool; COLUMNS];
+
 /// Reads castle.sessions through `index` with one equality `key`, handing each
 /// row's first eight values (and where the row is) to `row` until it returns
-/// false. The one place that opens, scans and closes: both direct reads share
+/// false. The one place that opens, scans and closes: every direct read shares
 /// its snapshot rule, its column check and its clean-up.
+///
+/// It runs inside one pgrx boundary, calling PostgreSQL through `unguarded`
+/// (see there why): so `row` must not panic, hold nothing with a destructor,
+/// or call a guarded `pg_sys` function.
 fn scan_sessions(
     index: Oid,
     mut key: pg_sys::ScanKeyData,
     reading: Reading,
-    mut row: impl FnMut(&[Datum], &[bool], pg_sys::ItemPointerData) -> bool,
+    mut row: impl FnMut(&Values, &Nulls, pg_sys::ItemPointerData) -> bool,
 ) {
-    let names = Names::resolve();
-    unsafe {
-        let pushed = activate_reading_snapshot(reading);
-        let rel = pg_sys::table_open(names.table, pg_sys::AccessShareLock as _);
-        let index = pg_sys::index_open(index, pg_sys::AccessShareLock as _);
-        if !columns_as_made(rel) {
-            columns_changed();
-        }
-        let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
-        let scan = pg_sys::index_beginscan(rel, index, pg_sys::GetActiveSnapshot(), 1, 0);
-        pg_sys::index_rescan(scan, &mut key, 1, std::ptr::null_mut(), 0);
-        while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
-            pg_sys::slot_getsomeattrs_int(slot, COLUMNS as i32);
-            let values = std::slice::from_raw_parts((*slot).tts_values, COLUMNS);
-            let nulls = std::slice::from_raw_parts((*slot).tts_isnull, COLUMNS);
-            if !row(values, nulls, (*slot).tts_tid) {
-                break;
+    let table = Names::resolve().table;
+    let columns_as_made = unsafe {
+        pg_sys::ffi::pg_guard_ffi_boundary(|| {
+            let pushed = activate_reading_snapshot(reading);
+            let rel = unguarded::table_open(table, pg_sys::AccessShareLock as _);
+            let index = unguarded::index_open(index, pg_sys::AccessShareLock as _);
+            let columns_as_made = columns_as_made(rel);
+            if columns_as_made {
+                let slot = unguarded::table_slot_create(rel, std::ptr::null_mut());
+                let scan =
+                    unguarded::index_beginscan(rel, index, unguarded::GetActiveSnapshot(), 1, 0);
+                unguarded::index_rescan(scan, &mut key, 1, std::ptr::null_mut(), 0);
+                while unguarded::index_getnext_slot(
+                    scan,
+                    pg_sys::ScanDirection::ForwardScanDirection,
+                    slot,
+                ) {
+                    unguarded::slot_getsomeattrs_int(slot, COLUMNS as i32);
+                    let values = &*(*slot).tts_values.cast::<Values>();
+                    let nulls = &*(*slot).tts_isnull.cast::<Nulls>();
+                    if !row(values, nulls, (*slot).tts_tid) {
+                        break;
+                    }
+                }
+                unguarded::index_endscan(scan);
+                unguarded::ExecDropSingleTupleTableSlot(slot);
             }
-        }
-        pg_sys::index_endscan(scan);
-        pg_sys::ExecDropSingleTupleTableSlot(slot);
-        // locks are kept to the end of the transaction, as the executor does
-        pg_sys::index_close(index, pg_sys::NoLock as _);
-        pg_sys::table_close(rel, pg_sys::NoLock as _);
-        if pushed {
-            pg_sys::PopActiveSnapshot();
-        }
+            // locks are kept to the end of the transaction, as the executor does
+            unguarded::index_close(index, pg_sys::NoLock as _);
+            unguarded::table_close(rel, pg_sys::NoLock as _);
+            if pushed {
+                unguarded::PopActiveSnapshot();
+            }
+            columns_as_made
+        })
+    };
+    if !columns_as_made {
+        columns_changed();
     }
 }
 
@@ -184,18 +203,19 @@ enum Reading {
 /// its own to see, and the calling statement's snapshot serves — one snapshot
 /// per statement, as for any query, and the common case. An active snapshot is
 /// also what flattening a TOASTed value needs.
+/// Unguarded: called inside `scan_sessions`' boundary.
 unsafe fn activate_reading_snapshot(reading: Reading) -> bool {
     unsafe {
-        let written = pg_sys::GetCurrentTransactionIdIfAny() != pg_sys::InvalidTransactionId;
-        if reading == Reading::Statement && !written && pg_sys::ActiveSnapshotSet() {
+        let written = unguarded::GetCurrentTransactionIdIfAny() != pg_sys::InvalidTransactionId;
+        if reading == Reading::Statement && !written && unguarded::ActiveSnapshotSet() {
             return false;
         }
-        pg_sys::CommandCounterIncrement();
+        unguarded::CommandCounterIncrement();
         let snapshot = match reading {
-            Reading::Latest => pg_sys::GetLatestSnapshot(),
-            _ => pg_sys::GetTransactionSnapshot(),
+            Reading::Latest => unguarded::GetLatestSnapshot(),
+            _ => unguarded::GetTransactionSnapshot(),
         };
-        pg_sys::PushActiveSnapshot(snapshot);
+        unguarded::PushActiveSnapshot(snapshot);
         true
     }
 }
@@ -509,11 +529,12 @@ pub fn table_owner() -> Oid {
 }
 
 /// Copies what the caller needs out of the slot before its buffer is released.
-unsafe fn read_row(values: &[Datum], nulls: &[bool], session_type: Oid) -> StoredSession {
+/// Unguarded: called inside `scan_sessions`' boundary, so it cannot panic.
+unsafe fn read_row(values: &Values, nulls: &Nulls) -> StoredSession {
     let timestamp = |i: usize| (!nulls[i]).then(|| values[i].value() as i64);
     let mut hash = [0u8; 64];
     let stored = unsafe {
-        pgrx::varlena::varlena_to_byte_slice(pg_sys::pg_detoast_datum_packed(
+        pgrx::varlena::varlena_to_byte_slice(unguarded::pg_detoast_datum_packed(
             values[HASH].cast_mut_ptr(),
         ))
     };
@@ -523,11 +544,17 @@ unsafe fn read_row(values: &[Datum], nulls: &[bool], session_type: Oid) -> Store
     let picked = [
         ID, USER_ID, CREATED_AT, UPDATED_AT, EXPIRES_AT, USED_AT, DATA,
     ];
-    let session = SessionRow::form(
-        session_type,
-        &mut picked.map(|i| values[i]),
-        &mut picked.map(|i| nulls[i]),
-    );
+    let mut session = SessionValues {
+        values: picked.map(|i| values[i]),
+        nulls: picked.map(|i| nulls[i]),
+    };
+    // the two variable-length values point into the buffer: copy them, and
+    // fetch a TOASTed one, as a composite's values must be in line
+    for (at, column) in [(1, USER_ID), (6, DATA)] {
+        if !nulls[column] {
+            session.values[at] = unsafe { copy_varlena(values[column]) };
+        }
+    }
     StoredSession {
         hash,
         created_at: timestamp(CREATED_AT).unwrap_or(i64::MIN),
@@ -535,6 +562,24 @@ unsafe fn read_row(values: &[Datum], nulls: &[bool], session_type: Oid) -> Store
         used_at: timestamp(USED_AT),
         session,
     }
+}
+
+/// A copy of a variable-length value in the current memory context, fetched
+/// from TOAST storage if it is there. Unguarded.
+unsafe fn copy_varlena(value: Datum) -> Datum {
+    unsafe {
+        let pointer = value.cast_mut_ptr::<pg_sys::varlena>();
+        if pgrx::varlena::varatt_is_1b_e(pointer) {
+            Datum::from(unguarded::detoast_external_attr(pointer))
+        } else {
+            unguarded::datumCopy(value, false, -1)
+        }
+    }
+}
+
+/// castle.session's type, which the function calls form their row as.
+pub fn session_type() -> Oid {
+    Names::resolve().session_type
 }
 
 /// The catalog objects the scans need, looked up by name in schema castle and
