@@ -48,6 +48,7 @@ static mut EXEC_METHODS: pg_sys::CustomExecMethods = pg_sys::CustomExecMethods {
     ExecCustomScan: Some(exec_scan),
     EndCustomScan: Some(end_scan),
     ReScanCustomScan: Some(rescan),
+    ExplainCustomScan: Some(explain_scan),
     ..unsafe { std::mem::zeroed() }
 };
 
@@ -419,4 +420,20 @@ unsafe extern "C-unwind" fn end_scan(_node: *mut pg_sys::CustomScanState) {}
 #[pg_guard]
 unsafe extern "C-unwind" fn rescan(node: *mut pg_sys::CustomScanState) {
     unsafe { (*node.cast::<SessionScanState>()).done = false };
+}
+
+/// EXPLAIN says how the row is got: "Call: direct" or "Call: function".
+#[pg_guard]
+unsafe extern "C-unwind" fn explain_scan(
+    node: *mut pg_sys::CustomScanState,
+    _ancestors: *mut pg_sys::List,
+    es: *mut pg_sys::ExplainState,
+) {
+    unsafe {
+        let how = match (*node.cast::<SessionScanState>()).call {
+            Call::Function => c"function",
+            Call::Authenticate | Call::Verify => c"direct",
+        };
+        pg_sys::ExplainPropertyText(c"Call".as_ptr(), how.as_ptr(), es);
+    }
 }

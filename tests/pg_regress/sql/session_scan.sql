@@ -34,6 +34,38 @@ EXPLAIN (COSTS OFF) SELECT * FROM castle.verify(:'good') WITH ORDINALITY;
 SELECT user_id, ordinality FROM castle.verify(:'good') WITH ORDINALITY;
 EXPLAIN (COSTS OFF) SELECT v FROM castle.verify(:'good') AS v;
 SELECT (v).user_id FROM castle.verify(:'good') AS v;
+-- The scan runs authenticate's code itself ("Call: direct") only while the
+-- function is ours as installed, with nothing fmgr would do on a call's behalf.
+-- EXECUTE is checked as for a call: a role without it is refused.
+CREATE ROLE scan_outsider;
+SET ROLE scan_outsider;
+SELECT refusal($$SELECT * FROM castle.verify('junk')$$) AS without_execute;
+SELECT refusal($$SELECT * FROM castle.authenticate('junk')$$) AS without_execute;
+RESET ROLE;
+DROP ROLE scan_outsider;
+-- A SET clause must be in force while the function runs: the scan calls it,
+-- and a plan made before the ALTER is made again (the prefix refuses the token).
+PREPARE scan_prefixed(text) AS SELECT user_id FROM castle.verify($1);
+EXECUTE scan_prefixed(:'good');
+ALTER FUNCTION castle.verify(text) SET castle.token_prefix = 'other_';
+EXPLAIN (COSTS OFF) SELECT * FROM castle.verify(:'good');
+EXECUTE scan_prefixed(:'good');
+ALTER FUNCTION castle.verify(text) RESET castle.token_prefix;
+EXPLAIN (COSTS OFF) SELECT * FROM castle.verify(:'good');
+EXECUTE scan_prefixed(:'good');
+DEALLOCATE scan_prefixed;
+-- so must SECURITY DEFINER
+ALTER FUNCTION castle.authenticate(text) SECURITY DEFINER;
+EXPLAIN (COSTS OFF) SELECT * FROM castle.authenticate(:'good');
+SELECT user_id FROM castle.authenticate(:'good');
+ALTER FUNCTION castle.authenticate(text) SECURITY INVOKER;
+-- per-function statistics count every call, so with them on the scan calls
+BEGIN;
+SET LOCAL track_functions = 'all';
+EXPLAIN (COSTS OFF) SELECT * FROM castle.verify(:'good');
+SELECT user_id FROM castle.verify(:'good');
+SELECT calls FROM pg_stat_xact_user_functions WHERE schemaname = 'castle' AND funcname = 'verify';
+COMMIT;
 -- other functions in FROM are not touched
 EXPLAIN (COSTS OFF) SELECT * FROM castle.sessions_of('scan-user');
 DROP TABLE scan_tokens;
