@@ -24,8 +24,8 @@ use std::ffi::CStr;
 use pgrx::pg_sys::{self, NodeTag};
 use pgrx::prelude::*;
 
-use crate::auth;
 use crate::session_row::{ATTRIBUTES, ATTRIBUTE_TYPES};
+use crate::{auth, unguarded};
 
 const NAME: &CStr = c"castle session";
 
@@ -304,13 +304,17 @@ unsafe extern "C-unwind" fn begin_scan(
         {
             (*state).call = Call::Function;
         }
+        // (PostgreSQL is called unguarded from here on: nothing here has a destructor)
         (*state).expression = if (*state).call == Call::Function {
-            pg_sys::ExecInitExpr(call.cast(), &mut (*node).ss.ps)
+            unguarded::ExecInitExpr(call.cast(), &mut (*node).ss.ps)
         } else {
             // the checks ExecInitExpr makes of a function call, in its order
             let function = (*call).funcid;
-            let allowed =
-                pg_sys::pg_proc_aclcheck(function, pg_sys::GetUserId(), pg_sys::ACL_EXECUTE as _);
+            let allowed = unguarded::pg_proc_aclcheck(
+                function,
+                unguarded::GetUserId(),
+                pg_sys::ACL_EXECUTE as _,
+            );
             if allowed != pg_sys::AclResult::ACLCHECK_OK {
                 pg_sys::aclcheck_error(
                     allowed,
@@ -324,17 +328,18 @@ unsafe extern "C-unwind" fn begin_scan(
             let [token] = list_items((*call).args) else {
                 error!("castle_sessions: a session scan without its token");
             };
-            pg_sys::ExecInitExpr(token.ptr_value.cast(), &mut (*node).ss.ps)
+            unguarded::ExecInitExpr(token.ptr_value.cast(), &mut (*node).ss.ps)
         };
         (*state).done = false;
     }
 }
 
-#[pg_guard]
+/// Not `#[pg_guard]`: it holds nothing and cannot panic, and an ERROR from
+/// ExecScan (next_row re-raises its own) goes straight back to PostgreSQL.
 unsafe extern "C-unwind" fn exec_scan(
     node: *mut pg_sys::CustomScanState,
 ) -> *mut pg_sys::TupleTableSlot {
-    unsafe { pg_sys::ExecScan(&mut (*node).ss, Some(next_row), Some(recheck)) }
+    unsafe { unguarded::ExecScan(&mut (*node).ss, Some(next_row), Some(recheck)) }
 }
 
 /// The scan's one row: the call's result, or a row of NULLs for a NULL, as a
@@ -344,14 +349,19 @@ unsafe extern "C-unwind" fn next_row(node: *mut pg_sys::ScanState) -> *mut pg_sy
     unsafe {
         let state = node.cast::<SessionScanState>();
         let slot = (*node).ss_ScanTupleSlot;
-        pg_sys::ExecClearTuple(slot);
+        // (PostgreSQL is called unguarded where nothing here has a destructor)
+        // ExecClearTuple and ExecEvalExprSwitchContext, which are inline in C
+        (*(*slot).tts_ops).clear.expect("a slot's clear")(slot);
         if (*state).done {
             return slot;
         }
         (*state).done = true;
         let context = (*node).ps.ps_ExprContext;
         let mut is_null = false;
-        let result = pg_sys::ExecEvalExprSwitchContext((*state).expression, context, &mut is_null);
+        let caller = pg_sys::MemoryContextSwitchTo((*context).ecxt_per_tuple_memory);
+        let evaluate = (*(*state).expression).evalfunc.expect("a ready expression");
+        let result = evaluate((*state).expression, context, &mut is_null);
+        pg_sys::MemoryContextSwitchTo(caller);
         let descriptor = (*slot).tts_tupleDescriptor;
         let natts = (*descriptor).natts as usize;
         let values = std::slice::from_raw_parts_mut((*slot).tts_values, natts);
@@ -360,7 +370,7 @@ unsafe extern "C-unwind" fn next_row(node: *mut pg_sys::ScanState) -> *mut pg_sy
             // the token, then the session read in the same per-row memory a
             // call's result would be made in
             let token = (!is_null).then(|| {
-                pgrx::varlena::varlena_to_byte_slice(pg_sys::pg_detoast_datum_packed(
+                pgrx::varlena::varlena_to_byte_slice(unguarded::pg_detoast_datum_packed(
                     result.cast_mut_ptr(),
                 ))
             });
@@ -402,7 +412,7 @@ unsafe extern "C-unwind" fn next_row(node: *mut pg_sys::ScanState) -> *mut pg_sy
                 nulls.as_mut_ptr(),
             );
         }
-        pg_sys::ExecStoreVirtualTuple(slot)
+        unguarded::ExecStoreVirtualTuple(slot)
     }
 }
 

@@ -2,20 +2,26 @@
 //!
 //! pgrx wraps every `pg_sys` function in a sigsetjmp boundary that turns a
 //! PostgreSQL ERROR into a Rust panic, so that Rust destructors run. That is
-//! about a hundred instructions a call; the read of one session made some
-//! twenty such calls, a fifth of what authenticate cost above a primary-key
-//! lookup (callgrind). Here are the same functions, declared as PostgreSQL
-//! exports them, for use inside ONE `pg_sys::ffi::pg_guard_ffi_boundary`
-//! around a whole read: an ERROR raised by any of them longjmps to that one
-//! boundary, which pgrx then re-raises. The rule that makes it sound is the
-//! boundary's own: the code inside holds nothing with a destructor (no
-//! `String`, `Vec` or guard of its own; references to the caller's are fine)
-//! and cannot panic, since it is never unwound, only jumped out of.
+//! one to two hundred instructions a call; authenticate made some thirty such
+//! calls, a fifth of what it cost above a primary-key lookup (callgrind).
+//! These are the same functions, declared as PostgreSQL exports them, for two
+//! places where an ERROR can skip Rust frames without harm, because no frame
+//! it skips holds anything with a destructor (no `String`, `Vec` or guard; a
+//! reference to a caller's is fine) and none is expected to run to its end:
+//!
+//! - inside ONE `pg_sys::ffi::pg_guard_ffi_boundary` around a whole read
+//!   (`store::scan_sessions`): the ERROR longjmps to that boundary, which
+//!   pgrx turns into a panic and re-raises. Code in there must not panic
+//!   either: it is jumped out of, never unwound.
+//! - in an executor callback of `scan`, called by PostgreSQL: the ERROR
+//!   longjmps straight back into PostgreSQL, as out of a C extension, past
+//!   the callback and pgrx's `#[pg_guard]` frame, which only catches panics.
 //!
 //! The first group never raises an ERROR and may be called anywhere.
 
 use pgrx::pg_sys::{
-    AttrNumber, Datum, IndexScanDesc, List, Oid, RegProcedure, Relation, ScanDirection, ScanKey,
+    AclMode, AclResult, AttrNumber, Datum, ExecScanAccessMtd, ExecScanRecheckMtd, Expr, ExprState,
+    IndexScanDesc, List, Oid, PlanState, RegProcedure, Relation, ScanDirection, ScanKey, ScanState,
     Snapshot, StrategyNumber, TimestampTz, TransactionId, TupleTableSlot, LOCKMODE,
 };
 use std::ffi::c_int;
@@ -26,6 +32,7 @@ unsafe extern "C-unwind" {
     pub fn GetCurrentTransactionIdIfAny() -> TransactionId;
     pub fn ActiveSnapshotSet() -> bool;
     pub fn GetActiveSnapshot() -> Snapshot;
+    pub fn GetUserId() -> Oid;
 
     // may raise: only inside a boundary
     pub fn CommandCounterIncrement();
@@ -71,4 +78,12 @@ unsafe extern "C-unwind" {
         -> *mut pgrx::pg_sys::varlena;
     pub fn detoast_external_attr(attr: *mut pgrx::pg_sys::varlena) -> *mut pgrx::pg_sys::varlena;
     pub fn datumCopy(value: Datum, by_value: bool, length: c_int) -> Datum;
+    pub fn pg_proc_aclcheck(function: Oid, role: Oid, mode: AclMode) -> AclResult::Type;
+    pub fn ExecInitExpr(node: *mut Expr, parent: *mut PlanState) -> *mut ExprState;
+    pub fn ExecScan(
+        node: *mut ScanState,
+        next: ExecScanAccessMtd,
+        recheck: ExecScanRecheckMtd,
+    ) -> *mut TupleTableSlot;
+    pub fn ExecStoreVirtualTuple(slot: *mut TupleTableSlot) -> *mut TupleTableSlot;
 }
