@@ -113,6 +113,49 @@ def crash_worker(n, ledger, stop, errors):
         errors.append(e)
 
 
+def test_an_error_inside_the_direct_read_is_reported_and_leaves_the_backend_sound(conn):
+    """The read of a session calls PostgreSQL unguarded inside one boundary
+    (src/unguarded.rs). An ERROR raised in there (here a lock timeout while a
+    DBA holds the table) must reach the client as itself, in every way the read
+    is reached, and leave nothing behind: the same connection, and the same
+    transaction after ROLLBACK TO SAVEPOINT, authenticate as before, and no
+    leaked snapshot, relation or buffer is warned about."""
+    heard = []
+    conn.add_notice_handler(lambda diag: heard.append(f"{diag.severity_nonlocalized}: {diag.message_primary}"))
+    tok = create(conn, "blocked-user", "1 hour")
+    forms = [
+        "SELECT * FROM castle.authenticate(%s)",  # the Custom Scan, calling directly
+        "SELECT user_id FROM castle.verify(%s)",
+        "SELECT castle.authenticate(%s)",  # a function call, through fmgr
+        "SELECT castle.revoke(%s)",  # raises here, so revokes nothing
+    ]
+    with psycopg.connect(dsn()) as dba:
+        dba.execute("LOCK TABLE castle.sessions IN ACCESS EXCLUSIVE MODE")
+        conn.execute("SET lock_timeout = '100ms'")
+        for form in forms:
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                conn.execute(form, (tok,))
+        with conn.transaction():
+            conn.execute("SAVEPOINT before")
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                conn.execute(forms[0], (tok,))
+            conn.execute("ROLLBACK TO SAVEPOINT before")
+            dba.rollback()
+            for _ in range(3):
+                assert conn.execute(forms[0], (tok,)).fetchone()[1] == "blocked-user"
+                assert conn.execute(forms[1], (tok,)).fetchone()[0] == "blocked-user"
+    conn.execute("RESET lock_timeout")
+    for _ in range(100):
+        assert user_of(conn, tok) == "blocked-user"
+    # an error in the token's own expression, evaluated by the scan
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        conn.execute("SELECT * FROM castle.authenticate((1 / 0)::text)")
+    with pytest.raises(psycopg.errors.CardinalityViolation):
+        conn.execute("SELECT * FROM castle.verify((SELECT t FROM (VALUES (%s), (%s)) AS v(t)))", (tok, tok))
+    assert conn.execute(forms[0], (tok,)).fetchone()[1] == "blocked-user"
+    assert heard == []
+
+
 def test_an_immediate_crash_under_load_loses_no_committed_session():
     ledger, stop, errors = Ledger(), threading.Event(), []
     workers = [threading.Thread(target=crash_worker, args=(n, ledger, stop, errors)) for n in range(4)]
