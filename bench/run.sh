@@ -161,6 +161,11 @@ if command -v perf >/dev/null && perf record -q -e cpu-clock -o "$WORK/probe.dat
     )
 fi
 
+say "instructions per transaction (callgrind)"
+source "$BENCH/instructions.sh"
+CALLGRIND=$(callgrind_section bench)
+cluster_start bench $PORT
+
 say "loading $BIG sessions for the scale comparison"
 db_setup big
 psql_at big -v big="$BIG" -v ntokens="$NTOKENS" -f "$BENCH/big.sql" >/dev/null
@@ -253,6 +258,10 @@ The large table holds $BIG rows, $NTOKENS of them real and spread evenly over id
 
 The default, 60 s, writes at most once a minute per session. It is not measured:
 with tokens drawn at random, how often it writes depends on the length of the run.
+
+## Instructions per transaction
+
+$CALLGRIND
 
 ## Profile: castle.authenticate
 
