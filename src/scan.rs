@@ -10,8 +10,8 @@
 //! function, no condition on its columns, no whole-row reference; anything
 //! else keeps the Function Scan.
 //!
-//! When the function is still ours as installed (our C symbol, not SECURITY
-//! DEFINER, no SET clause), the scan goes one step further and skips the
+//! When the function is still ours as installed (our C symbol, not STRICT,
+//! not SECURITY DEFINER, no SET clause), the scan goes one step further and skips the
 //! function call machinery too: it checks EXECUTE as a call would, evaluates
 //! the token, runs `auth::authenticated` itself and puts the session's values
 //! straight into its row, with no composite made and taken apart. A plan
@@ -24,7 +24,7 @@ use std::ffi::CStr;
 use pgrx::pg_sys::{self, NodeTag};
 use pgrx::prelude::*;
 
-use crate::session_row::{ATTRIBUTES, ATTRIBUTE_TYPES};
+use crate::session_row::{self, ATTRIBUTES};
 use crate::{auth, unguarded};
 
 const NAME: &CStr = c"castle session";
@@ -173,27 +173,25 @@ unsafe extern "C-unwind" fn offer_path(
 
 /// How this scan may get its row: directly, when `call` is to our own C
 /// function as installed and its row is castle.session as this version made
-/// it; through fmgr otherwise. fmgr itself says whether the function would be
-/// called plainly: it hands back our symbol only for a C function without
-/// SECURITY DEFINER, SET clauses or a hook that needs to see the call.
+/// it, and it is not STRICT; through fmgr otherwise. fmgr itself says whether
+/// the function would be called plainly: it hands back our symbol only for a
+/// C function without SECURITY DEFINER, SET clauses or a hook that needs to
+/// see the call.
 unsafe fn direct_call(
     call: *mut pg_sys::FuncExpr,
     attributes: &[pg_sys::FormData_pg_attribute],
 ) -> Call {
     unsafe {
-        let row_as_made = attributes.len() == ATTRIBUTES
-            && attributes
-                .iter()
-                .zip(ATTRIBUTE_TYPES)
-                .all(|(attribute, expected)| {
-                    !attribute.attisdropped && attribute.atttypid == expected
-                });
+        let row_as_made = session_row::as_made(attributes);
         let single_token = list_items((*call).args).len() == 1;
         if !row_as_made || !single_token {
             return Call::Function;
         }
         let mut function = pg_sys::FmgrInfo::default();
         pg_sys::fmgr_info((*call).funcid, &mut function);
+        if function.fn_strict {
+            return Call::Function; // a NULL token must give NULL without a call
+        }
         let address = function.fn_addr.map_or(0, |f| f as usize);
         if address == auth::authenticate_wrapper as *const () as usize {
             Call::Authenticate
@@ -276,15 +274,20 @@ unsafe extern "C-unwind" fn create_state(_scan: *mut pg_sys::CustomScan) -> *mut
     }
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn begin_scan(
-    node: *mut pg_sys::CustomScanState,
-    _estate: *mut pg_sys::EState,
-    _eflags: i32,
-) {
+/// Runs Rust that may raise an ERROR as a panic (`error!`, a refusal, a
+/// guarded `pg_sys` call) from a callback that is not `#[pg_guard]`, turning
+/// the panic into the ERROR as `#[pg_guard]` would. The callbacks below are
+/// not, so that the PostgreSQL they call unguarded (see `unguarded`) can
+/// longjmp out of them with no `catch_unwind` pending on the way.
+unsafe fn guarded<R>(f: impl FnOnce() -> R) -> R {
+    unsafe { pg_sys::submodules::panic::pgrx_extern_c_guard(f) }
+}
+
+/// The call, how to make it, and its token, as planned.
+unsafe fn planned(
+    scan: *mut pg_sys::CustomScan,
+) -> (*mut pg_sys::FuncExpr, Call, *mut pg_sys::Expr) {
     unsafe {
-        let state = node.cast::<SessionScanState>();
-        let scan = (*node).ss.ps.plan.cast::<pg_sys::CustomScan>();
         let ([call], [how]) = (
             list_items((*scan).custom_exprs),
             list_items((*scan).custom_private),
@@ -292,20 +295,41 @@ unsafe extern "C-unwind" fn begin_scan(
             error!("castle_sessions: a session scan without its call");
         };
         let call = call.ptr_value.cast::<pg_sys::FuncExpr>();
-        (*state).call = match (*how.ptr_value.cast::<pg_sys::Integer>()).ival {
+        let [token] = list_items((*call).args) else {
+            error!("castle_sessions: a session call without its token");
+        };
+        let how = match (*how.ptr_value.cast::<pg_sys::Integer>()).ival {
             1 => Call::Authenticate,
             2 => Call::Verify,
             _ => Call::Function,
         };
+        (call, how, token.ptr_value.cast())
+    }
+}
+
+/// Not `#[pg_guard]` (see `guarded`): nothing here has a destructor.
+unsafe extern "C-unwind" fn begin_scan(
+    node: *mut pg_sys::CustomScanState,
+    _estate: *mut pg_sys::EState,
+    _eflags: i32,
+) {
+    unsafe {
+        let state = node.cast::<SessionScanState>();
+        let (call, mut how) = {
+            let (call, how, _) = guarded(|| planned((*node).ss.ps.plan.cast()));
+            (call, how)
+        };
         // what fmgr would do on the call's behalf, the scan can't: count it, or
         // let a security module's hook see it
+        let (fmgr_hook, access_hook) = (pg_sys::needs_fmgr_hook, pg_sys::object_access_hook);
         if pg_sys::pgstat_track_functions >= pg_sys::TrackFunctionsLevel::TRACK_FUNC_ALL as i32
-            || (*&raw const pg_sys::needs_fmgr_hook).is_some()
+            || fmgr_hook.is_some()
         {
-            (*state).call = Call::Function;
+            how = Call::Function;
         }
-        // (PostgreSQL is called unguarded from here on: nothing here has a destructor)
-        (*state).expression = if (*state).call == Call::Function {
+        (*state).call = how;
+        (*state).done = false;
+        (*state).expression = if how == Call::Function {
             unguarded::ExecInitExpr(call.cast(), &mut (*node).ss.ps)
         } else {
             // the checks ExecInitExpr makes of a function call, in its order
@@ -316,26 +340,23 @@ unsafe extern "C-unwind" fn begin_scan(
                 pg_sys::ACL_EXECUTE as _,
             );
             if allowed != pg_sys::AclResult::ACLCHECK_OK {
-                pg_sys::aclcheck_error(
+                unguarded::aclcheck_error(
                     allowed,
                     pg_sys::ObjectType::OBJECT_FUNCTION,
-                    pg_sys::get_func_name(function),
+                    unguarded::get_func_name(function),
                 );
             }
-            if (*&raw const pg_sys::object_access_hook).is_some() {
-                pg_sys::RunFunctionExecuteHook(function);
+            if access_hook.is_some() {
+                unguarded::RunFunctionExecuteHook(function);
             }
-            let [token] = list_items((*call).args) else {
-                error!("castle_sessions: a session scan without its token");
-            };
-            unguarded::ExecInitExpr(token.ptr_value.cast(), &mut (*node).ss.ps)
+            let (_, _, token) = guarded(|| planned((*node).ss.ps.plan.cast()));
+            unguarded::ExecInitExpr(token, &mut (*node).ss.ps)
         };
-        (*state).done = false;
     }
 }
 
 /// Not `#[pg_guard]`: it holds nothing and cannot panic, and an ERROR from
-/// ExecScan (next_row re-raises its own) goes straight back to PostgreSQL.
+/// ExecScan (next_row's own included) goes straight back to PostgreSQL.
 unsafe extern "C-unwind" fn exec_scan(
     node: *mut pg_sys::CustomScanState,
 ) -> *mut pg_sys::TupleTableSlot {
@@ -343,75 +364,79 @@ unsafe extern "C-unwind" fn exec_scan(
 }
 
 /// The scan's one row: the call's result, or a row of NULLs for a NULL, as a
-/// Function Scan gives; then nothing.
-#[pg_guard]
+/// Function Scan gives; then nothing. (A rescan calls again, even with no
+/// parameter changed, where a Function Scan would replay its stored row: the
+/// same row, as both read under the statement's snapshot and now().)
+/// Not `#[pg_guard]` (see `guarded`): nothing here has a destructor.
 unsafe extern "C-unwind" fn next_row(node: *mut pg_sys::ScanState) -> *mut pg_sys::TupleTableSlot {
     unsafe {
         let state = node.cast::<SessionScanState>();
         let slot = (*node).ss_ScanTupleSlot;
-        // (PostgreSQL is called unguarded where nothing here has a destructor)
-        // ExecClearTuple and ExecEvalExprSwitchContext, which are inline in C
-        (*(*slot).tts_ops).clear.expect("a slot's clear")(slot);
+        // ExecClearTuple and ExecEvalExprSwitchContext are inline in C
+        if let Some(clear) = (*(*slot).tts_ops).clear {
+            clear(slot);
+        }
         if (*state).done {
             return slot;
         }
         (*state).done = true;
         let context = (*node).ps.ps_ExprContext;
-        let mut is_null = false;
+        // everything below is made in per-row memory, as a call's result would be
         let caller = pg_sys::MemoryContextSwitchTo((*context).ecxt_per_tuple_memory);
-        let evaluate = (*(*state).expression).evalfunc.expect("a ready expression");
-        let result = evaluate((*state).expression, context, &mut is_null);
-        pg_sys::MemoryContextSwitchTo(caller);
+        let mut is_null = false;
+        let result = match (*(*state).expression).evalfunc {
+            Some(evaluate) => evaluate((*state).expression, context, &mut is_null),
+            None => guarded(|| -> pg_sys::Datum {
+                error!("castle_sessions: a session scan's call not ready")
+            }),
+        };
         let descriptor = (*slot).tts_tupleDescriptor;
         let natts = (*descriptor).natts as usize;
         let values = std::slice::from_raw_parts_mut((*slot).tts_values, natts);
         let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, natts);
         if (*state).call != Call::Function {
-            // the token, then the session read in the same per-row memory a
-            // call's result would be made in
             let token = (!is_null).then(|| {
                 pgrx::varlena::varlena_to_byte_slice(unguarded::pg_detoast_datum_packed(
                     result.cast_mut_ptr(),
                 ))
             });
-            let caller = pg_sys::MemoryContextSwitchTo((*context).ecxt_per_tuple_memory);
-            let session = auth::authenticated(token);
-            pg_sys::MemoryContextSwitchTo(caller);
-            match (session, (*state).call) {
-                (Ok(session), _) if natts == ATTRIBUTES => {
+            let call = (*state).call;
+            guarded(|| match auth::authenticated(token) {
+                Ok(session) if natts == ATTRIBUTES => {
                     values.copy_from_slice(&session.values);
                     nulls.copy_from_slice(&session.nulls);
                 }
-                (Ok(_), _) => {
-                    error!("castle_sessions: castle.session changed under a running query")
-                }
-                (Err(why), Call::Verify) => {
+                Ok(_) => error!("castle_sessions: castle.session changed under a running query"),
+                Err(why) if call == Call::Verify => {
                     auth::log_refusal(why);
                     nulls.fill(true);
                 }
-                (Err(why), _) => auth::refuse(why),
-            }
+                Err(why) => auth::refuse(why),
+            });
         } else if is_null {
             nulls.fill(true);
         } else {
-            let header = pg_sys::pg_detoast_datum(result.cast_mut_ptr())
+            let header = unguarded::pg_detoast_datum(result.cast_mut_ptr())
                 .cast::<pg_sys::HeapTupleHeaderData>();
             // (fewer attributes are read as NULLs, as for any composite)
             if usize::from((*header).t_infomask2 & pg_sys::HEAP_NATTS_MASK as u16) > natts {
-                error!("castle_sessions: castle.session changed under a running query");
+                guarded(|| -> () {
+                    error!("castle_sessions: castle.session changed under a running query")
+                });
             }
             let mut tuple = pg_sys::HeapTupleData {
                 t_len: pgrx::heap_tuple_header_get_datum_length(header) as u32,
                 t_data: header,
                 ..Default::default()
             };
-            pg_sys::heap_deform_tuple(
+            unguarded::heap_deform_tuple(
                 &mut tuple,
                 descriptor,
                 values.as_mut_ptr(),
                 nulls.as_mut_ptr(),
             );
         }
+        pg_sys::MemoryContextSwitchTo(caller);
         unguarded::ExecStoreVirtualTuple(slot)
     }
 }

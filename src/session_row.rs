@@ -16,8 +16,8 @@ const USER_ID: usize = 1;
 const UPDATED_AT: usize = 3;
 const USED_AT: usize = 5;
 pub const ATTRIBUTES: usize = 7;
-/// Their types, which the Custom Scan checks its row type against.
-pub const ATTRIBUTE_TYPES: [Oid; ATTRIBUTES] = [
+/// Their types.
+const ATTRIBUTE_TYPES: [Oid; ATTRIBUTES] = [
     pg_sys::INT8OID,
     pg_sys::TEXTOID,
     pg_sys::TIMESTAMPTZOID,
@@ -26,6 +26,16 @@ pub const ATTRIBUTE_TYPES: [Oid; ATTRIBUTES] = [
     pg_sys::TIMESTAMPTZOID,
     pg_sys::JSONBOID,
 ];
+
+/// Whether a row type's attributes are castle.session's as this version made
+/// them: the seven, of their types, none dropped.
+pub fn as_made(attributes: &[pg_sys::FormData_pg_attribute]) -> bool {
+    attributes.len() == ATTRIBUTES
+        && attributes
+            .iter()
+            .zip(ATTRIBUTE_TYPES)
+            .all(|(attribute, expected)| !attribute.attisdropped && attribute.atttypid == expected)
+}
 
 /// castle.session's seven values, in its attribute order, as read from the
 /// table and copied into the current memory context: what the Custom Scan
@@ -62,12 +72,12 @@ impl SessionValues {
     }
 
     /// The composite a function returns, of type `session_type` (castle.session),
-    /// refused unless it has the seven attributes we fill: an altered type must
-    /// not make us read past our arrays.
+    /// refused unless it has the seven attributes we fill, of their types: an
+    /// altered type must not make us read past our arrays or misread a datum.
     pub fn into_row(mut self, session_type: Oid) -> SessionRow {
         unsafe {
             let tupdesc = pg_sys::lookup_rowtype_tupdesc(session_type, -1);
-            if (*tupdesc).natts as usize != ATTRIBUTES {
+            if !as_made((*tupdesc).attrs.as_slice((*tupdesc).natts as usize)) {
                 pg_sys::DecrTupleDescRefCount(tupdesc);
                 error!(
                     "castle_sessions: castle.session does not have the attributes this version expects"

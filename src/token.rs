@@ -131,8 +131,10 @@ const HEX_PAIRS: [[u8; 2]; 256] = {
 /// how many leading characters matched: every byte is read and the
 /// differences are ORed together, with no branch on the data; `black_box`
 /// hides the result from the optimizer, so that the test of it cannot be
-/// moved into the loop. (`subtle`'s barrier on every byte cost twenty times
-/// as much, a tenth of a microsecond.)
+/// moved into the loop (best effort, as Rust promises no more; `subtle`'s
+/// barrier on every byte cost twenty times as much). What a leak could tell
+/// is how much of the stored hash a guessed secret's hash shares: nothing
+/// that leads back to a secret.
 pub fn hashes_equal(computed: &[u8; 64], stored: &[u8]) -> bool {
     let Ok(stored) = <&[u8; 64]>::try_from(stored) else {
         return false;

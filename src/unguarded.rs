@@ -13,18 +13,21 @@
 //!   (`store::scan_sessions`): the ERROR longjmps to that boundary, which
 //!   pgrx turns into a panic and re-raises. Code in there must not panic
 //!   either: it is jumped out of, never unwound.
-//! - in an executor callback of `scan`, called by PostgreSQL: the ERROR
-//!   longjmps straight back into PostgreSQL, as out of a C extension, past
-//!   the callback and pgrx's `#[pg_guard]` frame, which only catches panics.
+//! - in an executor callback of `scan` that is not `#[pg_guard]`, called by
+//!   PostgreSQL: the ERROR longjmps straight back into PostgreSQL, as out of
+//!   a C extension. Rust that may panic runs there inside pgrx's guard
+//!   (`scan::guarded`), never around one of these calls: a longjmp must not
+//!   pass a pending `catch_unwind` either.
 //!
 //! The first group never raises an ERROR and may be called anywhere.
 
 use pgrx::pg_sys::{
-    AclMode, AclResult, AttrNumber, Datum, ExecScanAccessMtd, ExecScanRecheckMtd, Expr, ExprState,
-    IndexScanDesc, List, Oid, PlanState, RegProcedure, Relation, ScanDirection, ScanKey, ScanState,
-    Snapshot, StrategyNumber, TimestampTz, TransactionId, TupleTableSlot, LOCKMODE,
+    varlena, AclMode, AclResult, AttrNumber, Datum, ExecScanAccessMtd, ExecScanRecheckMtd, Expr,
+    ExprState, HeapTuple, IndexScanDesc, List, ObjectType, Oid, PlanState, RegProcedure, Relation,
+    ScanDirection, ScanKey, ScanState, Snapshot, StrategyNumber, TimestampTz, TransactionId,
+    TupleDesc, TupleTableSlot, LOCKMODE,
 };
-use std::ffi::c_int;
+use std::ffi::{c_char, c_int};
 
 unsafe extern "C-unwind" {
     // never raise
@@ -33,6 +36,20 @@ unsafe extern "C-unwind" {
     pub fn ActiveSnapshotSet() -> bool;
     pub fn GetActiveSnapshot() -> Snapshot;
     pub fn GetUserId() -> Oid;
+    pub fn heap_deform_tuple(
+        tuple: HeapTuple,
+        descriptor: TupleDesc,
+        values: *mut Datum,
+        nulls: *mut bool,
+    );
+    // (for a built-in procedure, as ours, which needs no catalog look-up)
+    pub fn ScanKeyInit(
+        entry: ScanKey,
+        attribute: AttrNumber,
+        strategy: StrategyNumber,
+        procedure: RegProcedure,
+        argument: Datum,
+    );
 
     // may raise: only inside a boundary
     pub fn CommandCounterIncrement();
@@ -46,13 +63,6 @@ unsafe extern "C-unwind" {
     pub fn index_close(relation: Relation, lockmode: LOCKMODE);
     pub fn table_slot_create(relation: Relation, reglist: *mut *mut List) -> *mut TupleTableSlot;
     pub fn ExecDropSingleTupleTableSlot(slot: *mut TupleTableSlot);
-    pub fn ScanKeyInit(
-        entry: ScanKey,
-        attribute: AttrNumber,
-        strategy: StrategyNumber,
-        procedure: RegProcedure,
-        argument: Datum,
-    );
     pub fn index_beginscan(
         heap: Relation,
         index: Relation,
@@ -74,11 +84,14 @@ unsafe extern "C-unwind" {
     ) -> bool;
     pub fn index_endscan(scan: IndexScanDesc);
     pub fn slot_getsomeattrs_int(slot: *mut TupleTableSlot, attnum: c_int);
-    pub fn pg_detoast_datum_packed(datum: *mut pgrx::pg_sys::varlena)
-        -> *mut pgrx::pg_sys::varlena;
-    pub fn detoast_external_attr(attr: *mut pgrx::pg_sys::varlena) -> *mut pgrx::pg_sys::varlena;
+    pub fn pg_detoast_datum_packed(datum: *mut varlena) -> *mut varlena;
+    pub fn pg_detoast_datum(datum: *mut varlena) -> *mut varlena;
+    pub fn detoast_external_attr(attr: *mut varlena) -> *mut varlena;
     pub fn datumCopy(value: Datum, by_value: bool, length: c_int) -> Datum;
     pub fn pg_proc_aclcheck(function: Oid, role: Oid, mode: AclMode) -> AclResult::Type;
+    pub fn aclcheck_error(result: AclResult::Type, kind: ObjectType::Type, name: *const c_char);
+    pub fn get_func_name(function: Oid) -> *mut c_char;
+    pub fn RunFunctionExecuteHook(function: Oid);
     pub fn ExecInitExpr(node: *mut Expr, parent: *mut PlanState) -> *mut ExprState;
     pub fn ExecScan(
         node: *mut ScanState,

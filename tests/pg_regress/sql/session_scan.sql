@@ -59,6 +59,12 @@ ALTER FUNCTION castle.authenticate(text) SECURITY DEFINER;
 EXPLAIN (COSTS OFF) SELECT * FROM castle.authenticate(:'good');
 SELECT user_id FROM castle.authenticate(:'good');
 ALTER FUNCTION castle.authenticate(text) SECURITY INVOKER;
+-- and STRICT: a NULL token then gives a row of NULLs, with no call and no error
+ALTER FUNCTION castle.authenticate(text) STRICT;
+EXPLAIN (COSTS OFF) SELECT * FROM castle.authenticate((SELECT NULL::text));
+SELECT id IS NULL AND user_id IS NULL AS all_null FROM castle.authenticate((SELECT NULL::text));
+ALTER FUNCTION castle.authenticate(text) CALLED ON NULL INPUT;
+SELECT refusal($$SELECT * FROM castle.authenticate((SELECT NULL::text))$$) AS refused;
 -- per-function statistics count every call, so with them on the scan calls
 BEGIN;
 SET LOCAL track_functions = 'all';
@@ -66,6 +72,17 @@ EXPLAIN (COSTS OFF) SELECT * FROM castle.verify(:'good');
 SELECT user_id FROM castle.verify(:'good');
 SELECT calls FROM pg_stat_xact_user_functions WHERE schemaname = 'castle' AND funcname = 'verify';
 COMMIT;
+-- data large enough to be stored out of line (TOAST) comes back whole, by the
+-- direct scan, through the function, and under LATERAL
+SELECT jsonb_build_object('blob', (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 4000) AS i)) AS big_data \gset
+SELECT pg_relation_size(reltoastrelid) AS toast_before FROM pg_class WHERE oid = 'castle.sessions'::regclass \gset
+SELECT castle.create_session('scan-big', '1 hour', :'big_data') AS big \gset
+SELECT pg_relation_size(reltoastrelid) > :toast_before AS stored_out_of_line
+  FROM pg_class WHERE oid = 'castle.sessions'::regclass;
+EXPLAIN (COSTS OFF) SELECT data FROM castle.authenticate(:'big');
+SELECT data = :'big_data'::jsonb AS whole FROM castle.authenticate(:'big');
+SELECT (castle.verify(:'big')).data = :'big_data'::jsonb AS whole;
+SELECT v.data = :'big_data'::jsonb AS whole FROM (VALUES (:'big')) AS t(token), LATERAL castle.verify(t.token) AS v;
 -- other functions in FROM are not touched
 EXPLAIN (COSTS OFF) SELECT * FROM castle.sessions_of('scan-user');
 DROP TABLE scan_tokens;
