@@ -10,22 +10,24 @@ use pgrx::pgrx_sql_entity_graph::metadata::{
 };
 use pgrx::prelude::*;
 
+use crate::store;
+
 /// castle.session's attributes (0-based), out of its seven.
 const ID: usize = 0;
 const USER_ID: usize = 1;
 const UPDATED_AT: usize = 3;
 const USED_AT: usize = 5;
-pub const ATTRIBUTES: usize = 7;
-/// Their types.
-const ATTRIBUTE_TYPES: [Oid; ATTRIBUTES] = [
-    pg_sys::INT8OID,
-    pg_sys::TEXTOID,
-    pg_sys::TIMESTAMPTZOID,
-    pg_sys::TIMESTAMPTZOID,
-    pg_sys::TIMESTAMPTZOID,
-    pg_sys::TIMESTAMPTZOID,
-    pg_sys::JSONBOID,
-];
+pub const ATTRIBUTES: usize = store::SESSION_COLUMNS.len();
+/// Their types: those of the table's columns they are.
+const ATTRIBUTE_TYPES: [Oid; ATTRIBUTES] = {
+    let mut types = [pg_sys::InvalidOid; ATTRIBUTES];
+    let mut i = 0;
+    while i < ATTRIBUTES {
+        types[i] = store::COLUMN_TYPES[store::SESSION_COLUMNS[i]];
+        i += 1;
+    }
+    types
+};
 
 /// Whether a row type's attributes are castle.session's as this version made
 /// them: the seven, of their types, none dropped.

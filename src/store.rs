@@ -26,7 +26,7 @@ const USED_AT: usize = 6;
 const DATA: usize = 7;
 const COLUMNS: usize = 8;
 /// Their types: what every direct read and write assumes of the datums.
-const COLUMN_TYPES: [Oid; COLUMNS] = [
+pub const COLUMN_TYPES: [Oid; COLUMNS] = [
     pg_sys::INT8OID,
     pg_sys::TEXTOID,
     pg_sys::TEXTOID,
@@ -35,6 +35,11 @@ const COLUMN_TYPES: [Oid; COLUMNS] = [
     pg_sys::TIMESTAMPTZOID,
     pg_sys::TIMESTAMPTZOID,
     pg_sys::JSONBOID,
+];
+
+/// castle.session's attributes, in order: the table's columns but the hash.
+pub const SESSION_COLUMNS: [usize; 7] = [
+    ID, USER_ID, CREATED_AT, UPDATED_AT, EXPIRES_AT, USED_AT, DATA,
 ];
 
 /// Whether castle.sessions' first eight columns are still the ones this
@@ -292,7 +297,7 @@ pub fn trim(user_id: &str, keep: i64, now: i64, idle_timeout: i32) -> bool {
             true
         },
     );
-    live.sort_unstable_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    live.sort_unstable_by_key(|&(created_at, id, _)| std::cmp::Reverse((created_at, id)));
     doomed.extend(
         live.iter()
             .skip(keep.max(0) as usize)
@@ -541,17 +546,14 @@ unsafe fn read_row(values: &Values, nulls: &Nulls) -> StoredSession {
     if stored.len() == hash.len() {
         hash.copy_from_slice(stored);
     }
-    let picked = [
-        ID, USER_ID, CREATED_AT, UPDATED_AT, EXPIRES_AT, USED_AT, DATA,
-    ];
     let mut session = SessionValues {
-        values: picked.map(|i| values[i]),
-        nulls: picked.map(|i| nulls[i]),
+        values: SESSION_COLUMNS.map(|i| values[i]),
+        nulls: SESSION_COLUMNS.map(|i| nulls[i]),
     };
     // the two variable-length values point into the buffer: copy them, and
     // fetch a TOASTed one, as a composite's values must be in line
-    for (at, column) in [(1, USER_ID), (6, DATA)] {
-        if !nulls[column] {
+    for (at, &column) in SESSION_COLUMNS.iter().enumerate() {
+        if matches!(column, USER_ID | DATA) && !nulls[column] {
             session.values[at] = unsafe { copy_varlena(values[column]) };
         }
     }
