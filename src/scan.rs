@@ -64,13 +64,21 @@ enum Call {
 }
 
 /// The executor state: the custom scan's, then what to evaluate (the call, or
-/// for a direct call its token), how, and whether this scan has made its row.
+/// for a direct call its token) and how; whether this scan has made its row;
+/// and the row, kept for a rescan with nothing changed.
 #[repr(C)]
 struct SessionScanState {
     css: pg_sys::CustomScanState,
     expression: *mut pg_sys::ExprState,
     call: Call,
     done: bool,
+    /// the last row made, while `row_memory` holds what it points to ...
+    kept: bool,
+    /// ... and whether the next row is that one again
+    replay: bool,
+    row_memory: pg_sys::MemoryContext,
+    values: *mut pg_sys::Datum,
+    nulls: *mut bool,
 }
 
 pub fn register() {
@@ -115,8 +123,10 @@ unsafe fn session_call(rte: *mut pg_sys::RangeTblEntry) -> Option<*mut pg_sys::F
             return None;
         }
         let name = CStr::from_ptr(pg_sys::get_func_name((*call).funcid));
-        // what this scan can stand in for: one call, one row of a named composite
-        let one_row = !(*call).funcretset
+        // what this scan can stand in for: one call of one token, one row of a
+        // named composite
+        let one_row = list_items((*call).args).len() == 1
+            && !(*call).funcretset
             && pg_sys::get_typtype((*call).funcresulttype)
                 == pg_sys::TYPTYPE_COMPOSITE as std::ffi::c_char;
         ((name == c"authenticate" || name == c"verify") && one_row).then_some(call)
@@ -182,9 +192,7 @@ unsafe fn direct_call(
     attributes: &[pg_sys::FormData_pg_attribute],
 ) -> Call {
     unsafe {
-        let row_as_made = session_row::as_made(attributes);
-        let single_token = list_items((*call).args).len() == 1;
-        if !row_as_made || !single_token {
+        if !session_row::as_made(attributes) {
             return Call::Function;
         }
         let mut function = pg_sys::FmgrInfo::default();
@@ -279,6 +287,11 @@ unsafe extern "C-unwind" fn create_state(_scan: *mut pg_sys::CustomScan) -> *mut
 /// the panic into the ERROR as `#[pg_guard]` would. The callbacks below are
 /// not, so that the PostgreSQL they call unguarded (see `unguarded`) can
 /// longjmp out of them with no `catch_unwind` pending on the way.
+///
+/// # Safety
+/// As for `unguarded`: no frame between here and PostgreSQL holds anything
+/// with a destructor, and `f` calls unguarded PostgreSQL that may raise only
+/// inside a pgrx boundary of its own.
 unsafe fn guarded<R>(f: impl FnOnce() -> R) -> R {
     unsafe { pg_sys::submodules::panic::pgrx_extern_c_guard(f) }
 }
@@ -315,10 +328,7 @@ unsafe extern "C-unwind" fn begin_scan(
 ) {
     unsafe {
         let state = node.cast::<SessionScanState>();
-        let (call, mut how) = {
-            let (call, how, _) = guarded(|| planned((*node).ss.ps.plan.cast()));
-            (call, how)
-        };
+        let (call, mut how, token) = guarded(|| planned((*node).ss.ps.plan.cast()));
         // what fmgr would do on the call's behalf, the scan can't: count it, or
         // let a security module's hook see it
         let (fmgr_hook, access_hook) = (pg_sys::needs_fmgr_hook, pg_sys::object_access_hook);
@@ -329,6 +339,8 @@ unsafe extern "C-unwind" fn begin_scan(
         }
         (*state).call = how;
         (*state).done = false;
+        (*state).kept = false;
+        (*state).replay = false;
         (*state).expression = if how == Call::Function {
             unguarded::ExecInitExpr(call.cast(), &mut (*node).ss.ps)
         } else {
@@ -349,9 +361,21 @@ unsafe extern "C-unwind" fn begin_scan(
             if access_hook.is_some() {
                 unguarded::RunFunctionExecuteHook(function);
             }
-            let (_, _, token) = guarded(|| planned((*node).ss.ps.plan.cast()));
             unguarded::ExecInitExpr(token, &mut (*node).ss.ps)
         };
+        // where each call's row is made, kept until the next call: a Function
+        // Scan's per-row memory is reset under it before a rescan could replay it
+        (*state).row_memory = unguarded::AllocSetContextCreateInternal(
+            pg_sys::CurrentMemoryContext,
+            c"castle session row".as_ptr(),
+            pg_sys::ALLOCSET_DEFAULT_MINSIZE as _,
+            pg_sys::ALLOCSET_DEFAULT_INITSIZE as _,
+            pg_sys::ALLOCSET_DEFAULT_MAXSIZE as _,
+        );
+        let natts = (*(*node).ss.ss_ScanTupleSlot).tts_tupleDescriptor;
+        let natts = (*natts).natts as usize;
+        (*state).values = unguarded::palloc(natts * std::mem::size_of::<pg_sys::Datum>()).cast();
+        (*state).nulls = unguarded::palloc(natts.max(1)).cast();
     }
 }
 
@@ -364,10 +388,10 @@ unsafe extern "C-unwind" fn exec_scan(
 }
 
 /// The scan's one row: the call's result, or a row of NULLs for a NULL, as a
-/// Function Scan gives; then nothing. (A rescan calls again, even with no
-/// parameter changed, where a Function Scan would replay its stored row: the
-/// same row, as both read under the statement's snapshot and now().)
-/// Not `#[pg_guard]` (see `guarded`): nothing here has a destructor.
+/// Function Scan gives; then nothing. After a rescan with no parameter
+/// changed, the same row again without a call, as a Function Scan replays
+/// its stored rows. Not `#[pg_guard]` (see `guarded`): nothing here has a
+/// destructor.
 unsafe extern "C-unwind" fn next_row(node: *mut pg_sys::ScanState) -> *mut pg_sys::TupleTableSlot {
     unsafe {
         let state = node.cast::<SessionScanState>();
@@ -380,9 +404,20 @@ unsafe extern "C-unwind" fn next_row(node: *mut pg_sys::ScanState) -> *mut pg_sy
             return slot;
         }
         (*state).done = true;
+        let natts = (*(*slot).tts_tupleDescriptor).natts as usize;
+        let values = std::slice::from_raw_parts_mut((*slot).tts_values, natts);
+        let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, natts);
+        let kept_values = std::slice::from_raw_parts_mut((*state).values, natts);
+        let kept_nulls = std::slice::from_raw_parts_mut((*state).nulls, natts);
+        if (*state).replay {
+            values.copy_from_slice(kept_values);
+            nulls.copy_from_slice(kept_nulls);
+            return unguarded::ExecStoreVirtualTuple(slot);
+        }
+        (*state).kept = false;
+        unguarded::MemoryContextReset((*state).row_memory);
+        let caller = pg_sys::MemoryContextSwitchTo((*state).row_memory);
         let context = (*node).ps.ps_ExprContext;
-        // everything below is made in per-row memory, as a call's result would be
-        let caller = pg_sys::MemoryContextSwitchTo((*context).ecxt_per_tuple_memory);
         let mut is_null = false;
         let result = match (*(*state).expression).evalfunc {
             Some(evaluate) => evaluate((*state).expression, context, &mut is_null),
@@ -390,10 +425,6 @@ unsafe extern "C-unwind" fn next_row(node: *mut pg_sys::ScanState) -> *mut pg_sy
                 error!("castle_sessions: a session scan's call not ready")
             }),
         };
-        let descriptor = (*slot).tts_tupleDescriptor;
-        let natts = (*descriptor).natts as usize;
-        let values = std::slice::from_raw_parts_mut((*slot).tts_values, natts);
-        let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, natts);
         if (*state).call != Call::Function {
             let token = (!is_null).then(|| {
                 pgrx::varlena::varlena_to_byte_slice(unguarded::pg_detoast_datum_packed(
@@ -425,22 +456,27 @@ unsafe extern "C-unwind" fn next_row(node: *mut pg_sys::ScanState) -> *mut pg_sy
                 });
             }
             let mut tuple = pg_sys::HeapTupleData {
-                t_len: pgrx::heap_tuple_header_get_datum_length(header) as u32,
+                t_len: pgrx::varlena::varsize(header.cast()) as u32,
                 t_data: header,
                 ..Default::default()
             };
             unguarded::heap_deform_tuple(
                 &mut tuple,
-                descriptor,
+                (*slot).tts_tupleDescriptor,
                 values.as_mut_ptr(),
                 nulls.as_mut_ptr(),
             );
         }
         pg_sys::MemoryContextSwitchTo(caller);
+        kept_values.copy_from_slice(values);
+        kept_nulls.copy_from_slice(nulls);
+        (*state).kept = true;
         unguarded::ExecStoreVirtualTuple(slot)
     }
 }
 
+/// Never called: UPDATE, DELETE and row locks, which re-check rows, refer to
+/// the whole row, and a whole-row reference keeps the Function Scan.
 #[pg_guard]
 unsafe extern "C-unwind" fn recheck(
     _node: *mut pg_sys::ScanState,
@@ -450,11 +486,19 @@ unsafe extern "C-unwind" fn recheck(
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn end_scan(_node: *mut pg_sys::CustomScanState) {}
+unsafe extern "C-unwind" fn end_scan(node: *mut pg_sys::CustomScanState) {
+    unsafe { pg_sys::MemoryContextDelete((*node.cast::<SessionScanState>()).row_memory) };
+}
 
+/// A new call when a parameter it depends on changed (LATERAL); otherwise the
+/// row already made, as a Function Scan replays its stored rows.
 #[pg_guard]
 unsafe extern "C-unwind" fn rescan(node: *mut pg_sys::CustomScanState) {
-    unsafe { (*node.cast::<SessionScanState>()).done = false };
+    unsafe {
+        let state = node.cast::<SessionScanState>();
+        (*state).replay = (*state).kept && (*node).ss.ps.chgParam.is_null();
+        (*state).done = false;
+    }
 }
 
 /// EXPLAIN says how the row is got: "Call: direct" or "Call: function".

@@ -12,12 +12,22 @@ use pgrx::prelude::*;
 
 use crate::store;
 
-/// castle.session's attributes (0-based), out of its seven.
-const ID: usize = 0;
-const USER_ID: usize = 1;
-const UPDATED_AT: usize = 3;
-const USED_AT: usize = 5;
+/// castle.session's attributes: the table's columns but the hash, in order
+/// (`store::SESSION_COLUMNS`); these are the ones read or written here.
 pub const ATTRIBUTES: usize = store::SESSION_COLUMNS.len();
+const ID: usize = attribute_of(store::ID);
+const USER_ID: usize = attribute_of(store::USER_ID);
+const UPDATED_AT: usize = attribute_of(store::UPDATED_AT);
+const USED_AT: usize = attribute_of(store::USED_AT);
+
+/// Where a table column is among castle.session's attributes (0-based).
+const fn attribute_of(column: usize) -> usize {
+    let mut i = 0;
+    while store::SESSION_COLUMNS[i] != column {
+        i += 1;
+    }
+    i
+}
 /// Their types: those of the table's columns they are.
 const ATTRIBUTE_TYPES: [Oid; ATTRIBUTES] = {
     let mut types = [pg_sys::InvalidOid; ATTRIBUTES];

@@ -16,13 +16,13 @@ use crate::unguarded;
 
 /// castle.sessions' columns, in table order (sql/bootstrap.sql; an upgrade may
 /// only append, and the scans read these first eight).
-const ID: usize = 0;
+pub const ID: usize = 0;
 const HASH: usize = 1;
-const USER_ID: usize = 2;
+pub const USER_ID: usize = 2;
 const CREATED_AT: usize = 3;
-const UPDATED_AT: usize = 4;
+pub const UPDATED_AT: usize = 4;
 const EXPIRES_AT: usize = 5;
-const USED_AT: usize = 6;
+pub const USED_AT: usize = 6;
 const DATA: usize = 7;
 const COLUMNS: usize = 8;
 /// Their types: what every direct read and write assumes of the datums.

@@ -23,11 +23,11 @@
 
 use pgrx::pg_sys::{
     varlena, AclMode, AclResult, AttrNumber, Datum, ExecScanAccessMtd, ExecScanRecheckMtd, Expr,
-    ExprState, HeapTuple, IndexScanDesc, List, ObjectType, Oid, PlanState, RegProcedure, Relation,
-    ScanDirection, ScanKey, ScanState, Snapshot, StrategyNumber, TimestampTz, TransactionId,
-    TupleDesc, TupleTableSlot, LOCKMODE,
+    ExprState, HeapTuple, IndexScanDesc, List, MemoryContext, ObjectType, Oid, PlanState,
+    RegProcedure, Relation, ScanDirection, ScanKey, ScanState, Size, Snapshot, StrategyNumber,
+    TimestampTz, TransactionId, TupleDesc, TupleTableSlot, LOCKMODE,
 };
-use std::ffi::{c_char, c_int};
+use std::ffi::{c_char, c_int, c_void};
 
 unsafe extern "C-unwind" {
     // never raise
@@ -36,6 +36,7 @@ unsafe extern "C-unwind" {
     pub fn ActiveSnapshotSet() -> bool;
     pub fn GetActiveSnapshot() -> Snapshot;
     pub fn GetUserId() -> Oid;
+    pub fn ExecStoreVirtualTuple(slot: *mut TupleTableSlot) -> *mut TupleTableSlot;
     pub fn heap_deform_tuple(
         tuple: HeapTuple,
         descriptor: TupleDesc,
@@ -51,7 +52,7 @@ unsafe extern "C-unwind" {
         argument: Datum,
     );
 
-    // may raise: only inside a boundary
+    // may raise: only where the rule above allows
     pub fn CommandCounterIncrement();
     pub fn GetTransactionSnapshot() -> Snapshot;
     pub fn GetLatestSnapshot() -> Snapshot;
@@ -92,11 +93,19 @@ unsafe extern "C-unwind" {
     pub fn aclcheck_error(result: AclResult::Type, kind: ObjectType::Type, name: *const c_char);
     pub fn get_func_name(function: Oid) -> *mut c_char;
     pub fn RunFunctionExecuteHook(function: Oid);
+    pub fn palloc(size: Size) -> *mut c_void;
+    pub fn MemoryContextReset(context: MemoryContext);
+    pub fn AllocSetContextCreateInternal(
+        parent: MemoryContext,
+        name: *const c_char,
+        min_size: Size,
+        initial_size: Size,
+        max_size: Size,
+    ) -> MemoryContext;
     pub fn ExecInitExpr(node: *mut Expr, parent: *mut PlanState) -> *mut ExprState;
     pub fn ExecScan(
         node: *mut ScanState,
         next: ExecScanAccessMtd,
         recheck: ExecScanRecheckMtd,
     ) -> *mut TupleTableSlot;
-    pub fn ExecStoreVirtualTuple(slot: *mut TupleTableSlot) -> *mut TupleTableSlot;
 }
