@@ -29,22 +29,27 @@ pub struct Found {
 /// a pinned search_path.
 #[pg_extern(volatile, parallel_unsafe)]
 fn authenticate(token: Option<&str>) -> SessionRow {
-    authenticated(token.map(str::as_bytes))
-        .unwrap_or_else(|why| refuse(why))
-        .into_row(store::session_type())
+    session_or_refuse(token.map(str::as_bytes)).into_row()
 }
 
 /// The session a token names, or NULL wherever authenticate would raise.
 #[pg_extern(volatile, parallel_unsafe)]
 fn verify(token: Option<&str>) -> Option<SessionRow> {
-    authenticated(token.map(str::as_bytes))
-        .map_err(log_refusal)
-        .ok()
-        .map(|session| session.into_row(store::session_type()))
+    session_or_none(token.map(str::as_bytes)).map(SessionValues::into_row)
+}
+
+/// What authenticate (and login) give: the session, or the refusal raised.
+pub fn session_or_refuse(token: Option<&[u8]>) -> SessionValues {
+    authenticated(token).unwrap_or_else(|why| refuse(why))
+}
+
+/// What verify gives: the session, or None with the cause logged.
+pub fn session_or_none(token: Option<&[u8]>) -> Option<SessionValues> {
+    authenticated(token).map_err(log_refusal).ok()
 }
 
 /// What authenticate returns: the session after recording this use.
-pub fn authenticated(token: Option<&[u8]>) -> Result<SessionValues, Refusal> {
+fn authenticated(token: Option<&[u8]>) -> Result<SessionValues, Refusal> {
     find(token).map(touched)
 }
 

@@ -12,8 +12,8 @@ use std::cell::RefCell;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
+use crate::auth;
 use crate::session_row::SessionRow;
-use crate::{auth, store};
 
 struct Binding {
     session_id: i64,
@@ -42,8 +42,7 @@ pub fn register_callbacks() {
 /// and binds the session to the current transaction.
 #[pg_extern(volatile, parallel_unsafe)]
 fn login(token: Option<&str>) -> SessionRow {
-    let session =
-        auth::authenticated(token.map(str::as_bytes)).unwrap_or_else(|why| auth::refuse(why));
+    let session = auth::session_or_refuse(token.map(str::as_bytes));
     if !unsafe { pg_sys::IsTransactionBlock() } {
         warning!("castle.login outside a transaction block binds nothing beyond this statement");
     }
@@ -51,7 +50,7 @@ fn login(token: Option<&str>) -> SessionRow {
         session_id: session.id(),
         user_id: session.user_id(),
     }));
-    session.into_row(store::session_type())
+    session.into_row()
 }
 
 /// Ends the binding in this transaction (a rollback to an earlier savepoint

@@ -5,7 +5,9 @@
 //! verify), `lifecycle` (revoke, rotate, device lists, pruning), `context`
 //! (login and who is asking); `store` the hot paths' direct table access and
 //! `session_row` the rows they return; `scan` the Custom Scan that runs
-//! authenticate and verify in FROM; `plans` the statements kept prepared.
+//! authenticate and verify in FROM; `unguarded` the PostgreSQL functions the
+//! hot path calls without pgrx's per-call guard; `plans` the statements kept
+//! prepared.
 
 use pgrx::prelude::*;
 

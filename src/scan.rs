@@ -432,17 +432,22 @@ unsafe extern "C-unwind" fn next_row(node: *mut pg_sys::ScanState) -> *mut pg_sy
                 ))
             });
             let call = (*state).call;
-            guarded(|| match auth::authenticated(token) {
-                Ok(session) if natts == ATTRIBUTES => {
-                    values.copy_from_slice(&session.values);
-                    nulls.copy_from_slice(&session.nulls);
+            guarded(|| {
+                // what the function would return: authenticate's, or verify's
+                let session = match call {
+                    Call::Verify => auth::session_or_none(token),
+                    _ => Some(auth::session_or_refuse(token)),
+                };
+                match session {
+                    Some(session) if natts == ATTRIBUTES => {
+                        values.copy_from_slice(&session.values);
+                        nulls.copy_from_slice(&session.nulls);
+                    }
+                    Some(_) => {
+                        error!("castle_sessions: castle.session changed under a running query")
+                    }
+                    None => nulls.fill(true),
                 }
-                Ok(_) => error!("castle_sessions: castle.session changed under a running query"),
-                Err(why) if call == Call::Verify => {
-                    auth::log_refusal(why);
-                    nulls.fill(true);
-                }
-                Err(why) => auth::refuse(why),
             });
         } else if is_null {
             nulls.fill(true);

@@ -40,19 +40,14 @@ const ATTRIBUTE_TYPES: [Oid; ATTRIBUTES] = {
 };
 
 /// Whether a row type's attributes are castle.session's as this version made
-/// them: the seven, of their types, none dropped.
+/// them: the seven, of their types.
 pub fn as_made(attributes: &[pg_sys::FormData_pg_attribute]) -> bool {
-    attributes.len() == ATTRIBUTES
-        && attributes
-            .iter()
-            .zip(ATTRIBUTE_TYPES)
-            .all(|(attribute, expected)| !attribute.attisdropped && attribute.atttypid == expected)
+    attributes.len() == ATTRIBUTES && store::attributes_are(attributes, &ATTRIBUTE_TYPES)
 }
 
 /// castle.session's seven values, in its attribute order, as read from the
 /// table and copied into the current memory context: what the Custom Scan
 /// hands on as they are, and what a function call forms into a composite.
-#[derive(Clone, Copy)]
 pub struct SessionValues {
     pub values: [Datum; ATTRIBUTES],
     pub nulls: [bool; ATTRIBUTES],
@@ -83,12 +78,12 @@ impl SessionValues {
         self
     }
 
-    /// The composite a function returns, of type `session_type` (castle.session),
-    /// refused unless it has the seven attributes we fill, of their types: an
-    /// altered type must not make us read past our arrays or misread a datum.
-    pub fn into_row(mut self, session_type: Oid) -> SessionRow {
+    /// The castle.session composite a function returns, refused unless the type
+    /// has the seven attributes we fill, of their types: an altered type must
+    /// not make us read past our arrays or misread a datum.
+    pub fn into_row(mut self) -> SessionRow {
         unsafe {
-            let tupdesc = pg_sys::lookup_rowtype_tupdesc(session_type, -1);
+            let tupdesc = pg_sys::lookup_rowtype_tupdesc(store::session_type(), -1);
             if !as_made((*tupdesc).attrs.as_slice((*tupdesc).natts as usize)) {
                 pg_sys::DecrTupleDescRefCount(tupdesc);
                 error!(

@@ -50,16 +50,18 @@ unsafe fn columns_as_made(rel: pg_sys::Relation) -> bool {
     unsafe {
         let descriptor = (*rel).rd_att;
         let attributes = (*descriptor).attrs.as_slice((*descriptor).natts as usize);
-        attributes.len() >= COLUMNS
-            && attributes
-                .iter()
-                .zip(COLUMN_TYPES)
-                .all(|(attribute, expected)| {
-                    !attribute.attisdropped
-                        && attribute.atttypid == expected
-                        && attribute.atttypmod == -1
-                })
+        attributes.len() >= COLUMNS && attributes_are(attributes, &COLUMN_TYPES)
     }
+}
+
+/// Whether the first attributes are, in order, of these types (no typmod),
+/// none dropped: what every direct read or write of the table's columns, or
+/// of castle.session's, assumes of the datums.
+pub fn attributes_are(attributes: &[pg_sys::FormData_pg_attribute], types: &[Oid]) -> bool {
+    attributes.len() >= types.len()
+        && attributes.iter().zip(types).all(|(attribute, &expected)| {
+            !attribute.attisdropped && attribute.atttypid == expected && attribute.atttypmod == -1
+        })
 }
 
 fn columns_changed() -> ! {
@@ -97,20 +99,10 @@ pub struct StoredSession {
 
 /// The session with this id, or None, under `activate_reading_snapshot`'s snapshot.
 pub fn find_by_id(id: i64) -> Option<StoredSession> {
-    let mut key = pg_sys::ScanKeyData::default();
-    unsafe {
-        unguarded::ScanKeyInit(
-            &mut key,
-            1,
-            pg_sys::BTEqualStrategyNumber as _,
-            Oid::from(pg_sys::F_INT8EQ),
-            Datum::from(id),
-        );
-    }
     let mut found = None;
     scan_sessions(
         Names::resolve().primary_key,
-        key,
+        equality_key(pg_sys::F_INT8EQ, pg_sys::InvalidOid, Datum::from(id)),
         Reading::Statement,
         |values, nulls, _| {
             found = Some(unsafe { read_row(values, nulls) });
@@ -369,17 +361,23 @@ fn rows_seen(user_id: &str, reading: Reading) -> Vec<i64> {
 
 /// The scan key for a user's sessions in the (user_id, created_at) index.
 fn user_scan_key(user_id: &str) -> pg_sys::ScanKeyData {
+    let user_id = user_id.into_datum().expect("text");
+    equality_key(pg_sys::F_TEXTEQ, pg_sys::C_COLLATION_OID, user_id)
+}
+
+/// A key for `index column 1 = argument`, compared by the built-in `procedure`.
+fn equality_key(procedure: u32, collation: Oid, argument: Datum) -> pg_sys::ScanKeyData {
     let mut key = pg_sys::ScanKeyData::default();
     unsafe {
-        pg_sys::ScanKeyEntryInitialize(
+        unguarded::ScanKeyEntryInitialize(
             &mut key,
             0,
             1,
             pg_sys::BTEqualStrategyNumber as _,
             pg_sys::InvalidOid,
-            pg_sys::C_COLLATION_OID,
-            Oid::from(pg_sys::F_TEXTEQ),
-            user_id.into_datum().expect("text"),
+            collation,
+            Oid::from(procedure),
+            argument,
         );
     }
     key

@@ -44,10 +44,13 @@ unsafe extern "C-unwind" {
         nulls: *mut bool,
     );
     // (for a built-in procedure, as ours, which needs no catalog look-up)
-    pub fn ScanKeyInit(
+    pub fn ScanKeyEntryInitialize(
         entry: ScanKey,
+        flags: c_int,
         attribute: AttrNumber,
         strategy: StrategyNumber,
+        subtype: Oid,
+        collation: Oid,
         procedure: RegProcedure,
         argument: Datum,
     );
