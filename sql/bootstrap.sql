@@ -28,6 +28,14 @@ SELECT pg_catalog.pg_extension_config_dump('castle.sessions', '');
 SELECT pg_catalog.pg_extension_config_dump(
     pg_catalog.pg_get_serial_sequence('castle.sessions', 'id')::regclass, '');
 
+-- One row per user who has signed in: the row create_session, rotate and
+-- revoke_all lock to serialize a user's sign-ins. A row lock lives in the
+-- row, not in the shared lock table, and only the owner can take or see it.
+CREATE TABLE castle.user_locks (
+    user_id   text COLLATE "C" PRIMARY KEY,
+    locked_at timestamptz NOT NULL
+);
+
 -- What authenticate and verify return: the row without its hash.
 CREATE TYPE castle.session AS (
     id         bigint,

@@ -43,10 +43,61 @@ BEGIN
     RETURN NULL;
 END $$;
 
+-- The two application roles (README, "Security model"). A request role checks
+-- tokens and acts on its own session only; a sign-in role may also create
+-- sessions, rotate them and sign a user out everywhere. Each call grants
+-- exactly its set of routines and revokes every other castle routine from
+-- the role, so running it again after ALTER EXTENSION ... UPDATE gives the
+-- role exactly what this version means by it. Only the routines' owner (or
+-- a superuser) can run it: it grants as its caller.
+CREATE FUNCTION castle.grant_request_role(role regrole) RETURNS void
+LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM castle.grant_routines(role, ARRAY[
+        'castle.login(text)', 'castle.authenticate(text)', 'castle.verify(text)',
+        'castle.is_valid(text)', 'castle.logout()', 'castle.user_id()', 'castle.session_id()',
+        'castle.sessions_of()', 'castle.revoke_own_session(bigint)',
+        'castle.revoke_other_sessions()', 'castle.revoke(text)'
+    ]::regprocedure[]);
+END $$;
+
+CREATE FUNCTION castle.grant_sign_in_role(role regrole) RETURNS void
+LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM castle.grant_routines(role, ARRAY[
+        'castle.login(text)', 'castle.authenticate(text)', 'castle.verify(text)',
+        'castle.is_valid(text)', 'castle.logout()', 'castle.user_id()', 'castle.session_id()',
+        'castle.sessions_of()', 'castle.revoke_own_session(bigint)',
+        'castle.revoke_other_sessions()', 'castle.revoke(text)',
+        'castle.create_session(bigint, interval, jsonb)',
+        'castle.create_session(uuid, interval, jsonb)',
+        'castle.create_session(text, interval, jsonb)',
+        'castle.rotate(text, interval)',
+        'castle.revoke_all(bigint, bigint)', 'castle.revoke_all(uuid, bigint)',
+        'castle.revoke_all(text, bigint)'
+    ]::regprocedure[]);
+END $$;
+
+CREATE FUNCTION castle.grant_routines(role regrole, routines regprocedure[]) RETURNS void
+LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    routine regprocedure;
+BEGIN
+    IF role IS NULL OR routines IS NULL THEN
+        RAISE EXCEPTION 'a role and its routines are required'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    EXECUTE format('REVOKE ALL ON ALL ROUTINES IN SCHEMA castle FROM %s', role);
+    EXECUTE format('GRANT USAGE ON SCHEMA castle TO %s', role);
+    FOREACH routine IN ARRAY routines LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s', routine, role);
+    END LOOP;
+END $$;
+
 -- Privileges. Nobody but the owner reads or writes the table directly: the
 -- functions that touch it are SECURITY DEFINER with a pinned search_path.
 -- EXECUTE is granted by the DBA (see README, "Security model").
-REVOKE ALL ON TABLE castle.sessions FROM PUBLIC;
+REVOKE ALL ON TABLE castle.sessions, castle.user_locks FROM PUBLIC;
 REVOKE ALL ON ALL ROUTINES IN SCHEMA castle FROM PUBLIC;
 GRANT USAGE ON SCHEMA castle TO PUBLIC;
 -- The auth-context accessors only read this backend's own binding; every role

@@ -5,15 +5,15 @@
 
 use pgrx::prelude::*;
 
-use crate::issue;
-use crate::plans::{self, Statement, INT8};
+use crate::plans::{self, Statement, INT8, TIMESTAMPTZ};
+use crate::raw_text::{self, RawText};
 use crate::session_row::{SessionRow, SessionValues};
 use crate::token::{self, Refusal};
-use crate::{settings, store, unguarded};
+use crate::{settings, store};
 
 static TOUCH_SESSION: Statement = Statement {
     sql: include_str!("queries/touch_session.sql"),
-    args: &[INT8],
+    args: &[INT8, TIMESTAMPTZ],
     mutating: true,
 };
 
@@ -21,21 +21,33 @@ static TOUCH_SESSION: Statement = Statement {
 pub struct Found {
     pub id: i64,
     pub session: SessionValues,
+    pub expires_at: Option<i64>,
+    /// the time of the call, which judged expiry and idleness
+    pub now: i64,
     touch_due: bool,
 }
 
 /// The session a token names, or a refusal of it. Not SECURITY DEFINER: it
-/// runs no SQL but the touch, which `plans::as_owner` runs as the owner under
-/// a pinned search_path.
+/// runs no SQL but the touch (and a read when the direct one is not
+/// allowed), which `plans::as_owner` runs as the owner under a pinned
+/// search_path.
 #[pg_extern(volatile, parallel_unsafe)]
-fn authenticate(token: Option<&str>) -> SessionRow {
-    session_or_refuse(token.map(str::as_bytes)).into_row()
+fn authenticate(token: Option<RawText>) -> SessionRow {
+    session_or_refuse(raw_text::bytes(&token)).into_row()
 }
 
 /// The session a token names, or NULL wherever authenticate would raise.
 #[pg_extern(volatile, parallel_unsafe)]
-fn verify(token: Option<&str>) -> Option<SessionRow> {
-    session_or_none(token.map(str::as_bytes)).map(SessionValues::into_row)
+fn verify(token: Option<RawText>) -> Option<SessionRow> {
+    session_or_none(raw_text::bytes(&token)).map(SessionValues::into_row)
+}
+
+/// Whether the token names a live session, with verify's rules: the check
+/// for WHERE clauses and CASE, where `castle.verify(t) IS NOT NULL` would be
+/// false for a session with any NULL column. Writes nothing.
+#[pg_extern(volatile, parallel_unsafe)]
+fn is_valid(token: Option<RawText>) -> bool {
+    find(raw_text::bytes(&token)).map_err(log_refusal).is_ok()
 }
 
 /// What authenticate (and login) give: the session, or the refusal raised.
@@ -54,7 +66,9 @@ fn authenticated(token: Option<&[u8]>) -> Result<SessionValues, Refusal> {
 }
 
 /// Checks a token completely — format, checksum, hash, expiry, idle timeout —
-/// without writing anything.
+/// without writing anything. Expiry and idleness are judged at the time of
+/// the call (the clock, not the transaction's start), so a long transaction
+/// cannot keep using a session that has since expired.
 pub fn find(token: Option<&[u8]>) -> Result<Found, Refusal> {
     let token = token.ok_or(Refusal::Missing)?;
     let decoded = settings::with_token_prefix(|prefix| token::decode(prefix, token))?;
@@ -62,8 +76,7 @@ pub fn find(token: Option<&[u8]>) -> Result<Found, Refusal> {
     if !token::hashes_equal(&decoded.hash, &stored.hash) {
         return Err(Refusal::WrongSecret);
     }
-    // now(), as every SQL statement of this transaction sees it
-    let now = unsafe { unguarded::GetCurrentTransactionStartTimestamp() };
+    let now = store::call_time();
     let last_use = stored.used_at.unwrap_or(stored.created_at);
     if store::is_dead(
         stored.expires_at,
@@ -81,29 +94,29 @@ pub fn find(token: Option<&[u8]>) -> Result<Found, Refusal> {
     Ok(Found {
         id: decoded.id,
         session: stored.session,
+        expires_at: stored.expires_at,
+        now,
         touch_due,
     })
 }
 
 /// The session after recording this use, when a write is due and possible.
+/// The write takes no lock but the row's own, and skips a row another
+/// transaction is writing rather than wait: a busy session's use is
+/// recorded by a later call.
 fn touched(found: Found) -> SessionValues {
-    // The touch holds the row until the transaction ends; so it takes the
-    // user's lock first, as every writer of a user's sessions does, or a
-    // sign-in's trim and this transaction could wait on each other. Never
-    // waits: a busy user's use is recorded by a later call.
-    if !found.touch_due || !can_write_here() || !issue::try_lock_user(&found.session.user_id()) {
+    if !found.touch_due || !can_write_here() {
         return found.session;
     }
     let recorded = plans::as_owner(store::table_owner(), || {
         Spi::connect_mut(|client| {
             let touch = plans::kept(client, &TOUCH_SESSION);
-            plans::or_raise(client.update(touch, Some(1), &[found.id.into()])).len() == 1
+            let args = [found.id.into(), plans::timestamptz(found.now)];
+            plans::or_raise(client.update(touch, Some(1), &args)).len() == 1
         })
     });
     if recorded {
-        found
-            .session
-            .used_at(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() })
+        found.session.used_at(found.now)
     } else {
         found.session
     }
@@ -138,6 +151,10 @@ pub fn log_refusal(why: Refusal) {
 /// castle.invalid_message, with no detail or hint to tell causes apart.
 pub fn refuse(why: Refusal) -> ! {
     log_refusal(why);
+    // No context lines: the caller's portal would add its bound parameters
+    // (log_parameter_max_length_on_error, which any role may set), and one of
+    // them is the token. PostgreSQL restores the stack where it catches.
+    unsafe { pg_sys::error_context_stack = std::ptr::null_mut() };
     ereport!(
         ERROR,
         PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,

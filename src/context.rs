@@ -13,11 +13,14 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::auth;
+use crate::raw_text::{self, RawText, TextValue};
 use crate::session_row::SessionRow;
 
+#[derive(Clone)]
 struct Binding {
     session_id: i64,
-    user_id: String,
+    /// in the database's encoding
+    user_id: Vec<u8>,
 }
 
 /// One login or logout, and the subtransaction that made it: rolling that
@@ -41,8 +44,8 @@ pub fn register_callbacks() {
 /// Authenticates exactly like castle.authenticate (same row, same refusals)
 /// and binds the session to the current transaction.
 #[pg_extern(volatile, parallel_unsafe)]
-fn login(token: Option<&str>) -> SessionRow {
-    let session = auth::session_or_refuse(token.map(str::as_bytes));
+fn login(token: Option<RawText>) -> SessionRow {
+    let session = auth::session_or_refuse(raw_text::bytes(&token));
     if !unsafe { pg_sys::IsTransactionBlock() } {
         warning!("castle.login outside a transaction block binds nothing beyond this statement");
     }
@@ -62,27 +65,56 @@ fn logout() {
 
 /// The user of the session bound by castle.login in this transaction, or NULL.
 #[pg_extern(stable, parallel_restricted)]
-fn user_id() -> Option<String> {
-    BINDINGS.with(|b| {
-        b.borrow()
-            .last()
-            .and_then(|e| e.binding.as_ref().map(|b| b.user_id.clone()))
-    })
+fn user_id() -> Option<TextValue> {
+    current().map(|b| TextValue(b.user_id))
 }
 
 /// The id of the session bound by castle.login in this transaction, or NULL.
 #[pg_extern(stable, parallel_restricted)]
 fn session_id() -> Option<i64> {
-    BINDINGS.with(|b| {
-        b.borrow()
-            .last()
-            .and_then(|e| e.binding.as_ref().map(|b| b.session_id))
-    })
+    current().map(|b| b.session_id)
 }
 
+fn current() -> Option<Binding> {
+    BINDINGS.with(|b| b.borrow().last().and_then(|e| e.binding.clone()))
+}
+
+/// The logged-in user, for the request-side functions; refused (28000) when
+/// castle.login has bound nothing in this transaction.
+pub fn logged_in_user() -> Vec<u8> {
+    match current() {
+        Some(binding) => binding.user_id,
+        None => {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+                "no session is logged in",
+                "Call castle.login(token) in this transaction first."
+            );
+        }
+    }
+}
+
+/// The logged-in session's id, if castle.login bound one.
+pub fn logged_in_session() -> Option<i64> {
+    session_id()
+}
+
+/// Records a login or logout. One entry per subtransaction level at most: a
+/// change in the same subtransaction replaces its entry, and a logout with
+/// nothing bound changes nothing, so no number of calls grows the list.
 fn push(binding: Option<Binding>) {
+    if binding.is_none() && current().is_none() {
+        return;
+    }
     let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
-    BINDINGS.with(|b| b.borrow_mut().push(Entry { subxact, binding }));
+    BINDINGS.with(|b| {
+        let mut entries = b.borrow_mut();
+        match entries.last_mut() {
+            Some(last) if last.subxact == subxact => last.binding = binding,
+            _ => entries.push(Entry { subxact, binding }),
+        }
+    });
 }
 
 #[pg_guard]

@@ -2,27 +2,27 @@
 //!
 //! `token` is the pure codec; `settings` every castle.* setting; the SQL API,
 //! one module per area: `issue` (create_session), `auth` (authenticate,
-//! verify), `lifecycle` (revoke, rotate, device lists, pruning), `context`
-//! (login and who is asking); `store` the hot paths' direct table access and
-//! `session_row` the rows they return; `scan` the Custom Scan that runs
-//! authenticate and verify in FROM; `unguarded` the PostgreSQL functions the
-//! hot path calls without pgrx's per-call guard; `plans` the statements kept
-//! prepared.
+//! verify, is_valid), `lifecycle` (revoke, rotate, device lists, pruning),
+//! `context` (login and who is asking); `catalog` the verified objects the
+//! direct reads rely on (its contract is at its top); `store` the hot paths'
+//! reads, direct or in SQL; `session_row` the rows they return; `raw_text`
+//! and `raw_jsonb` arguments taken as PostgreSQL holds them; `plans` the
+//! statements kept prepared, in `src/queries`.
 
 use pgrx::prelude::*;
 
 mod auth;
+mod catalog;
 mod context;
 mod issue;
 mod lifecycle;
 mod plans;
 mod raw_jsonb;
-mod scan;
+mod raw_text;
 mod session_row;
 mod settings;
 mod store;
 pub mod token;
-mod unguarded;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -33,8 +33,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
     context::register_callbacks();
-    store::register_invalidation();
-    scan::register();
+    catalog::register_invalidation();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

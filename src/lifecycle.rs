@@ -7,10 +7,13 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
 use crate::auth;
+use crate::context;
 use crate::issue::{self, refuse_on_standby, user_key};
-use crate::plans::{self, Statement, INT4, INT8, TEXT};
+use crate::plans::{self, Statement, INT4, INT8, TEXT, TIMESTAMPTZ};
 use crate::raw_jsonb::RawJsonb;
+use crate::raw_text::{self, RawText};
 use crate::settings;
+use crate::store;
 use crate::token::Refusal;
 
 static DELETE_SESSION: Statement = Statement {
@@ -23,10 +26,10 @@ static TAKE_SESSION: Statement = Statement {
     args: &[INT8],
     mutating: true,
 };
-static SESSION_OWNER: Statement = Statement {
-    sql: include_str!("queries/session_owner.sql"),
-    args: &[INT8],
-    mutating: false,
+static DELETE_OWN_SESSION: Statement = Statement {
+    sql: include_str!("queries/delete_own_session.sql"),
+    args: &[INT8, TEXT],
+    mutating: true,
 };
 static DELETE_USER_SESSIONS: Statement = Statement {
     sql: include_str!("queries/delete_user_sessions.sql"),
@@ -35,7 +38,7 @@ static DELETE_USER_SESSIONS: Statement = Statement {
 };
 static LIVE_SESSIONS: Statement = Statement {
     sql: include_str!("queries/live_sessions.sql"),
-    args: &[TEXT, INT4],
+    args: &[TEXT, INT4, TIMESTAMPTZ],
     mutating: false,
 };
 static PRUNE_SESSIONS: Statement = Statement {
@@ -48,13 +51,10 @@ static PRUNE_SESSIONS: Statement = Statement {
 /// any bad token, with no hint of why.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn revoke(token: Option<&str>) -> bool {
+fn revoke(token: Option<RawText>) -> bool {
     refuse_on_standby("revoke");
-    match auth::find(token.map(str::as_bytes)) {
-        Ok(found) => Spi::connect_mut(|client| {
-            issue::lock_user(&found.session.user_id());
-            delete_session(client, found.id)
-        }),
+    match auth::find(raw_text::bytes(&token)) {
+        Ok(found) => Spi::connect_mut(|client| delete_session(client, found.id)),
         Err(why) => {
             auth::log_refusal(why);
             false
@@ -67,28 +67,45 @@ fn revoke(token: Option<&str>) -> bool {
 #[search_path(pg_catalog, pg_temp)]
 fn revoke_session(session_id: i64) -> bool {
     refuse_on_standby("revoke_session");
+    Spi::connect_mut(|client| delete_session(client, session_id))
+}
+
+/// "Sign out that device" from a request: deletes session `session_id` only
+/// if it belongs to the user castle.login bound in this transaction. False
+/// for anyone else's session, as for one that does not exist.
+#[pg_extern(volatile, strict, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn revoke_own_session(session_id: i64) -> bool {
+    refuse_on_standby("revoke_own_session");
+    let user_id = context::logged_in_user();
     Spi::connect_mut(|client| {
-        let owner = plans::kept(client, &SESSION_OWNER);
-        let rows = plans::or_raise(client.select(owner, Some(1), &[session_id.into()]));
-        let user_id: Option<String> = if rows.is_empty() {
-            None
-        } else {
-            plans::or_raise(rows.first().get(1))
-        };
-        match user_id {
-            Some(user_id) => {
-                issue::lock_user(&user_id);
-                delete_session(client, session_id)
-            }
-            None => false,
-        }
+        let delete = plans::kept(client, &DELETE_OWN_SESSION);
+        let args = [session_id.into(), plans::text(&user_id)];
+        plans::or_raise(client.update(delete, None, &args)).len() == 1
     })
+}
+
+/// "Sign out everywhere else" from a request: every session of the logged-in
+/// user but the one castle.login bound. Returns how many it deleted.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn revoke_other_sessions() -> i64 {
+    let user_id = context::logged_in_user();
+    revoke_all(user_id, context::logged_in_session())
+}
+
+/// The logged-in user's live sessions: the request's "active devices" page.
+#[pg_extern(name = "sessions_of", stable, parallel_restricted, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn sessions_of_logged_in(
+) -> SetOfIterator<'static, pgrx::composite_type!('static, "castle.session")> {
+    sessions_of(context::logged_in_user())
 }
 
 #[pg_extern(name = "revoke_all", volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn revoke_all_bigint(user_id: Option<i64>, except_session: default!(Option<i64>, "NULL")) -> i64 {
-    revoke_all(user_key(user_id), except_session)
+    revoke_all(user_key(user_id.map(|id| id.to_string().into_bytes())), except_session)
 }
 
 #[pg_extern(name = "revoke_all", volatile, parallel_unsafe, security_definer)]
@@ -97,13 +114,13 @@ fn revoke_all_uuid(
     user_id: Option<pgrx::Uuid>,
     except_session: default!(Option<i64>, "NULL"),
 ) -> i64 {
-    revoke_all(user_key(user_id), except_session)
+    revoke_all(user_key(user_id.map(|id| id.to_string().into_bytes())), except_session)
 }
 
 #[pg_extern(name = "revoke_all", volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn revoke_all_text(user_id: Option<&str>, except_session: default!(Option<i64>, "NULL")) -> i64 {
-    revoke_all(user_key(user_id), except_session)
+fn revoke_all_text(user_id: Option<RawText>, except_session: default!(Option<i64>, "NULL")) -> i64 {
+    revoke_all(user_key(user_id.map(|id| id.bytes().to_vec())), except_session)
 }
 
 #[pg_extern(name = "sessions_of", stable, parallel_restricted, security_definer)]
@@ -111,7 +128,7 @@ fn revoke_all_text(user_id: Option<&str>, except_session: default!(Option<i64>, 
 fn sessions_of_bigint(
     user_id: Option<i64>,
 ) -> SetOfIterator<'static, pgrx::composite_type!('static, "castle.session")> {
-    sessions_of(user_key(user_id))
+    sessions_of(user_key(user_id.map(|id| id.to_string().into_bytes())))
 }
 
 #[pg_extern(name = "sessions_of", stable, parallel_restricted, security_definer)]
@@ -119,28 +136,37 @@ fn sessions_of_bigint(
 fn sessions_of_uuid(
     user_id: Option<pgrx::Uuid>,
 ) -> SetOfIterator<'static, pgrx::composite_type!('static, "castle.session")> {
-    sessions_of(user_key(user_id))
+    sessions_of(user_key(user_id.map(|id| id.to_string().into_bytes())))
 }
 
 #[pg_extern(name = "sessions_of", stable, parallel_restricted, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn sessions_of_text(
-    user_id: Option<&str>,
+    user_id: Option<RawText>,
 ) -> SetOfIterator<'static, pgrx::composite_type!('static, "castle.session")> {
-    sessions_of(user_key(user_id))
+    sessions_of(user_key(user_id.map(|id| id.bytes().to_vec())))
 }
 
 /// A new token for the same user and data; the old one is revoked in the same
-/// transaction. A bad token is refused exactly as authenticate refuses it.
+/// transaction. The new session expires when the old one would have, or
+/// after `ttl` if that is sooner: a rotation never extends a session's life.
+/// A bad token is refused exactly as authenticate refuses it.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn rotate(token: Option<&str>, ttl: default!(Option<Interval>, "NULL")) -> String {
+fn rotate(token: Option<RawText>, ttl: default!(Option<Interval>, "NULL")) -> String {
     refuse_on_standby("rotate");
-    let found = auth::find(token.map(str::as_bytes)).unwrap_or_else(|why| auth::refuse(why));
+    let found = auth::find(raw_text::bytes(&token)).unwrap_or_else(|why| auth::refuse(why));
     let user_id = found.session.user_id();
+    let expires_at = match issue::checked_ttl(ttl) {
+        Some(ttl) => {
+            let wanted = issue::expiry(found.now, ttl);
+            Some(found.expires_at.map_or(wanted, |old| old.min(wanted)))
+        }
+        None => found.expires_at,
+    };
     // delete first, so that trimming counts the new session instead of the old one
     let data = Spi::connect_mut(|client| {
-        issue::lock_user(&user_id);
+        issue::lock_user(client, &user_id, found.now);
         let take = plans::kept(client, &TAKE_SESSION);
         let taken = plans::or_raise(client.update(take, Some(1), &[found.id.into()]));
         if taken.is_empty() {
@@ -149,7 +175,7 @@ fn rotate(token: Option<&str>, ttl: default!(Option<Interval>, "NULL")) -> Strin
         }
         plans::or_raise(taken.first().get::<RawJsonb>(1))
     });
-    issue::create(user_id, ttl, data)
+    issue::create(&user_id, found.now, expires_at, data)
 }
 
 /// Deletes one batch of dead sessions (expired, or idle past castle.idle_timeout)
@@ -177,21 +203,23 @@ fn prune(batch_size: default!(i32, 10000)) -> i64 {
     })
 }
 
-/// Deletes one session; the caller holds its user's lock.
+/// Deletes one session. It takes no user lock: deleting one row can only
+/// wait for that row, never deadlock with a sign-in.
 fn delete_session(client: &mut SpiClient<'_>, id: i64) -> bool {
     let delete = plans::kept(client, &DELETE_SESSION);
     plans::or_raise(client.update(delete, None, &[id.into()])).len() == 1
 }
 
-fn revoke_all(user_id: String, except_session: Option<i64>) -> i64 {
+fn revoke_all(user_id: Vec<u8>, except_session: Option<i64>) -> i64 {
     refuse_on_standby("revoke_all");
     Spi::connect_mut(|client| {
-        issue::lock_user(&user_id);
+        // after any sign-in of the user in progress, so that it is revoked too
+        issue::lock_user(client, &user_id, store::call_time());
         let delete = plans::kept(client, &DELETE_USER_SESSIONS);
         plans::or_raise(client.update(
             delete,
             None,
-            &[user_id.as_str().into(), except_session.into()],
+            &[plans::text(&user_id), except_session.into()],
         ))
         .len() as i64
     })
@@ -200,15 +228,16 @@ fn revoke_all(user_id: String, except_session: Option<i64>) -> i64 {
 /// A castle.session row as SPI hands it over (the device list is not a hot path).
 type Session = pgrx::composite_type!('static, "castle.session");
 
-fn sessions_of(user_id: String) -> SetOfIterator<'static, Session> {
+fn sessions_of(user_id: Vec<u8>) -> SetOfIterator<'static, Session> {
     let sessions: Vec<Session> = Spi::connect(|client| {
         let live = plans::kept(client, &LIVE_SESSIONS);
         let rows = plans::or_raise(client.select(
             live,
             None,
             &[
-                user_id.as_str().into(),
+                plans::text(&user_id),
                 settings::idle_timeout_seconds().into(),
+                plans::timestamptz(store::call_time()),
             ],
         ));
         rows.filter_map(|row| plans::or_raise(row.get::<Session>(1)))

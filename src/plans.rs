@@ -11,7 +11,8 @@ use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 pub struct Statement {
     pub sql: &'static str,
     pub args: &'static [PgOid],
-    /// a statement that writes must run with a fresh snapshot and a transaction id
+    /// run with a fresh snapshot each time (a write, or a read that must see
+    /// every commit before it)
     pub mutating: bool,
 }
 
@@ -47,6 +48,16 @@ pub fn kept(
     ));
     KEPT.with(|kept| kept.borrow_mut().insert(key, plan));
     plan
+}
+
+/// A timestamptz argument (PostgreSQL's microseconds).
+pub fn timestamptz(at: i64) -> pgrx::datum::DatumWithOid<'static> {
+    unsafe { pgrx::datum::DatumWithOid::new(pg_sys::Datum::from(at), pg_sys::TIMESTAMPTZOID) }
+}
+
+/// A text argument from bytes in the database's encoding.
+pub fn text(bytes: &[u8]) -> pgrx::datum::DatumWithOid<'static> {
+    unsafe { pgrx::datum::DatumWithOid::new(crate::raw_text::text_datum(bytes), pg_sys::TEXTOID) }
 }
 
 /// SPI failures here are server faults (a dropped table, out of memory), never

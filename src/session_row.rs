@@ -1,6 +1,5 @@
-//! `castle.session` values: read once from the table, then handed to the
-//! query as they are (the Custom Scan) or formed once into the composite a
-//! function returns. pgrx's PgHeapTuple would copy the row twice more on its
+//! `castle.session` values: read once from the table, then formed once into
+//! the composite a function returns. pgrx's PgHeapTuple would copy the row twice more on its
 //! way out; on the hot path that was a measurable share of authenticate.
 
 use pgrx::callconv::{BoxRet, FcInfo};
@@ -10,20 +9,21 @@ use pgrx::pgrx_sql_entity_graph::metadata::{
 };
 use pgrx::prelude::*;
 
+use crate::catalog;
 use crate::store;
 
 /// castle.session's attributes: the table's columns but the hash, in order
-/// (`store::SESSION_COLUMNS`); these are the ones read or written here.
-pub const ATTRIBUTES: usize = store::SESSION_COLUMNS.len();
-const ID: usize = attribute_of(store::ID);
-const USER_ID: usize = attribute_of(store::USER_ID);
-const UPDATED_AT: usize = attribute_of(store::UPDATED_AT);
-const USED_AT: usize = attribute_of(store::USED_AT);
+/// (`catalog::SESSION_COLUMNS`); these are the ones read or written here.
+pub const ATTRIBUTES: usize = catalog::SESSION_COLUMNS.len();
+const ID: usize = attribute_of(catalog::ID);
+const USER_ID: usize = attribute_of(catalog::USER_ID);
+const UPDATED_AT: usize = attribute_of(catalog::UPDATED_AT);
+const USED_AT: usize = attribute_of(catalog::USED_AT);
 
 /// Where a table column is among castle.session's attributes (0-based).
 const fn attribute_of(column: usize) -> usize {
     let mut i = 0;
-    while store::SESSION_COLUMNS[i] != column {
+    while catalog::SESSION_COLUMNS[i] != column {
         i += 1;
     }
     i
@@ -33,7 +33,7 @@ const ATTRIBUTE_TYPES: [Oid; ATTRIBUTES] = {
     let mut types = [pg_sys::InvalidOid; ATTRIBUTES];
     let mut i = 0;
     while i < ATTRIBUTES {
-        types[i] = store::COLUMN_TYPES[store::SESSION_COLUMNS[i]];
+        types[i] = catalog::COLUMN_TYPES[catalog::SESSION_COLUMNS[i]];
         i += 1;
     }
     types
@@ -42,12 +42,11 @@ const ATTRIBUTE_TYPES: [Oid; ATTRIBUTES] = {
 /// Whether a row type's attributes are castle.session's as this version made
 /// them: the seven, of their types.
 pub fn as_made(attributes: &[pg_sys::FormData_pg_attribute]) -> bool {
-    attributes.len() == ATTRIBUTES && store::attributes_are(attributes, &ATTRIBUTE_TYPES)
+    attributes.len() == ATTRIBUTES && catalog::attributes_are(attributes, &ATTRIBUTE_TYPES)
 }
 
 /// castle.session's seven values, in its attribute order, as read from the
-/// table and copied into the current memory context: what the Custom Scan
-/// hands on as they are, and what a function call forms into a composite.
+/// table and copied into the current memory context.
 pub struct SessionValues {
     pub values: [Datum; ATTRIBUTES],
     pub nulls: [bool; ATTRIBUTES],
@@ -59,14 +58,13 @@ impl SessionValues {
         self.values[ID].value() as i64
     }
 
-    /// user_id, never NULL (the table's NOT NULL).
-    pub fn user_id(&self) -> String {
-        unsafe {
-            pgrx::varlena::text_to_rust_str_unchecked(pg_sys::pg_detoast_datum_packed(
-                self.values[USER_ID].cast_mut_ptr(),
-            ))
+    /// user_id's bytes, in the database's encoding; never NULL (the
+    /// table's NOT NULL; the SQL read of a table a DBA changed may differ).
+    pub fn user_id(&self) -> Vec<u8> {
+        if self.nulls[USER_ID] {
+            return Vec::new();
         }
-        .to_owned()
+        unsafe { store::text_bytes(self.values[USER_ID]) }.to_vec()
     }
 
     /// The same session after a use recorded at `now`.
@@ -84,7 +82,7 @@ impl SessionValues {
     pub fn into_row(mut self) -> SessionRow {
         unsafe {
             let tupdesc = pg_sys::lookup_rowtype_tupdesc(store::session_type(), -1);
-            if !as_made((*tupdesc).attrs.as_slice((*tupdesc).natts as usize)) {
+            if !as_made(catalog::attributes(tupdesc)) {
                 pg_sys::DecrTupleDescRefCount(tupdesc);
                 error!(
                     "castle_sessions: castle.session does not have the attributes this version expects"

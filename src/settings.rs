@@ -1,7 +1,9 @@
-//! Every `castle.*` setting, in one place. The three that bound what a session
-//! may do — max_sessions, default_ttl, idle_timeout — are superuser-set
-//! (SUSET): a role that may only check or create sessions must not be able to
-//! switch off trimming or the idle timeout for its own calls. All are read at
+//! Every `castle.*` setting, in one place. All are superuser-set (SUSET): the
+//! application's roles call the functions, and a compromised application must
+//! not be able to undo what the DBA set — bring back an old token prefix after
+//! an incident, lift the limit or the idle timeout, shorten secrets, or turn
+//! used_at writes into a write per request. A superuser's ALTER ROLE/DATABASE
+//! … SET still applies to any role. All are read at
 //! call time, so SET, ALTER ROLE/DATABASE … SET and postgresql.conf all apply
 //! as PostgreSQL users expect; a bad value is refused when it is set, with PostgreSQL's own message.
 
@@ -43,7 +45,7 @@ pub fn register() {
         &SECRET_SIZE,
         MIN_SECRET_SIZE as i32,
         MAX_SECRET_SIZE as i32,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
@@ -63,7 +65,7 @@ pub fn register() {
         &TOUCH_INTERVAL,
         -1,
         i32::MAX,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
@@ -83,7 +85,7 @@ pub fn register() {
             c"Text every token starts with; up to 64 characters from [A-Za-z0-9_-].",
             c"",
             &TOKEN_PREFIX,
-            GucContext::Userset,
+            GucContext::Suset,
             GucFlags::default(),
             Some(check_prefix),
             None,
@@ -94,7 +96,7 @@ pub fn register() {
             c"The one message every refused token gets (SQLSTATE 28000).",
             c"",
             &INVALID_MESSAGE,
-            GucContext::Userset,
+            GucContext::Suset,
             GucFlags::default(),
             Some(check_message),
             None,

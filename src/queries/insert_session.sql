@@ -1,6 +1,4 @@
--- The sign-in's insert when castle.sessions has a DBA's trigger or an added
--- column (store::insert writes the row itself otherwise); created_at and
--- updated_at take their defaults, now().
-INSERT INTO castle.sessions (hash, user_id, expires_at, data)
-VALUES ($1, $2, $3, $4)
+-- A sign-in's row: created_at and updated_at are the time of the call ($3).
+INSERT INTO castle.sessions (hash, user_id, created_at, updated_at, expires_at, data)
+VALUES ($1, $2, $3, $3, $4, $5)
 RETURNING id

@@ -1,0 +1,263 @@
+//! The catalog objects the direct reads rely on, found and verified once.
+//!
+//! Contract: `Catalog::get()` names castle.sessions, its owner and
+//! castle.session, and says which direct reads are safe. A direct read is
+//! allowed only for an object verified here, at resolution:
+//!
+//! - `primary_key`: castle.sessions is an ordinary heap table (not a
+//!   partition, no forced row security) whose columns are the eight this
+//!   version made (name aside: position, type, no typmod, user_id in "C");
+//!   and the index is one of its own, valid, ready and live, a unique btree
+//!   on exactly (id) with int8_ops, no expression and no predicate.
+//! - `user_index`: the same table, and a valid btree whose leading key is
+//!   user_id with text_ops in the column's own collation ("C"), no
+//!   expression and no predicate.
+//!
+//! Indexes are found through the table's index list, never by name, so a
+//! renamed or replaced table or index is never mistaken for ours. Anything
+//! else gives None and the caller takes its SQL path. The verdict is kept
+//! until a relcache invalidation for one of the relations it names (or for
+//! all), so unrelated DDL, ANALYZE or temporary tables cost nothing.
+
+use std::cell::Cell;
+
+use pgrx::pg_sys::{self, Datum, Oid};
+use pgrx::prelude::*;
+
+/// castle.sessions' columns, in table order (sql/bootstrap.sql); the direct
+/// read takes the first eight.
+pub const ID: usize = 0;
+pub const HASH: usize = 1;
+pub const USER_ID: usize = 2;
+pub const CREATED_AT: usize = 3;
+pub const UPDATED_AT: usize = 4;
+pub const EXPIRES_AT: usize = 5;
+pub const USED_AT: usize = 6;
+pub const DATA: usize = 7;
+pub const COLUMNS: usize = 8;
+/// Their types, as made.
+pub const COLUMN_TYPES: [Oid; COLUMNS] = [
+    pg_sys::INT8OID,
+    pg_sys::TEXTOID,
+    pg_sys::TEXTOID,
+    pg_sys::TIMESTAMPTZOID,
+    pg_sys::TIMESTAMPTZOID,
+    pg_sys::TIMESTAMPTZOID,
+    pg_sys::TIMESTAMPTZOID,
+    pg_sys::JSONBOID,
+];
+/// castle.session's attributes, in order: the table's columns but the hash.
+pub const SESSION_COLUMNS: [usize; 7] = [
+    ID, USER_ID, CREATED_AT, UPDATED_AT, EXPIRES_AT, USED_AT, DATA,
+];
+
+#[derive(Clone, Copy)]
+pub struct Catalog {
+    pub table: Oid,
+    pub owner: Oid,
+    pub session_type: Oid,
+    /// castle.session's relation (its pg_class row), so ALTER TYPE invalidates
+    session_type_relation: Oid,
+    /// verified (id) index, when direct reads of the table are safe
+    pub primary_key: Option<Oid>,
+    /// verified (user_id, …) index, when direct reads of the table are safe
+    pub user_index: Option<(Oid, Oid)>,
+}
+
+thread_local! {
+    static CACHED: Cell<Option<Catalog>> = const { Cell::new(None) };
+    /// Counts invalidations, so that a resolution overtaken by one is not kept.
+    static FORGOTTEN: Cell<u64> = const { Cell::new(0) };
+}
+
+pub fn register_invalidation() {
+    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(invalidated), Datum::from(0)) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn invalidated(_arg: Datum, relid: Oid) {
+    let concerns_us = CACHED.with(Cell::get).is_none_or(|c| {
+        relid == pg_sys::InvalidOid
+            || relid == c.table
+            || relid == c.session_type_relation
+            || c.primary_key == Some(relid)
+            || c.user_index.is_some_and(|(index, _)| index == relid)
+    });
+    if concerns_us {
+        CACHED.with(|cached| cached.set(None));
+        FORGOTTEN.with(|forgotten| forgotten.set(forgotten.get() + 1));
+    }
+}
+
+/// Whether an executor or permission hook is set (pgaudit, sepgsql, …): then
+/// every read and write goes through the executor, so they see it.
+pub fn hooks_want_the_executor() -> bool {
+    let (start, run, check) = unsafe {
+        (
+            pg_sys::ExecutorStart_hook,
+            pg_sys::ExecutorRun_hook,
+            pg_sys::ExecutorCheckPerms_hook,
+        )
+    };
+    start.is_some() || run.is_some() || check.is_some()
+}
+
+impl Catalog {
+    pub fn get() -> Catalog {
+        if let Some(catalog) = CACHED.with(Cell::get) {
+            return catalog;
+        }
+        let before = FORGOTTEN.with(Cell::get);
+        let resolved = resolve();
+        // an invalidation processed during the look-up (it takes locks and
+        // reads catalogs) may have made it stale: use it once, don't keep it
+        if FORGOTTEN.with(Cell::get) == before {
+            CACHED.with(|cached| cached.set(Some(resolved)));
+        }
+        resolved
+    }
+}
+
+fn resolve() -> Catalog {
+    unsafe {
+        let schema = pg_sys::get_namespace_oid(c"castle".as_ptr(), false);
+        let table = pg_sys::get_relname_relid(c"sessions".as_ptr(), schema);
+        if table == pg_sys::InvalidOid {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                "castle.sessions does not exist"
+            );
+        }
+        let session_type = pg_sys::GetSysCacheOid(
+            pg_sys::SysCacheIdentifier::TYPENAMENSP as _,
+            pg_sys::Anum_pg_type_oid as _,
+            Datum::from(c"session".as_ptr()),
+            Datum::from(schema),
+            Datum::from(0),
+            Datum::from(0),
+        );
+        let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as _);
+        let owner = (*(*rel).rd_rel).relowner;
+        let readable = table_as_made(rel);
+        let mut primary_key = None;
+        let mut user_index = None;
+        if readable {
+            let indexes = pg_sys::RelationGetIndexList(rel);
+            for cell in list_oids(indexes) {
+                let index = pg_sys::index_open(cell, pg_sys::AccessShareLock as _);
+                if primary_key.is_none() && is_id_index(index) {
+                    primary_key = Some(cell);
+                } else if user_index.is_none() {
+                    if let Some(collation) = user_index_collation(index) {
+                        user_index = Some((cell, collation));
+                    }
+                }
+                pg_sys::index_close(index, pg_sys::AccessShareLock as _);
+            }
+            pg_sys::list_free(indexes);
+        }
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as _);
+        Catalog {
+            table,
+            owner,
+            session_type,
+            session_type_relation: pg_sys::get_typ_typrelid(session_type),
+            primary_key,
+            user_index,
+        }
+    }
+}
+
+unsafe fn list_oids(list: *mut pg_sys::List) -> Vec<Oid> {
+    unsafe {
+        if list.is_null() {
+            return Vec::new();
+        }
+        std::slice::from_raw_parts((*list).elements, (*list).length as usize)
+            .iter()
+            .map(|cell| cell.oid_value)
+            .collect()
+    }
+}
+
+/// The relation's attributes, dropped ones included.
+pub unsafe fn attributes<'a>(
+    descriptor: pg_sys::TupleDesc,
+) -> &'a [pg_sys::FormData_pg_attribute] {
+    unsafe { (*descriptor).attrs.as_slice((*descriptor).natts as usize) }
+}
+
+/// Whether the first attributes are, in order, of these types with no typmod,
+/// none dropped.
+pub fn attributes_are(attributes: &[pg_sys::FormData_pg_attribute], types: &[Oid]) -> bool {
+    attributes.len() >= types.len()
+        && attributes.iter().zip(types).all(|(attribute, &expected)| {
+            !attribute.attisdropped && attribute.atttypid == expected && attribute.atttypmod == -1
+        })
+}
+
+/// An ordinary heap table, read as any query would read it, with our eight
+/// columns first.
+unsafe fn table_as_made(rel: pg_sys::Relation) -> bool {
+    unsafe {
+        let class = (*rel).rd_rel;
+        let attributes = attributes((*rel).rd_att);
+        (*class).relkind == pg_sys::RELKIND_RELATION as std::ffi::c_char
+            && !(*class).relispartition
+            && (*class).relam == pg_sys::HEAP_TABLE_AM_OID
+            && !(*class).relforcerowsecurity
+            && (*rel).rd_rules.is_null()
+            && attributes_are(attributes, &COLUMN_TYPES)
+            && attributes[USER_ID].attcollation == pg_sys::C_COLLATION_OID
+    }
+}
+
+/// A btree index usable as is: valid, ready, live, no expression, no predicate.
+unsafe fn plain_btree(index: pg_sys::Relation) -> Option<&'static pg_sys::FormData_pg_index> {
+    unsafe {
+        let form = (*index).rd_index.as_ref()?;
+        let usable = (*(*index).rd_rel).relam == pg_sys::BTREE_AM_OID
+            && form.indisvalid
+            && form.indisready
+            && form.indislive
+            && pg_sys::RelationGetIndexExpressions(index).is_null()
+            && pg_sys::RelationGetIndexPredicate(index).is_null();
+        usable.then_some(form)
+    }
+}
+
+unsafe fn key_column(form: &pg_sys::FormData_pg_index, key: usize) -> i16 {
+    unsafe { *form.indkey.values.as_slice(form.indnatts as usize).get(key).unwrap_or(&0) }
+}
+
+/// The operator family and input type of a key: what its comparisons mean.
+unsafe fn key_compares(index: pg_sys::Relation, key: usize) -> (Oid, Oid) {
+    unsafe { (*(*index).rd_opfamily.add(key), *(*index).rd_opcintype.add(key)) }
+}
+
+/// A unique btree on exactly (id), comparing as int8.
+unsafe fn is_id_index(index: pg_sys::Relation) -> bool {
+    unsafe {
+        let Some(form) = plain_btree(index) else {
+            return false;
+        };
+        form.indisunique
+            && form.indnkeyatts == 1
+            && key_column(form, 0) == (ID + 1) as i16
+            && key_compares(index, 0) == (pg_sys::INTEGER_BTREE_FAM_OID, pg_sys::INT8OID)
+    }
+}
+
+/// The collation of a btree whose first key is user_id compared as text in
+/// the column's collation, "C" (table_as_made checked the column).
+unsafe fn user_index_collation(index: pg_sys::Relation) -> Option<Oid> {
+    unsafe {
+        let form = plain_btree(index)?;
+        let collation = *(*index).rd_indcollation;
+        let ok = key_column(form, 0) == (USER_ID + 1) as i16
+            && key_compares(index, 0) == (pg_sys::TEXT_BTREE_FAM_OID, pg_sys::TEXTOID)
+            && collation == pg_sys::C_COLLATION_OID;
+        ok.then_some(collation)
+    }
+}

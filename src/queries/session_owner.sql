@@ -1,1 +1,0 @@
-SELECT s.user_id FROM castle.sessions AS s WHERE s.id = $1
