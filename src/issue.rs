@@ -25,6 +25,11 @@ static INSERT_SESSION: Statement = Statement {
     args: &[TEXT, TEXT, TIMESTAMPTZ, TIMESTAMPTZ, JSONB],
     mutating: true,
 };
+static INSERT_SESSION_WITHOUT_DATA: Statement = Statement {
+    sql: include_str!("queries/insert_session_without_data.sql"),
+    args: &[TEXT, TEXT, TIMESTAMPTZ, TIMESTAMPTZ],
+    mutating: true,
+};
 
 #[pg_extern(name = "create_session", volatile, parallel_unsafe)]
 fn create_session_bigint(
@@ -129,18 +134,23 @@ pub fn create(user_id: &[u8], now: i64, expires_at: Option<i64>, data: Option<Ra
                     plans::or_raise(client.update(trim, None, &args));
                 }
             }
-            let insert = plans::kept(client, &INSERT_SESSION);
-            let args = unsafe {
-                [
-                    plans::text(&hash),
-                    plans::text(user_id),
-                    plans::timestamptz(now),
+            let mut args = vec![
+                plans::text(&hash),
+                plans::text(user_id),
+                plans::timestamptz(now),
+                unsafe {
                     pgrx::datum::DatumWithOid::new(
                         expires_at.map(pg_sys::Datum::from),
                         pg_sys::TIMESTAMPTZOID,
-                    ),
-                    pgrx::datum::DatumWithOid::new(data, pg_sys::JSONBOID),
-                ]
+                    )
+                },
+            ];
+            let insert = match data {
+                Some(data) => {
+                    args.push(unsafe { pgrx::datum::DatumWithOid::new(data, pg_sys::JSONBOID) });
+                    plans::kept(client, &INSERT_SESSION)
+                }
+                None => plans::kept(client, &INSERT_SESSION_WITHOUT_DATA),
             };
             let inserted = plans::or_raise(client.update(insert, None, &args));
             plans::or_raise(inserted.first().get_one::<i64>())

@@ -59,7 +59,7 @@ ALTER TABLE castle.sessions DROP CONSTRAINT no_banned;
 ALTER TABLE castle.sessions DROP CONSTRAINT sessions_hash_check;
 SELECT castle.create_session('unchecked') IS NOT NULL AS created_without_checks;
 ALTER TABLE castle.sessions ADD CONSTRAINT sessions_hash_check CHECK (hash ~ '^[0-9a-f]{64}$');
--- a column of another type stops every direct read and write, with a clear error
+-- a column of another type: reads and writes go through SQL, which casts
 SELECT castle.create_session('retyped') AS retyped \gset
 ALTER TABLE castle.sessions ALTER COLUMN data TYPE json USING data::json;
 SELECT refusal($$SELECT castle.create_session('retyped')$$) AS create_on_retyped_table;
@@ -77,6 +77,60 @@ ROLLBACK;
 BEGIN READ ONLY;
 SELECT refusal($$SELECT castle.create_session('read-only')$$) AS read_only;
 ROLLBACK;
+-- Each change below once crashed a backend or broke max_sessions (issue 11).
+-- After each, five sign-ins leave the user three sessions and the last token
+-- verifies: every direct read checks what it relies on, or takes SQL.
+CREATE FUNCTION public.after_ddl(who text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    token text;
+BEGIN
+    FOR i IN 1..5 LOOP
+        token := castle.create_session(who);
+    END LOOP;
+    RETURN format('%s sessions, last token %s',
+                  (SELECT count(*) FROM castle.sessions WHERE user_id = who),
+                  CASE WHEN castle.is_valid(token) THEN 'verifies' ELSE 'refused' END);
+END $$;
+SELECT public.after_ddl('before-any-change');
+-- the primary key on (user_id, id)
+ALTER TABLE castle.sessions DROP CONSTRAINT sessions_pkey, ADD CONSTRAINT sessions_pkey PRIMARY KEY (user_id, id);
+SELECT public.after_ddl('pk-on-two-columns');
+ALTER TABLE castle.sessions DROP CONSTRAINT sessions_pkey, ADD CONSTRAINT sessions_pkey PRIMARY KEY (id);
+-- the user index, same name, other columns
+DROP INDEX castle.sessions_user_id_created_at_idx;
+CREATE INDEX sessions_user_id_created_at_idx ON castle.sessions (created_at, user_id);
+SELECT public.after_ddl('user-index-reordered');
+DROP INDEX castle.sessions_user_id_created_at_idx;
+CREATE INDEX sessions_user_id_created_at_idx ON castle.sessions (user_id, created_at);
+-- the id looked up through a hash index only
+ALTER TABLE castle.sessions DROP CONSTRAINT sessions_pkey;
+CREATE INDEX sessions_id_hash ON castle.sessions USING hash (id);
+SELECT public.after_ddl('id-by-hash-index');
+DROP INDEX castle.sessions_id_hash;
+ALTER TABLE castle.sessions ADD CONSTRAINT sessions_pkey PRIMARY KEY (id);
+-- user_id in another collation (the index in ICU order)
+ALTER TABLE castle.sessions ALTER COLUMN user_id TYPE text COLLATE "und-x-icu";
+SELECT count(castle.create_session('u' || i)) FROM generate_series(1, 300) AS i;
+SELECT public.after_ddl('icu-collation');
+ALTER TABLE castle.sessions ALTER COLUMN user_id TYPE text COLLATE "C";
+-- the table renamed and a copy put in its place
+ALTER TABLE castle.sessions RENAME TO sessions_old;
+CREATE TABLE castle.sessions (LIKE castle.sessions_old INCLUDING ALL);
+SELECT public.after_ddl('replaced-table');
+SELECT count(*) AS rows_in_old_table FROM castle.sessions_old WHERE user_id = 'replaced-table';
+DROP TABLE castle.sessions;
+ALTER TABLE castle.sessions_old RENAME TO sessions;
+SELECT public.after_ddl('table-back');
+-- a partial index, and a unique index on an expression of id
+CREATE UNIQUE INDEX sessions_id_expr ON castle.sessions ((id + 0));
+CREATE INDEX sessions_user_partial ON castle.sessions (user_id) WHERE user_id <> '';
+SELECT public.after_ddl('odd-indexes');
+DROP INDEX castle.sessions_id_expr, castle.sessions_user_partial;
+-- a column default for data fills it, as an INSERT would
+ALTER TABLE castle.sessions ALTER COLUMN data SET DEFAULT '{"source": "default"}';
+SELECT data FROM castle.authenticate(castle.create_session('defaulted'));
+ALTER TABLE castle.sessions ALTER COLUMN data DROP DEFAULT;
+DROP FUNCTION public.after_ddl(text);
 DROP TABLE public.session_audit;
 DROP FUNCTION public.audit_session();
 REVOKE ALL ON SCHEMA castle FROM regress_castle_app;

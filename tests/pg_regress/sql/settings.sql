@@ -52,14 +52,16 @@ ALTER ROLE castle_settings_role SET castle.max_sessions = 5;
 SELECT rolconfig FROM pg_roles WHERE rolname = 'castle_settings_role';
 DROP ROLE castle_settings_role;
 -- the limits are superuser-set: a role that may only call the functions cannot
--- lift them for its own calls; the cosmetic settings stay its own
+-- lift them for its own calls, nor bring back an old prefix after an incident
 CREATE ROLE regress_castle_limited;
 SET ROLE regress_castle_limited;
 SET castle.max_sessions = 0;
 SET castle.idle_timeout = 0;
 SET castle.default_ttl = '1d';
 SET castle.token_prefix = 'mine_';
+SET castle.secret_size = 22;
+SET castle.touch_interval = 0;
+SET castle.invalid_message = 'expired';
 SHOW castle.token_prefix;
-RESET castle.token_prefix;
 RESET ROLE;
 DROP ROLE regress_castle_limited;
