@@ -62,6 +62,8 @@ pub struct Catalog {
     pub primary_key: Option<Oid>,
     /// verified (user_id, …) index, when direct reads of the table are safe
     pub user_index: Option<(Oid, Oid)>,
+    /// castle.user_locks exists: the SQL objects are this version's
+    pub user_locks: bool,
 }
 
 thread_local! {
@@ -102,6 +104,19 @@ pub fn hooks_want_the_executor() -> bool {
     start.is_some() || run.is_some() || check.is_some()
 }
 
+/// Refuses to write when the extension's SQL objects predate this library
+/// (it was installed, but ALTER EXTENSION … UPDATE has not run yet).
+pub fn require_current_objects() {
+    if !Catalog::get().user_locks {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "castle_sessions: the extension's objects are older than its library",
+            "Run ALTER EXTENSION castle_sessions UPDATE."
+        );
+    }
+}
+
 impl Catalog {
     pub fn get() -> Catalog {
         if let Some(catalog) = CACHED.with(Cell::get) {
@@ -110,8 +125,10 @@ impl Catalog {
         let before = FORGOTTEN.with(Cell::get);
         let resolved = resolve();
         // an invalidation processed during the look-up (it takes locks and
-        // reads catalogs) may have made it stale: use it once, don't keep it
-        if FORGOTTEN.with(Cell::get) == before {
+        // reads catalogs) may have made it stale: use it once, don't keep it;
+        // nor keep old SQL objects, which ALTER EXTENSION … UPDATE replaces
+        // without invalidating what we cached
+        if FORGOTTEN.with(Cell::get) == before && resolved.user_locks {
             CACHED.with(|cached| cached.set(Some(resolved)));
         }
         resolved
@@ -165,6 +182,8 @@ fn resolve() -> Catalog {
             session_type_relation: pg_sys::get_typ_typrelid(session_type),
             primary_key,
             user_index,
+            user_locks: pg_sys::get_relname_relid(c"user_locks".as_ptr(), schema)
+                != pg_sys::InvalidOid,
         }
     }
 }

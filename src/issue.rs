@@ -185,6 +185,7 @@ pub fn expiry(now: i64, ttl: Interval) -> i64 {
 /// lock before touching any of the user's sessions, so trimming cannot
 /// deadlock with a concurrent revoke_all or rotate. Call as the owner.
 pub fn lock_user(client: &mut pgrx::spi::SpiClient<'_>, user_id: &[u8], now: i64) {
+    crate::catalog::require_current_objects();
     let lock = plans::kept(client, &LOCK_USER);
     plans::or_raise(client.update(lock, None, &[plans::text(user_id), plans::timestamptz(now)]));
 }

@@ -4,6 +4,7 @@ exactly as a fresh install's."""
 import psycopg
 import pytest
 
+import seed_algorithm
 from conftest import create, dsn, user_of
 
 CATALOG = """
@@ -37,7 +38,19 @@ def fresh_database(admin, name):
     admin.execute(f"CREATE DATABASE {name}")
 
 
-@pytest.mark.parametrize("release", ["0.1.0", "0.2.0"])
+def old_session(conn, user):
+    """A session as an earlier release stored it, and its token: written with
+    the seed's algorithm, since the new library refuses to write through old
+    SQL objects (it says to run ALTER EXTENSION ... UPDATE)."""
+    secret = seed_algorithm.new_secret()
+    session_id = conn.execute(
+        "INSERT INTO castle.sessions (hash, user_id, expires_at, data) "
+        "VALUES (%s, %s, now() + interval '1 day', '{\"device\": \"old\"}') RETURNING id",
+        (seed_algorithm.stored_hash(secret), user)).fetchone()[0]
+    return seed_algorithm.token(session_id, secret)
+
+
+@pytest.mark.parametrize("release", ["0.1.0", "0.2.0", "0.3.0"])
 def test_update_keeps_tokens_and_matches_a_fresh_install(conn, release):
     fresh_database(conn, "castle_old")
     fresh_database(conn, "castle_new")
@@ -47,7 +60,11 @@ def test_update_keeps_tokens_and_matches_a_fresh_install(conn, release):
     try:
         with psycopg.connect(dsn("castle_old"), autocommit=True) as old:
             old.execute(f"CREATE EXTENSION castle_sessions VERSION '{release}'")
-            tokens = {create(old, f"upgrader-{i}", "1 day", '{"device": "old"}'): f"upgrader-{i}" for i in range(5)}
+            tokens = {old_session(old, f"upgrader-{i}"): f"upgrader-{i}" for i in range(5)}
+            for tok, user in tokens.items():
+                assert user_of(old, tok) == user
+            with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="older than its library"):
+                create(old, "upgrader-new")
             old.execute("ALTER EXTENSION castle_sessions UPDATE")
             assert old.execute("SELECT extversion FROM pg_extension WHERE extname = 'castle_sessions'"
                                ).fetchone()[0] == current
