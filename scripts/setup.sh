@@ -3,7 +3,7 @@
 # with only Rust present. Idempotent: what is there already is kept.
 source "$(dirname "$0")/common.sh"
 
-packages=(postgresql-15 postgresql-server-dev-15 postgresql-15-cron libclang-dev
+packages=(postgresql-15 postgresql-server-dev-15 postgresql-15-cron postgresql-15-pgaudit libclang-dev
           sudo pgbouncer python3 python3-venv build-essential pkg-config)
 missing=()
 for p in "${packages[@]}"; do

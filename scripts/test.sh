@@ -20,7 +20,15 @@ rm -rf "$(cluster_root)/test"
 cluster_start test 54316 "shared_preload_libraries = 'pg_cron,castle_sessions'" \
     "cron.database_name = 'castle_py'" "cron.use_background_workers = on" \
     "max_worker_processes = 32" "max_connections = 200"
-trap 'cluster_stop test' EXIT
+AUDIT_PORT=54317
+say "starting an audited cluster (port $AUDIT_PORT, pgaudit preloaded)"
+cluster_stop audit
+rm -rf "$(cluster_root)/audit"
+cluster_start audit $AUDIT_PORT "shared_preload_libraries = 'pgaudit'" "pgaudit.role = 'castle_auditor'" \
+    "log_line_prefix = '%m [%p] '"
+AUDIT_DIR=$PGDIR
+cluster_start test 54316
+trap 'cluster_stop test; cluster_stop audit' EXIT
 
 say "pg_regress (tests/pg_regress)"
 tests=$(cd tests/pg_regress/sql && ls -1 *.sql | sed 's/\.sql$//' | sort)
@@ -37,4 +45,5 @@ say "integration suite: psycopg 3 (tests/integration)"
 psql_at postgres -c "DROP DATABASE IF EXISTS castle_py" -c "CREATE DATABASE castle_py"
 psql_at castle_py -c "CREATE EXTENSION castle_sessions"
 PG_BIN="$PG_BIN" CASTLE_CLUSTER_ROOT="$(cluster_root)" CASTLE_CLUSTER_DIR="$PGDIR" \
+    CASTLE_AUDIT_PORT=$AUDIT_PORT CASTLE_AUDIT_DIR="$AUDIT_DIR" \
     "$REPO/.venv/bin/pytest" -q -rP -p no:cacheprovider tests/integration
