@@ -15,5 +15,5 @@ BEGIN
 END $$;
 
 -- PostgREST runs each request as its db-anon-role (no JWT means no other
--- role); here that is notes_app, which already holds EXECUTE on castle.*.
+-- role); here that is notes_app, the request role (castle.grant_request_role).
 GRANT EXECUTE ON FUNCTION public.castle_pre_request() TO notes_app;

@@ -3,15 +3,22 @@
 --     psql -v ON_ERROR_STOP=1 -d notes_demo -f examples/schema.sql
 CREATE EXTENSION IF NOT EXISTS castle_sessions;
 
--- The role the services connect as. It must not own the tables, be a superuser
--- or have BYPASSRLS: any of those would skip the policy below. Roles are
--- cluster-wide, hence the guard when a second database loads this file.
+-- The two roles the services connect as (README, "Security model"): the
+-- sign-in route as notes_sign_in, which may check passwords and create
+-- sessions; every other route as notes_app, which may only check a token and
+-- act on its own session, so a SQL injection there cannot become anyone.
+-- Neither may own the tables, be a superuser or have BYPASSRLS: any of those
+-- would skip the policy below. Roles are cluster-wide, hence the guards.
 DO $$ BEGIN
     CREATE ROLE notes_app LOGIN NOSUPERUSER NOBYPASSRLS;
 EXCEPTION WHEN duplicate_object THEN NULL;
 END $$;
-GRANT USAGE ON SCHEMA castle TO notes_app;
-GRANT EXECUTE ON ALL ROUTINES IN SCHEMA castle TO notes_app;
+DO $$ BEGIN
+    CREATE ROLE notes_sign_in LOGIN NOSUPERUSER NOBYPASSRLS;
+EXCEPTION WHEN duplicate_object THEN NULL;
+END $$;
+SELECT castle.grant_request_role('notes_app');
+SELECT castle.grant_sign_in_role('notes_sign_in');
 
 -- password_hash is 'scrypt$<salt hex>$<key hex>' (N=16384, r=8, p=1, 32 bytes),
 -- which both Python's hashlib and Node's crypto compute without extra packages.
@@ -20,7 +27,7 @@ CREATE TABLE app_users (
     name text NOT NULL,
     password_hash text NOT NULL
 );
-GRANT SELECT ON app_users TO notes_app;
+GRANT SELECT ON app_users TO notes_sign_in;
 
 CREATE TABLE notes (
     id integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -29,9 +36,10 @@ CREATE TABLE notes (
 );
 -- Each request sees only the notes of the user whose session castle.login
 -- bound to its transaction; with no login, castle.user_id() is NULL and no row
--- matches.
+-- matches. The comparison is as text: castle.user_id() is the id exactly as
+-- the session holds it, and a cast to bigint would make '+1' or '01' user 1.
 ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
-CREATE POLICY notes_owner ON notes USING (owner_id = castle.user_id()::bigint);
+CREATE POLICY notes_owner ON notes USING (owner_id::text = castle.user_id());
 GRANT SELECT ON notes TO notes_app;
 
 -- Demo users, with their passwords in plain sight: 'alice-demo-password' and

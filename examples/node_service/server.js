@@ -2,7 +2,8 @@
 // node's http module. A demo, not a framework; the routes and replies are the
 // same as examples/python_service/app.py.
 //
-//   DATABASE_URL  postgresql:// URL, as a role like notes_app (examples/schema.sql)
+//   DATABASE_URL          postgresql:// URL, as the request role (notes_app, examples/schema.sql)
+//   SIGN_IN_DATABASE_URL  the same, as the sign-in role (notes_sign_in)
 //   PORT          port on 127.0.0.1, default 8000
 'use strict';
 const http = require('node:http');
@@ -12,6 +13,9 @@ const pg = require('pg');
 
 const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL });
 pool.on('error', (err) => console.error('idle database connection failed:', err.message));
+// Only the sign-in route connects as the role that may create sessions.
+const signInPool = new pg.Pool({ connectionString: process.env.SIGN_IN_DATABASE_URL });
+signInPool.on('error', (err) => console.error('idle database connection failed:', err.message));
 const scrypt = promisify(crypto.scrypt);
 const UNAUTHORIZED = '{"error": "unauthorized"}';
 
@@ -48,12 +52,12 @@ async function signIn(req, res) {
   if (!(body && Number.isSafeInteger(body.user_id) && typeof body.password === 'string')) {
     return reply(res, 400, { error: 'expected {"user_id": integer, "password": string}' });
   }
-  const { rows } = await pool.query('SELECT password_hash FROM app_users WHERE id = $1', [body.user_id]);
+  const { rows } = await signInPool.query('SELECT password_hash FROM app_users WHERE id = $1', [body.user_id]);
   if (rows.length === 0 || !(await passwordOk(rows[0].password_hash, body.password))) {
     return reply(res, 401, UNAUTHORIZED);
   }
   const data = JSON.stringify({ user_agent: req.headers['user-agent'] ?? null });
-  const created = await pool.query("SELECT castle.create_session($1::bigint, '1 day', $2::jsonb) AS token",
+  const created = await signInPool.query("SELECT castle.create_session($1::bigint, '1 day', $2::jsonb) AS token",
     [body.user_id, data]);
   reply(res, 200, { token: created.rows[0].token });
 }

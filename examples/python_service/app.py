@@ -1,7 +1,8 @@
 """castle_sessions from Python: a tiny notes service on psycopg 3 and the
 standard library's HTTP server. A demo, not a framework.
 
-    DATABASE_URL  libpq conninfo or URL, as a role like notes_app (examples/schema.sql)
+    DATABASE_URL          libpq conninfo or URL, as the request role (notes_app, examples/schema.sql)
+    SIGN_IN_DATABASE_URL  the same, as the sign-in role (notes_sign_in)
     PORT          port on 127.0.0.1, default 8000
 
     POST /sign-in   {"user_id": 1, "password": "..."}  -> 200 {"token": "..."}
@@ -20,13 +21,14 @@ from psycopg.errors import InvalidAuthorizationSpecification  # SQLSTATE 28000
 from psycopg.types.json import Jsonb
 
 DATABASE_URL = os.environ["DATABASE_URL"]
+SIGN_IN_DATABASE_URL = os.environ["SIGN_IN_DATABASE_URL"]
 UNAUTHORIZED = b'{"error": "unauthorized"}'
 
 
-def connect():
+def connect(url=DATABASE_URL):
     # A connection per request keeps the demo short; a real service would use
     # psycopg_pool, with exactly the same transaction.
-    return psycopg.connect(DATABASE_URL, autocommit=True)
+    return psycopg.connect(url, autocommit=True)
 
 
 def password_ok(stored, password):
@@ -73,7 +75,7 @@ class Handler(BaseHTTPRequestHandler):
         if not (isinstance(body, dict) and type(body.get("user_id")) is int and isinstance(body.get("password"), str)):
             return self.reply(400, {"error": "expected {\"user_id\": integer, \"password\": string}"})
         user_id, password = body["user_id"], body["password"]
-        with connect() as conn:
+        with connect(SIGN_IN_DATABASE_URL) as conn:
             row = conn.execute("SELECT password_hash FROM app_users WHERE id = %s", (user_id,)).fetchone()
             if row is None or not password_ok(row[0], password):
                 return self.reply(401, UNAUTHORIZED)

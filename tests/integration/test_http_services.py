@@ -47,6 +47,7 @@ def database():
     with psycopg.connect(dsn(), autocommit=True) as c:
         c.execute(f"DROP DATABASE {DB} WITH (FORCE)")
         c.execute("DROP ROLE notes_app")
+        c.execute("DROP ROLE notes_sign_in")
 
 
 def free_port():
@@ -76,7 +77,8 @@ def service(request, database, tmp_path_factory):
     """The base URL of one example service, connected as notes_app."""
     port = free_port()
     log = tmp_path_factory.mktemp(request.param) / "service.log"
-    env = {**os.environ, "DATABASE_URL": f"postgresql://notes_app@127.0.0.1:{PORT}/{database}", "PORT": str(port)}
+    env = {**os.environ, "DATABASE_URL": f"postgresql://notes_app@127.0.0.1:{PORT}/{database}",
+           "SIGN_IN_DATABASE_URL": f"postgresql://notes_sign_in@127.0.0.1:{PORT}/{database}", "PORT": str(port)}
     with open(log, "w") as out:
         proc = subprocess.Popen(COMMANDS[request.param], env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -150,6 +152,31 @@ def test_sign_out_ends_only_that_session(service):
         assert c.execute("SELECT (castle.verify(%s)).id", (alice,)).fetchone()[0] is None
     status, body = call(service, "GET", "/notes", bob)
     assert (status, json.loads(body)) == (200, own_notes(2))
+
+
+def test_an_injection_in_a_request_route_cannot_read_another_users_notes(database):
+    """What a SQL injection in any route but sign-in could run, run as that
+    route's role: it holds alice's token, and wants bob's notes."""
+    with psycopg.connect(dsn(DB), autocommit=True) as c:
+        c.execute("SET ROLE notes_sign_in")
+        alice = c.execute("SELECT castle.create_session(1)").fetchone()[0]
+    with psycopg.connect(dsn(DB, user="notes_app")) as app:
+        for attack in ["SELECT castle.login(castle.create_session(2))",
+                       "SELECT castle.rotate(%s)" % "'x'",
+                       "SELECT * FROM castle.sessions_of(2)",
+                       "SELECT castle.revoke_all(2)",
+                       "SELECT * FROM castle.sessions",
+                       "SELECT * FROM app_users",
+                       "SET castle.token_prefix = 'x_'"]:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute(attack)
+            app.rollback()
+        app.execute("SELECT castle.login(%s)", (alice,))
+        bodies = [r[0] for r in app.execute("SELECT body FROM notes")]
+        assert bodies and all(b.startswith("alice:") for b in bodies)
+        # '+2' or '02' would be user 2 to a bigint cast; the policy compares text
+        assert app.execute("SELECT count(*) FROM notes WHERE owner_id = 2").fetchone()[0] == 0
+        app.rollback()
 
 
 def test_postgrest_pre_request(database):
