@@ -20,7 +20,7 @@ rm -rf "$(cluster_root)/test"
 cluster_start test 54316 "shared_preload_libraries = 'pg_cron,castle_sessions'" \
     "cron.database_name = 'castle_py'" "cron.use_background_workers = on" \
     "max_worker_processes = 32" "max_connections = 200"
-AUDIT_PORT=54317
+AUDIT_PORT=54320
 say "starting an audited cluster (port $AUDIT_PORT, pgaudit preloaded)"
 cluster_stop audit
 rm -rf "$(cluster_root)/audit"
