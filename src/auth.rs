@@ -5,17 +5,29 @@
 
 use pgrx::prelude::*;
 
-use crate::plans::{self, Statement, INT8, TIMESTAMPTZ};
+use std::cell::RefCell;
+
+use crate::catalog::Catalog;
+use crate::plans::{self, Statement, INT8_ARRAY, TIMESTAMPTZ_ARRAY};
 use crate::raw_text::{self, RawText};
 use crate::session_row::{SessionRow, SessionValues};
 use crate::token::{self, Refusal};
 use crate::{settings, store};
 
-static TOUCH_SESSION: Statement = Statement {
-    sql: include_str!("queries/touch_session.sql"),
-    args: &[INT8, TIMESTAMPTZ],
+static TOUCH_SESSIONS: Statement = Statement {
+    sql: include_str!("queries/touch_sessions.sql"),
+    args: &[INT8_ARRAY, TIMESTAMPTZ_ARRAY],
     mutating: true,
 };
+
+/// Uses to record when the transaction commits: (session id, time of use).
+/// Bounded: a transaction that checks more sessions than this records the
+/// first ones; the others are recorded by a later call.
+const MOST_PENDING_USES: usize = 1024;
+
+thread_local! {
+    static PENDING_USES: RefCell<Vec<(i64, i64)>> = const { RefCell::new(Vec::new()) };
+}
 
 /// A live session a token names, as read before any write.
 pub struct Found {
@@ -100,26 +112,82 @@ pub fn find(token: Option<&[u8]>) -> Result<Found, Refusal> {
     })
 }
 
-/// The session after recording this use, when a write is due and possible.
-/// The write takes no lock but the row's own, and skips a row another
-/// transaction is writing rather than wait: a busy session's use is
-/// recorded by a later call.
+/// The session as read, with this use to be recorded when a write is due and
+/// possible. The write waits for the transaction's commit (`record_uses`),
+/// so a request holds no lock on its session while it runs, and a sign-in,
+/// sign-out or password change of the same user never waits for it. On a
+/// table with a DBA's trigger, whose code must not run at commit, it is
+/// written now, holding that one row until the transaction ends.
 fn touched(found: Found) -> SessionValues {
     if !found.touch_due || !can_write_here() {
         return found.session;
     }
-    let recorded = plans::as_owner(store::table_owner(), || {
+    if Catalog::get().has_triggers {
+        write_uses(&[(found.id, found.now)]);
+    } else {
+        PENDING_USES.with(|pending| {
+            let mut pending = pending.borrow_mut();
+            if let Some(at) = pending.iter().position(|&(id, _)| id == found.id) {
+                pending[at].1 = found.now;
+            } else if pending.len() < MOST_PENDING_USES {
+                pending.push((found.id, found.now));
+            }
+        });
+    }
+    found.session
+}
+
+/// At commit (XACT_EVENT_PRE_COMMIT): writes the uses this transaction's
+/// checks found due, in a subtransaction of its own, so that a failure to
+/// record a use never fails the commit.
+pub fn record_uses() {
+    let pending = PENDING_USES.with(|pending| std::mem::take(&mut *pending.borrow_mut()));
+    if pending.is_empty() || !can_write_here() {
+        return;
+    }
+    unsafe {
+        let memory = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        let written = PgTryBuilder::new(|| {
+            // SQL needs an outer snapshot, which a commit no longer has
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+            write_uses(&pending);
+            pg_sys::PopActiveSnapshot();
+            true
+        })
+        .catch_others(|_| false)
+        .execute();
+        if written {
+            pg_sys::ReleaseCurrentSubTransaction();
+        } else {
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        }
+        pg_sys::MemoryContextSwitchTo(memory);
+        pg_sys::CurrentResourceOwner = owner;
+    }
+}
+
+/// Forgets the uses of a transaction that aborts or is prepared.
+pub fn forget_uses() {
+    PENDING_USES.with(|pending| pending.borrow_mut().clear());
+}
+
+fn write_uses(uses: &[(i64, i64)]) {
+    let ids: Vec<i64> = uses.iter().map(|&(id, _)| id).collect();
+    let times: Vec<pgrx::datum::TimestampWithTimeZone> = uses
+        .iter()
+        .map(|&(_, at)| unsafe {
+            pgrx::datum::TimestampWithTimeZone::from_datum(pg_sys::Datum::from(at), false)
+                .expect("a timestamp")
+        })
+        .collect();
+    plans::as_owner(store::table_owner(), || {
         Spi::connect_mut(|client| {
-            let touch = plans::kept(client, &TOUCH_SESSION);
-            let args = [found.id.into(), plans::timestamptz(found.now)];
-            plans::or_raise(client.update(touch, Some(1), &args)).len() == 1
+            let touch = plans::kept(client, &TOUCH_SESSIONS);
+            plans::or_raise(client.update(touch, None, &[ids.into(), times.into()]));
         })
     });
-    if recorded {
-        found.session.used_at(found.now)
-    } else {
-        found.session
-    }
 }
 
 /// used_at is best-effort: never on a standby or in a read-only transaction,

@@ -64,6 +64,8 @@ pub struct Catalog {
     pub user_index: Option<(Oid, Oid)>,
     /// castle.user_locks exists: the SQL objects are this version's
     pub user_locks: bool,
+    /// castle.sessions has triggers (a DBA's, or a foreign key's)
+    pub has_triggers: bool,
 }
 
 thread_local! {
@@ -156,6 +158,7 @@ fn resolve() -> Catalog {
         );
         let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as _);
         let owner = (*(*rel).rd_rel).relowner;
+        let has_triggers = !(*rel).trigdesc.is_null();
         let readable = table_as_made(rel);
         let mut primary_key = None;
         let mut user_index = None;
@@ -184,6 +187,7 @@ fn resolve() -> Catalog {
             user_index,
             user_locks: pg_sys::get_relname_relid(c"user_locks".as_ptr(), schema)
                 != pg_sys::InvalidOid,
+            has_triggers,
         }
     }
 }

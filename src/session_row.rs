@@ -17,8 +17,6 @@ use crate::store;
 pub const ATTRIBUTES: usize = catalog::SESSION_COLUMNS.len();
 const ID: usize = attribute_of(catalog::ID);
 const USER_ID: usize = attribute_of(catalog::USER_ID);
-const UPDATED_AT: usize = attribute_of(catalog::UPDATED_AT);
-const USED_AT: usize = attribute_of(catalog::USED_AT);
 
 /// Where a table column is among castle.session's attributes (0-based).
 const fn attribute_of(column: usize) -> usize {
@@ -65,15 +63,6 @@ impl SessionValues {
             return Vec::new();
         }
         unsafe { store::text_bytes(self.values[USER_ID]) }.to_vec()
-    }
-
-    /// The same session after a use recorded at `now`.
-    pub fn used_at(mut self, now: i64) -> SessionValues {
-        for i in [UPDATED_AT, USED_AT] {
-            self.values[i] = Datum::from(now);
-            self.nulls[i] = false;
-        }
-        self
     }
 
     /// The castle.session composite a function returns, refused unless the type

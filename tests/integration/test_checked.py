@@ -80,26 +80,44 @@ def test_no_other_role_can_take_or_see_what_a_sign_in_waits_on(conn):
         conn.execute("DROP ROLE castle_outsider")
 
 
-def test_a_request_holds_up_neither_sign_in_nor_another_sign_out(conn):
-    """A request whose check recorded a use holds only that session's row,
-    and only until it ends: a sign-in trims another session rather than wait,
-    and signing out any other device does not wait either."""
+def test_a_request_never_holds_up_its_users_sign_in_sign_out_or_password_change(conn):
+    """A request's check holds nothing while the request runs: the use is
+    written when it commits. So a sign-in trims, a sign-out deletes and a
+    password change revokes the very session an open request is using,
+    without waiting; the request then commits normally."""
     oldest = create(conn, "busy-user")
     middle = create(conn, "busy-user")
-    newest = create(conn, "busy-user")
+    create(conn, "busy-user")
     conn.execute("SET lock_timeout = '3s'")
     with psycopg.connect(dsn()) as request:
-        # a long request that authenticated (and recorded the use) is still open
         request.execute("SELECT castle.login(%s)", (oldest,))
+        request.execute("SELECT castle.login(%s)", (middle,))
         start = time.monotonic()
         fourth = create(conn, "busy-user")
-        assert user_of(conn, middle) is None  # trimmed instead of the busy oldest
-        assert conn.execute("SELECT castle.revoke(%s)", (newest,)).fetchone()[0] is True
+        assert user_of(conn, oldest) is None  # trimmed though a request is using it
+        assert conn.execute("SELECT castle.revoke(%s)", (middle,)).fetchone()[0] is True
+        assert conn.execute("SELECT castle.revoke_all('busy-user', (castle.verify(%s)).id)",
+                            (fourth,)).fetchone()[0] == 1
         assert time.monotonic() - start < 1.0
-        request.rollback()
-    assert user_of(conn, oldest) == "busy-user" and user_of(conn, fourth) == "busy-user"
+        request.commit()
+    assert user_of(conn, fourth) == "busy-user"
     conn.execute("RESET lock_timeout")
     conn.execute("SELECT castle.revoke_all('busy-user')")
+
+
+def test_a_use_is_recorded_when_the_request_commits_and_not_if_it_aborts(conn):
+    tok = create(conn, "recorded-user")
+    with psycopg.connect(dsn()) as request:
+        request.execute("SELECT castle.login(%s)", (tok,))
+        request.rollback()
+    assert conn.execute("SELECT used_at FROM castle.sessions WHERE user_id = 'recorded-user'").fetchone()[0] is None
+    with psycopg.connect(dsn()) as request:
+        request.execute("SELECT castle.login(%s)", (tok,))
+        assert conn.execute("SELECT used_at FROM castle.sessions WHERE user_id = 'recorded-user'"
+                            ).fetchone()[0] is None
+        request.commit()
+    assert conn.execute("SELECT used_at FROM castle.sessions WHERE user_id = 'recorded-user'").fetchone()[0]
+    conn.execute("SELECT castle.revoke_all('recorded-user')")
 
 
 def test_each_check_sees_a_revoke_committed_before_it(conn):

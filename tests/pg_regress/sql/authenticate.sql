@@ -1,7 +1,9 @@
 -- authenticate and verify: the round trip, and every way a token is refused.
 -- Every refusal is SQLSTATE 28000 with castle.invalid_message and nothing else.
 SELECT castle.create_session('alice', '1 hour', '{"ua": "curl"}') AS good \gset
-SELECT user_id, data, expires_at > now() AS live, used_at >= now() AS use_recorded FROM castle.authenticate(:'good');
+SELECT user_id, data, expires_at > now() AS live, used_at IS NULL AS first_use FROM castle.authenticate(:'good');
+-- the use is recorded when that statement's transaction commits
+SELECT used_at IS NOT NULL AS use_recorded FROM castle.sessions WHERE id = (castle.verify(:'good')).id;
 SELECT (castle.verify(:'good')).user_id AS verified_user;
 -- the returned row never carries the hash
 SELECT attname FROM pg_attribute WHERE attrelid = 'castle.session'::regclass AND attnum > 0 ORDER BY attnum;
