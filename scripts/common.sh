@@ -3,8 +3,17 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PG_BIN=/usr/lib/postgresql/15/bin
-PG_CONFIG=/usr/bin/pg_config
+# Debian's PostgreSQL 15, or with CASTLE_PG_PREFIX the one installed there
+# (scripts/cassert.sh's assert-enabled build), with pgrx and cargo kept apart
+# for it so that neither build invalidates the other.
+if [ -n "${CASTLE_PG_PREFIX:-}" ]; then
+    PG_BIN=$CASTLE_PG_PREFIX/bin
+    PG_CONFIG=$CASTLE_PG_PREFIX/bin/pg_config
+    export PGRX_HOME=$REPO/.cache/pgrx-cassert CARGO_TARGET_DIR=$REPO/target/cassert
+else
+    PG_BIN=/usr/lib/postgresql/15/bin
+    PG_CONFIG=/usr/bin/pg_config
+fi
 export PATH="$HOME/.cargo/bin:$PATH"
 
 # Clusters live in the repo (.cluster/NAME), owned by the postgres OS user
@@ -64,9 +73,10 @@ psql_at() {
     "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -d "$db" "$@"
 }
 
-# Builds the release library and installs it into Debian's PostgreSQL 15.
+# Builds the release library and installs it into the PostgreSQL of PG_CONFIG.
 install_extension() {
     say "building and installing castle_sessions (release)"
+    mkdir -p "$REPO/target"
     (cd "$REPO" && cargo pgrx install --release --pg-config "$PG_CONFIG" >"$REPO/target/install.log" 2>&1) || {
         tail -40 "$REPO/target/install.log"; exit 1; }
     # pgrx installs the current version and the upgrade scripts; the scripts of

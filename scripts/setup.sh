@@ -24,7 +24,7 @@ if ! cargo pgrx --version 2>/dev/null | grep -q '0\.18\.1'; then
     say "installing cargo-pgrx 0.18.1 (about 7 minutes on 2 cores)"
     cargo install cargo-pgrx --version 0.18.1 --locked
 fi
-if ! grep -qs "pg15 = \"$PG_CONFIG\"" "$HOME/.pgrx/config.toml"; then
+if ! grep -qs "pg15 = \"$PG_CONFIG\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
     say "cargo pgrx init --pg15 $PG_CONFIG"
     cargo pgrx init --pg15 "$PG_CONFIG" >/dev/null
 fi

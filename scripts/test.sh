@@ -1,23 +1,31 @@
 #!/usr/bin/env bash
 # Every test: the codec's unit tests and #[pg_test]s (cargo pgrx test), the
-# pg_regress golden files, and the psycopg 3 integration suite against a fresh
-# cluster of our own. Exits non-zero on any failure.
+# pg_regress golden files, and the psycopg 3 integration suite against fresh
+# clusters of our own — on Debian's PostgreSQL 15, then all of it again on an
+# assert-enabled PostgreSQL 15 built from Debian's source (scripts/cassert.sh;
+# CASTLE_CASSERT=0 skips that second pass). Exits non-zero on any failure,
+# and on any backend crash or failed assertion in the servers' logs.
 source "$(dirname "$0")/common.sh"
 
 "$REPO/scripts/setup.sh"
 cd "$REPO"
 mkdir -p target
 
-say "cargo pgrx test (unit tests and #[pg_test])"
-mkdir -p target/pgrx-test-data && chown postgres target/pgrx-test-data
-cargo pgrx test pg15 --runas postgres --pgdata "$REPO/target/pgrx-test-data"
+say "cargo pgrx test (unit tests and #[pg_test]) on $("$PG_BIN/postgres" --version)"
+test_data=${CARGO_TARGET_DIR:-$REPO/target}/pgrx-test-data
+mkdir -p "$test_data" && chown postgres "$test_data"
+cargo pgrx test pg15 --runas postgres --pgdata "$test_data"
 
 install_extension
 
-say "starting a fresh test cluster (port 54316, castle_sessions and pg_cron preloaded)"
+# pg_cron, where this server has it (not on the assert-enabled build)
+preload=castle_sessions
+if [ -f "$("$PG_CONFIG" --pkglibdir)/pg_cron.so" ]; then preload=pg_cron,castle_sessions; fi
+export CASTLE_PRELOAD=$preload
+say "starting a fresh test cluster (port 54316, $preload preloaded)"
 cluster_stop test
 rm -rf "$(cluster_root)/test"
-cluster_start test 54316 "shared_preload_libraries = 'pg_cron,castle_sessions'" \
+cluster_start test 54316 "shared_preload_libraries = '$preload'" \
     "cron.database_name = 'castle_py'" "cron.use_background_workers = on" \
     "max_worker_processes = 32" "max_connections = 200"
 AUDIT_PORT=54320
@@ -46,4 +54,20 @@ psql_at postgres -c "DROP DATABASE IF EXISTS castle_py" -c "CREATE DATABASE cast
 psql_at castle_py -c "CREATE EXTENSION castle_sessions"
 PG_BIN="$PG_BIN" CASTLE_CLUSTER_ROOT="$(cluster_root)" CASTLE_CLUSTER_DIR="$PGDIR" \
     CASTLE_AUDIT_PORT=$AUDIT_PORT CASTLE_AUDIT_DIR="$AUDIT_DIR" \
-    "$REPO/.venv/bin/pytest" -q -rP -p no:cacheprovider tests/integration
+    "$REPO/.venv/bin/pytest" -q -rsP -p no:cacheprovider tests/integration
+
+# A crash or a failed Assert() anywhere fails the run, whatever the tests said.
+for log in "$(cluster_root)"/{test,audit,replica}/server.log; do
+    if [ -f "$log" ] && grep -E "TRAP:|terminated by signal" "$log"; then
+        echo "a backend crashed or failed an assertion: $log" >&2
+        exit 1
+    fi
+done
+
+if [ -z "${CASTLE_PG_PREFIX:-}" ] && [ "${CASTLE_CASSERT:-1}" != 0 ]; then
+    cluster_stop test
+    cluster_stop audit
+    say "the whole suite again, on an assert-enabled PostgreSQL 15"
+    prefix=$("$REPO/scripts/cassert.sh")
+    CASTLE_PG_PREFIX=$prefix "$REPO/scripts/test.sh"
+fi
