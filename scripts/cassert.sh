@@ -44,15 +44,19 @@ apt_private() {
 if [ ! -d "$CACHE/src/postgresql" ] || [ ! -d "$CACHE/src/pgaudit" ]; then
     say "downloading Debian's source of postgresql-15 and pgaudit ($SUITE)" >&2
     apt_private update >/dev/null
-    (cd "$CACHE/src" && apt_private source postgresql-15 >/dev/null 2>&1)
-    (cd "$CACHE/src" && rm -rf postgresql && mv "$(ls -d postgresql-15-15.*/ | head -1)" postgresql)
+    # The upstream tarball of Debian's source package, without Debian's
+    # patches: those move pkglibdir to /usr/lib/postgresql/15/lib, where
+    # `make install` would overwrite the machine's own server's modules.
+    (cd "$CACHE/src" && apt_private source --download-only postgresql-15 >/dev/null 2>&1)
+    (cd "$CACHE/src" && rm -rf postgresql && mkdir postgresql &&
+        tar -xjf "$(ls postgresql-15_*.orig.tar.bz2 | head -1)" -C postgresql --strip-components=1)
     # pgaudit's Debian packaging is not served, its upstream tarball is: that is all PGXS needs
     (cd "$CACHE/src" && apt_private source --download-only postgresql-15-pgaudit >/dev/null 2>&1 || true)
     (cd "$CACHE/src" && rm -rf pgaudit && mkdir pgaudit &&
         tar -xzf "$(ls pgaudit-*.orig.tar.gz | head -1)" -C pgaudit --strip-components=1)
 fi
 
-say "building PostgreSQL 15 with --enable-cassert --enable-debug (about two minutes)" >&2
+say "building PostgreSQL 15 with --enable-cassert --enable-debug (about three minutes)" >&2
 (
     cd "$CACHE/src/postgresql"
     ./configure --prefix="$PREFIX" --enable-cassert --enable-debug --with-icu \
@@ -60,6 +64,11 @@ say "building PostgreSQL 15 with --enable-cassert --enable-debug (about two minu
     make -j2 >"$CACHE/make.log" 2>&1
     make install >"$CACHE/install.log" 2>&1
 ) || { tail -30 "$CACHE"/make.log >&2; exit 1; }
+# never anything outside the prefix
+case "$("$PREFIX/bin/pg_config" --pkglibdir)" in
+    "$PREFIX"/*) ;;
+    *) echo "the assert-enabled build's pkglibdir is outside $PREFIX" >&2; exit 1 ;;
+esac
 
 for ext in pgaudit; do
     dir=$CACHE/src/$ext
