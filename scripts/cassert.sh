@@ -15,7 +15,8 @@ CACHE=$REPO/.cache/pg15-cassert
 PREFIX=$CACHE/install
 SUITE=bookworm
 
-if [ -x "$PREFIX/bin/postgres" ] && [ -f "$("$PREFIX/bin/pg_config" --pkglibdir)/pgaudit.so" ]; then
+if [ -x "$PREFIX/bin/postgres" ] && [ -f "$("$PREFIX/bin/pg_config" --pkglibdir)/pgaudit.so" ] &&
+    [ -f "$("$PREFIX/bin/pg_config" --pkglibdir)/pgcrypto.so" ]; then
     echo "$PREFIX"
     exit 0
 fi
@@ -63,6 +64,10 @@ say "building PostgreSQL 15 with --enable-cassert --enable-debug (about three mi
         --without-readline >"$CACHE/configure.log" 2>&1
     make -j2 >"$CACHE/make.log" 2>&1
     make install >"$CACHE/install.log" 2>&1
+    # the contrib modules the tests and the benchmark use
+    for module in pgcrypto pg_prewarm; do
+        make -C "contrib/$module" install >>"$CACHE/install.log" 2>&1
+    done
 ) || { tail -30 "$CACHE"/make.log >&2; exit 1; }
 # never anything outside the prefix
 case "$("$PREFIX/bin/pg_config" --pkglibdir)" in
