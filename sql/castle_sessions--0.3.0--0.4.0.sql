@@ -9,6 +9,14 @@ CREATE TABLE castle.user_locks (
     user_id   text COLLATE "C" PRIMARY KEY,
     locked_at timestamptz NOT NULL
 );
+-- owned, as on a fresh install, by castle.sessions' owner, who runs every
+-- statement on it (whoever runs this update)
+DO $$
+BEGIN
+    EXECUTE pg_catalog.format('ALTER TABLE castle.user_locks OWNER TO %s',
+        (SELECT c.relowner::pg_catalog.regrole FROM pg_catalog.pg_class AS c
+          WHERE c.oid = 'castle.sessions'::pg_catalog.regclass));
+END $$;
 
 -- src/auth.rs:48
 -- castle_sessions::auth::is_valid

@@ -116,13 +116,14 @@ pub fn find(token: Option<&[u8]>) -> Result<Found, Refusal> {
 /// possible. The write waits for the transaction's commit (`record_uses`),
 /// so a request holds no lock on its session while it runs, and a sign-in,
 /// sign-out or password change of the same user never waits for it. On a
-/// table with a DBA's trigger, whose code must not run at commit, it is
+/// table with a DBA's trigger, rule or forced row security, whose code must
+/// not run at commit, it is
 /// written now, holding that one row until the transaction ends.
 fn touched(found: Found) -> SessionValues {
     if !found.touch_due || !can_write_here() {
         return found.session;
     }
-    if Catalog::get().has_triggers {
+    if Catalog::get().has_dba_code {
         write_uses(&[(found.id, found.now)]);
     } else {
         PENDING_USES.with(|pending| {
@@ -143,6 +144,15 @@ fn touched(found: Found) -> SessionValues {
 pub fn record_uses() {
     let pending = PENDING_USES.with(|pending| std::mem::take(&mut *pending.borrow_mut()));
     if pending.is_empty() || !can_write_here() {
+        return;
+    }
+    // Never wait at commit, and never run a DBA's code there: a trigger,
+    // rule or forced policy added since the check leaves the use unrecorded.
+    let table = Catalog::get().table;
+    let locked = unsafe {
+        pg_sys::ConditionalLockRelationOid(table, pg_sys::RowExclusiveLock as _)
+    };
+    if !locked || Catalog::get().has_dba_code || Catalog::get().table != table {
         return;
     }
     unsafe {
@@ -221,8 +231,12 @@ pub fn refuse(why: Refusal) -> ! {
     log_refusal(why);
     // No context lines: the caller's portal would add its bound parameters
     // (log_parameter_max_length_on_error, which any role may set), and one of
-    // them is the token. PostgreSQL restores the stack where it catches.
-    unsafe { pg_sys::error_context_stack = std::ptr::null_mut() };
+    // them is the token; and no STATEMENT line, whose text may hold it when
+    // a client interpolates. PostgreSQL restores the stack where it catches.
+    unsafe {
+        pg_sys::error_context_stack = std::ptr::null_mut();
+        pg_sys::debug_query_string = std::ptr::null();
+    }
     ereport!(
         ERROR,
         PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,

@@ -17,7 +17,14 @@
 //! renamed or replaced table or index is never mistaken for ours. Anything
 //! else gives None and the caller takes its SQL path. The verdict is kept
 //! until a relcache invalidation for one of the relations it names (or for
-//! all), so unrelated DDL, ANALYZE or temporary tables cost nothing.
+//! all), or a change to any schema, so unrelated DDL, ANALYZE or temporary
+//! tables cost nothing.
+//!
+//! A verdict holds for a transaction only under a lock on the table: use
+//! `Catalog::locked()`, which takes AccessShareLock first (processing every
+//! invalidation committed before it) and resolves after, and keeps the lock,
+//! as the executor does, so no DDL can change the table until the
+//! transaction ends.
 
 use std::cell::Cell;
 
@@ -64,8 +71,9 @@ pub struct Catalog {
     pub user_index: Option<(Oid, Oid)>,
     /// castle.user_locks exists: the SQL objects are this version's
     pub user_locks: bool,
-    /// castle.sessions has triggers (a DBA's, or a foreign key's)
-    pub has_triggers: bool,
+    /// castle.sessions has code of a DBA's that an UPDATE would run: a
+    /// trigger (or a foreign key's), a rule, forced row-level security
+    pub has_dba_code: bool,
 }
 
 thread_local! {
@@ -75,7 +83,25 @@ thread_local! {
 }
 
 pub fn register_invalidation() {
-    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(invalidated), Datum::from(0)) };
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(invalidated), Datum::from(0));
+        // ALTER SCHEMA castle RENAME sends no relcache invalidation
+        pg_sys::CacheRegisterSyscacheCallback(
+            pg_sys::SysCacheIdentifier::NAMESPACEOID as _,
+            Some(schema_changed),
+            Datum::from(0),
+        );
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn schema_changed(_arg: Datum, _cache: i32, _hash: u32) {
+    forget();
+}
+
+fn forget() {
+    CACHED.with(|cached| cached.set(None));
+    FORGOTTEN.with(|forgotten| forgotten.set(forgotten.get() + 1));
 }
 
 #[pg_guard]
@@ -88,8 +114,7 @@ unsafe extern "C-unwind" fn invalidated(_arg: Datum, relid: Oid) {
             || c.user_index.is_some_and(|(index, _)| index == relid)
     });
     if concerns_us {
-        CACHED.with(|cached| cached.set(None));
-        FORGOTTEN.with(|forgotten| forgotten.set(forgotten.get() + 1));
+        forget();
     }
 }
 
@@ -120,6 +145,23 @@ pub fn require_current_objects() {
 }
 
 impl Catalog {
+    /// The verdict for this transaction: castle.sessions locked first (which
+    /// processes the invalidations of any DDL committed before), then
+    /// resolved, and the lock kept to the end of the transaction.
+    pub fn locked() -> Catalog {
+        let mut catalog = Catalog::get();
+        // a table replaced meanwhile: lock the new one, and look again
+        for _ in 0..3 {
+            unsafe { pg_sys::LockRelationOid(catalog.table, pg_sys::AccessShareLock as _) };
+            let now = Catalog::get();
+            if now.table == catalog.table {
+                return now;
+            }
+            catalog = now;
+        }
+        catalog_unsettled()
+    }
+
     pub fn get() -> Catalog {
         if let Some(catalog) = CACHED.with(Cell::get) {
             return catalog;
@@ -135,6 +177,14 @@ impl Catalog {
         }
         resolved
     }
+}
+
+fn catalog_unsettled() -> ! {
+    ereport!(
+        ERROR,
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "castle.sessions is being replaced; retry"
+    );
 }
 
 fn resolve() -> Catalog {
@@ -158,7 +208,9 @@ fn resolve() -> Catalog {
         );
         let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as _);
         let owner = (*(*rel).rd_rel).relowner;
-        let has_triggers = !(*rel).trigdesc.is_null();
+        let has_dba_code = !(*rel).trigdesc.is_null()
+            || !(*rel).rd_rules.is_null()
+            || (*(*rel).rd_rel).relforcerowsecurity;
         let readable = table_as_made(rel);
         let mut primary_key = None;
         let mut user_index = None;
@@ -173,11 +225,12 @@ fn resolve() -> Catalog {
                         user_index = Some((cell, collation));
                     }
                 }
-                pg_sys::index_close(index, pg_sys::AccessShareLock as _);
+                // locks are kept to the end of the transaction, as the executor does
+                pg_sys::index_close(index, pg_sys::NoLock as _);
             }
             pg_sys::list_free(indexes);
         }
-        pg_sys::table_close(rel, pg_sys::AccessShareLock as _);
+        pg_sys::table_close(rel, pg_sys::NoLock as _);
         Catalog {
             table,
             owner,
@@ -187,7 +240,7 @@ fn resolve() -> Catalog {
             user_index,
             user_locks: pg_sys::get_relname_relid(c"user_locks".as_ptr(), schema)
                 != pg_sys::InvalidOid,
-            has_triggers,
+            has_dba_code,
         }
     }
 }
@@ -228,6 +281,7 @@ unsafe fn table_as_made(rel: pg_sys::Relation) -> bool {
         let attributes = attributes((*rel).rd_att);
         (*class).relkind == pg_sys::RELKIND_RELATION as std::ffi::c_char
             && !(*class).relispartition
+            && !(*class).relhassubclass
             && (*class).relam == pg_sys::HEAP_TABLE_AM_OID
             && !(*class).relforcerowsecurity
             && (*rel).rd_rules.is_null()
@@ -240,7 +294,9 @@ unsafe fn table_as_made(rel: pg_sys::Relation) -> bool {
 unsafe fn plain_btree(index: pg_sys::Relation) -> Option<&'static pg_sys::FormData_pg_index> {
     unsafe {
         let form = (*index).rd_index.as_ref()?;
+        // indcheckxmin: not yet safe for every snapshot, as the planner knows
         let usable = (*(*index).rd_rel).relam == pg_sys::BTREE_AM_OID
+            && !form.indcheckxmin
             && form.indisvalid
             && form.indisready
             && form.indislive

@@ -203,8 +203,8 @@ fn prune(batch_size: default!(i32, 10000)) -> i64 {
     })
 }
 
-/// Deletes one session. It takes no user lock: deleting one row can only
-/// wait for that row, never deadlock with a sign-in.
+/// Deletes one session. It takes no user lock: deleting one row waits at
+/// most for that row.
 fn delete_session(client: &mut SpiClient<'_>, id: i64) -> bool {
     let delete = plans::kept(client, &DELETE_SESSION);
     plans::or_raise(client.update(delete, None, &[id.into()])).len() == 1

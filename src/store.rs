@@ -39,7 +39,7 @@ pub struct StoredSession {
 /// COMMITTED every session committed before the call, at REPEATABLE READ the
 /// transaction's — what a VOLATILE SQL function's query would see.
 pub fn find_by_id(id: i64) -> Option<StoredSession> {
-    let catalog = Catalog::get();
+    let catalog = Catalog::locked();
     match catalog.primary_key {
         Some(index) if !catalog::hooks_want_the_executor() => unsafe {
             read_through_index(catalog.table, index, id)
@@ -54,6 +54,12 @@ unsafe fn read_through_index(table: Oid, index: Oid, id: i64) -> Option<StoredSe
         pg_sys::CommandCounterIncrement();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
         let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as _);
+        // (the caller's lock keeps the verdict true; checked again, cheaply)
+        if !catalog::attributes_are(catalog::attributes((*rel).rd_att), &catalog::COLUMN_TYPES) {
+            pg_sys::table_close(rel, pg_sys::NoLock as _);
+            pg_sys::PopActiveSnapshot();
+            return read_with_sql(Catalog::get().owner, id);
+        }
         let index = pg_sys::index_open(index, pg_sys::AccessShareLock as _);
         let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
         let mut key = pg_sys::ScanKeyData::default();
@@ -182,7 +188,7 @@ pub unsafe fn text_bytes<'a>(value: Datum) -> &'a [u8] {
 /// but not yet vacuumed, or of an aborted insert, only make it more, which
 /// only runs the trimming statement when it was not needed.
 pub fn entries_of(user_id: &[u8], limit: i64) -> Option<i64> {
-    let catalog = Catalog::get();
+    let catalog = Catalog::locked();
     let (index, collation) = catalog.user_index?;
     if catalog::hooks_want_the_executor() {
         return None;

@@ -22,7 +22,9 @@ WITH lockable AS (
            pg_catalog.row_number() OVER (ORDER BY o.free DESC, o.created_at, o.id) AS victim_rank,
            pg_catalog.count(*) OVER () AS live_count
       FROM others AS o
-     WHERE NOT o.dead
+     -- a dead row another transaction holds may be made live by it (a use
+     -- recorded): counted as live, and deleted last
+     WHERE NOT o.dead OR NOT o.free
 )
 DELETE FROM castle.sessions AS s
  WHERE s.id IN (SELECT o.id FROM others AS o WHERE o.dead AND o.free)

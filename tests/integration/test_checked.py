@@ -230,6 +230,10 @@ def test_a_failed_login_never_logs_its_bound_token(conn):
         app.execute("SET log_min_error_statement = error")
         with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
             app.execute("SELECT * FROM castle.login(%s)", (forged,))
+        app.rollback()
+        # a client that interpolates: the refusal logs no STATEMENT line either
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+            app.execute(f"SELECT * FROM castle.login('{forged}')".encode())
     time.sleep(0.3)
     with open(log, errors="replace") as f:
         text = f.read()
