@@ -61,34 +61,6 @@ AS 'MODULE_PATHNAME', 'sessions_of_logged_in_wrapper';
 -- the role, so running it again after ALTER EXTENSION ... UPDATE gives the
 -- role exactly what this version means by it. Only the routines' owner (or
 -- a superuser) can run it: it grants as its caller.
-CREATE FUNCTION castle.grant_request_role(role regrole) RETURNS void
-LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM castle.grant_routines(role, ARRAY[
-        'castle.login(text)', 'castle.authenticate(text)', 'castle.verify(text)',
-        'castle.is_valid(text)', 'castle.logout()', 'castle.user_id()', 'castle.session_id()',
-        'castle.sessions_of()', 'castle.revoke_own_session(bigint)',
-        'castle.revoke_other_sessions()', 'castle.revoke(text)'
-    ]::regprocedure[]);
-END $$;
-
-CREATE FUNCTION castle.grant_sign_in_role(role regrole) RETURNS void
-LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM castle.grant_routines(role, ARRAY[
-        'castle.login(text)', 'castle.authenticate(text)', 'castle.verify(text)',
-        'castle.is_valid(text)', 'castle.logout()', 'castle.user_id()', 'castle.session_id()',
-        'castle.sessions_of()', 'castle.revoke_own_session(bigint)',
-        'castle.revoke_other_sessions()', 'castle.revoke(text)',
-        'castle.create_session(bigint, interval, jsonb)',
-        'castle.create_session(uuid, interval, jsonb)',
-        'castle.create_session(text, interval, jsonb)',
-        'castle.rotate(text, interval)',
-        'castle.revoke_all(bigint, bigint)', 'castle.revoke_all(uuid, bigint)',
-        'castle.revoke_all(text, bigint)'
-    ]::regprocedure[]);
-END $$;
-
 CREATE FUNCTION castle.grant_routines(role regrole, routines regprocedure[]) RETURNS void
 LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -105,7 +77,34 @@ BEGIN
     END LOOP;
 END $$;
 
+CREATE FUNCTION castle.request_routines() RETURNS regprocedure[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY[
+        'castle.login(text)', 'castle.authenticate(text)', 'castle.verify(text)',
+        'castle.is_valid(text)', 'castle.logout()', 'castle.user_id()', 'castle.session_id()',
+        'castle.sessions_of()', 'castle.revoke_own_session(bigint)',
+        'castle.revoke_other_sessions()', 'castle.revoke(text)'
+    ]::regprocedure[]
+$$;
+
+CREATE FUNCTION castle.grant_request_role(role regrole) RETURNS void
+LANGUAGE sql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT castle.grant_routines(role, castle.request_routines())
+$$;
+
+CREATE FUNCTION castle.grant_sign_in_role(role regrole) RETURNS void
+LANGUAGE sql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT castle.grant_routines(role, castle.request_routines() || ARRAY[
+        'castle.create_session(bigint, interval, jsonb)',
+        'castle.create_session(uuid, interval, jsonb)',
+        'castle.create_session(text, interval, jsonb)',
+        'castle.rotate(text, interval)',
+        'castle.revoke_all(bigint, bigint)', 'castle.revoke_all(uuid, bigint)',
+        'castle.revoke_all(text, bigint)'
+    ]::regprocedure[])
+$$;
+
 REVOKE ALL ON TABLE castle.user_locks FROM PUBLIC;
 REVOKE ALL ON FUNCTION castle.is_valid(text), castle.sessions_of(), castle.revoke_own_session(bigint),
-    castle.revoke_other_sessions(), castle.grant_request_role(regrole),
+    castle.revoke_other_sessions(), castle.request_routines(), castle.grant_request_role(regrole),
     castle.grant_sign_in_role(regrole), castle.grant_routines(regrole, regprocedure[]) FROM PUBLIC;

@@ -1,12 +1,12 @@
 """Session lifecycle from a real client: last-use writes counted in the
 statistics views, no write for a refused token, pruning under concurrent load,
 and the pg_cron recipe."""
+import os
 import threading
 import time
 
-import os
-
 import psycopg
+import pytest
 
 import seed_algorithm as seed
 from conftest import create, dsn, user_of
