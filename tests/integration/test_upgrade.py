@@ -57,6 +57,9 @@ def test_update_keeps_tokens_and_matches_a_fresh_install(conn, release):
     current = conn.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'castle_sessions'"
                            ).fetchone()[0]
     assert current != release
+    for role in ("castle_upgrade_request", "castle_upgrade_sign_in"):
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+            conn.execute(f"CREATE ROLE {role}")
     try:
         with psycopg.connect(dsn("castle_old"), autocommit=True) as old:
             old.execute(f"CREATE EXTENSION castle_sessions VERSION '{release}'")
@@ -75,11 +78,18 @@ def test_update_keeps_tokens_and_matches_a_fresh_install(conn, release):
             assert old.execute("SELECT count(*) FROM castle.sessions_of(%s)", (tokens[some],)).fetchone()[0] == 1
             rotated = old.execute("SELECT castle.rotate(%s)", (some,)).fetchone()[0]
             assert user_of(old, some) is None and user_of(old, rotated) == tokens[some]
+            # the documented step after an update: the roles get exactly this version's sets
+            old.execute("SELECT castle.grant_request_role('castle_upgrade_request')")
+            old.execute("SELECT castle.grant_sign_in_role('castle_upgrade_sign_in')")
             upgraded = [r[0] for r in old.execute(CATALOG)]
         with psycopg.connect(dsn("castle_new"), autocommit=True) as new:
             new.execute("CREATE EXTENSION castle_sessions")
+            new.execute("SELECT castle.grant_request_role('castle_upgrade_request')")
+            new.execute("SELECT castle.grant_sign_in_role('castle_upgrade_sign_in')")
             fresh = [r[0] for r in new.execute(CATALOG)]
         assert upgraded == fresh
     finally:
         conn.execute("DROP DATABASE IF EXISTS castle_old")
         conn.execute("DROP DATABASE IF EXISTS castle_new")
+        conn.execute("DROP ROLE IF EXISTS castle_upgrade_request")
+        conn.execute("DROP ROLE IF EXISTS castle_upgrade_sign_in")
