@@ -26,7 +26,8 @@ UNION ALL
 SELECT 'member ' || pg_describe_object(classid, objid, objsubid)
   FROM pg_depend WHERE refobjid = (SELECT oid FROM pg_extension WHERE extname = 'castle_sessions') AND deptype = 'e'
 UNION ALL
-SELECT 'table acl ' || coalesce(relacl::text, 'default') FROM pg_class WHERE oid = 'castle.sessions'::regclass
+SELECT format('table %s owner %s acl %s', relname, relowner::regrole, coalesce(relacl::text, 'default'))
+  FROM pg_class WHERE relnamespace = 'castle'::regnamespace AND relkind = 'r'
 UNION ALL
 SELECT 'config dump ' || extconfig::regclass[]::text FROM pg_extension WHERE extname = 'castle_sessions'
 ORDER BY 1
