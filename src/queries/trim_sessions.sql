@@ -13,9 +13,13 @@ WITH mine AS (
       FROM castle.sessions AS s
      WHERE s.user_id = $1
 ), lockable AS (
+    -- the live ones (mine's condition, negated) that no one else holds
     SELECT s.id
       FROM castle.sessions AS s
-     WHERE s.id IN (SELECT m.id FROM mine AS m WHERE NOT m.dead)
+     WHERE s.user_id = $1
+       AND NOT ((s.expires_at IS NOT NULL AND s.expires_at <= $4)
+                OR ($3 > 0 AND COALESCE(s.used_at, s.created_at)
+                               <= $4 - pg_catalog.make_interval(secs => $3)))
        FOR UPDATE SKIP LOCKED
 ), live AS (
     SELECT m.id,
@@ -24,7 +28,12 @@ WITH mine AS (
       FROM mine AS m
       LEFT JOIN lockable AS l ON l.id = m.id
      WHERE NOT m.dead
+), doomed AS (
+    SELECT m.id FROM mine AS m WHERE m.dead
+    UNION ALL
+    SELECT v.id FROM live AS v WHERE v.victim_rank <= v.live_count - ($2 - 1)
 )
+-- a join on the primary key, not an OR of two IN lists (which scanned the table)
 DELETE FROM castle.sessions AS s
- WHERE s.id IN (SELECT m.id FROM mine AS m WHERE m.dead)
-    OR s.id IN (SELECT v.id FROM live AS v WHERE v.victim_rank <= v.live_count - ($2 - 1))
+ USING doomed AS d
+ WHERE s.id = d.id
