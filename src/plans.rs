@@ -69,7 +69,7 @@ pub fn or_raise<T>(result: pgrx::spi::SpiResult<T>) -> T {
 }
 
 /// Runs `f` — statements on the table — as the table's owner with search_path
-/// pinned to `pg_catalog, pg_temp`: what SECURITY DEFINER and SET search_path
+/// pinned to `pg_catalog, pg_temp` (and bitmap scans off, see below): what SECURITY DEFINER and SET search_path
 /// would give a whole function, for just the statements that need it, so the
 /// read-only hot path pays for neither. An error unwinds both with the
 /// (sub)transaction, and loses its detail: the owner may read the table, so a
@@ -87,6 +87,20 @@ pub fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
         pg_sys::set_config_option(
             c"search_path".as_ptr(),
             c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        // Plain index scans, never bitmap ones: only an index scan marks the
+        // entries of dead rows as dead, and a user's sessions churn (every
+        // sign-in at the limit deletes one), so bitmap scans of the user index
+        // would revisit every dead row until the next VACUUM.
+        pg_sys::set_config_option(
+            c"enable_bitmapscan".as_ptr(),
+            c"off".as_ptr(),
             pg_sys::GucContext::PGC_USERSET,
             pg_sys::GucSource::PGC_S_SESSION,
             pg_sys::GucAction::GUC_ACTION_SAVE,
