@@ -84,35 +84,33 @@ pub fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
             context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
         );
         let nest_level = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            c"pg_catalog, pg_temp".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
+        set_for_now(c"search_path", c"pg_catalog, pg_temp");
         // Plain index scans, never bitmap ones: only an index scan marks the
         // entries of dead rows as dead, and a user's sessions churn (every
         // sign-in at the limit deletes one), so bitmap scans of the user index
         // would revisit every dead row until the next VACUUM.
-        pg_sys::set_config_option(
-            c"enable_bitmapscan".as_ptr(),
-            c"off".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
+        set_for_now(c"enable_bitmapscan", c"off");
         let result = f();
         pg_sys::AtEOXact_GUC(true, nest_level);
         pg_sys::SetUserIdAndSecContext(caller, context);
         result
     })
+}
+
+/// Sets a parameter until the GUC nest level the caller opened is closed.
+unsafe fn set_for_now(name: &std::ffi::CStr, value: &std::ffi::CStr) {
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+    }
 }
 
 /// Runs `f`, re-raising any error it raises with the same SQLSTATE and message
