@@ -149,9 +149,8 @@ pub fn record_uses() {
     // Never wait at commit, and never run a DBA's code there: a trigger,
     // rule or forced policy added since the check leaves the use unrecorded.
     let table = Catalog::get().table;
-    let locked = unsafe {
-        pg_sys::ConditionalLockRelationOid(table, pg_sys::RowExclusiveLock as _)
-    };
+    let locked =
+        unsafe { pg_sys::ConditionalLockRelationOid(table, pg_sys::RowExclusiveLock as _) };
     if !locked || Catalog::get().has_dba_code || Catalog::get().table != table {
         return;
     }

@@ -258,9 +258,7 @@ unsafe fn list_oids(list: *mut pg_sys::List) -> Vec<Oid> {
 }
 
 /// The relation's attributes, dropped ones included.
-pub unsafe fn attributes<'a>(
-    descriptor: pg_sys::TupleDesc,
-) -> &'a [pg_sys::FormData_pg_attribute] {
+pub unsafe fn attributes<'a>(descriptor: pg_sys::TupleDesc) -> &'a [pg_sys::FormData_pg_attribute] {
     unsafe { (*descriptor).attrs.as_slice((*descriptor).natts as usize) }
 }
 
@@ -307,12 +305,24 @@ unsafe fn plain_btree(index: pg_sys::Relation) -> Option<&'static pg_sys::FormDa
 }
 
 unsafe fn key_column(form: &pg_sys::FormData_pg_index, key: usize) -> i16 {
-    unsafe { *form.indkey.values.as_slice(form.indnatts as usize).get(key).unwrap_or(&0) }
+    unsafe {
+        *form
+            .indkey
+            .values
+            .as_slice(form.indnatts as usize)
+            .get(key)
+            .unwrap_or(&0)
+    }
 }
 
 /// The operator family and input type of a key: what its comparisons mean.
 unsafe fn key_compares(index: pg_sys::Relation, key: usize) -> (Oid, Oid) {
-    unsafe { (*(*index).rd_opfamily.add(key), *(*index).rd_opcintype.add(key)) }
+    unsafe {
+        (
+            *(*index).rd_opfamily.add(key),
+            *(*index).rd_opcintype.add(key),
+        )
+    }
 }
 
 /// A unique btree on exactly (id), comparing as int8.

@@ -125,7 +125,9 @@ unsafe extern "C-unwind" fn on_xact_end(
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_PRE_COMMIT => auth::record_uses(),
-        XACT_EVENT_ABORT | XACT_EVENT_PRE_PREPARE | XACT_EVENT_PARALLEL_ABORT => auth::forget_uses(),
+        XACT_EVENT_ABORT | XACT_EVENT_PRE_PREPARE | XACT_EVENT_PARALLEL_ABORT => {
+            auth::forget_uses()
+        }
         _ => {}
     }
     if matches!(

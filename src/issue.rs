@@ -37,7 +37,11 @@ fn create_session_bigint(
     ttl: default!(Option<Interval>, "NULL"),
     data: default!(Option<RawJsonb>, "NULL"),
 ) -> String {
-    create_with_ttl(user_key(user_id.map(|id| id.to_string().into_bytes())), ttl, data)
+    create_with_ttl(
+        user_key(user_id.map(|id| id.to_string().into_bytes())),
+        ttl,
+        data,
+    )
 }
 
 #[pg_extern(name = "create_session", volatile, parallel_unsafe)]
@@ -46,7 +50,11 @@ fn create_session_uuid(
     ttl: default!(Option<Interval>, "NULL"),
     data: default!(Option<RawJsonb>, "NULL"),
 ) -> String {
-    create_with_ttl(user_key(user_id.map(|id| id.to_string().into_bytes())), ttl, data)
+    create_with_ttl(
+        user_key(user_id.map(|id| id.to_string().into_bytes())),
+        ttl,
+        data,
+    )
 }
 
 #[pg_extern(name = "create_session", volatile, parallel_unsafe)]

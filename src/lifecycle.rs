@@ -105,7 +105,10 @@ fn sessions_of_logged_in(
 #[pg_extern(name = "revoke_all", volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn revoke_all_bigint(user_id: Option<i64>, except_session: default!(Option<i64>, "NULL")) -> i64 {
-    revoke_all(user_key(user_id.map(|id| id.to_string().into_bytes())), except_session)
+    revoke_all(
+        user_key(user_id.map(|id| id.to_string().into_bytes())),
+        except_session,
+    )
 }
 
 #[pg_extern(name = "revoke_all", volatile, parallel_unsafe, security_definer)]
@@ -114,13 +117,19 @@ fn revoke_all_uuid(
     user_id: Option<pgrx::Uuid>,
     except_session: default!(Option<i64>, "NULL"),
 ) -> i64 {
-    revoke_all(user_key(user_id.map(|id| id.to_string().into_bytes())), except_session)
+    revoke_all(
+        user_key(user_id.map(|id| id.to_string().into_bytes())),
+        except_session,
+    )
 }
 
 #[pg_extern(name = "revoke_all", volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn revoke_all_text(user_id: Option<RawText>, except_session: default!(Option<i64>, "NULL")) -> i64 {
-    revoke_all(user_key(user_id.map(|id| id.bytes().to_vec())), except_session)
+    revoke_all(
+        user_key(user_id.map(|id| id.bytes().to_vec())),
+        except_session,
+    )
 }
 
 #[pg_extern(name = "sessions_of", stable, parallel_restricted, security_definer)]

@@ -26,7 +26,8 @@ pub fn bytes(text: &Option<RawText>) -> Option<&[u8]> {
 
 impl FromDatum for RawText {
     unsafe fn from_polymorphic_datum(datum: Datum, is_null: bool, _: pg_sys::Oid) -> Option<Self> {
-        (!is_null).then(|| RawText(unsafe { pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr()) }))
+        (!is_null)
+            .then(|| RawText(unsafe { pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr()) }))
     }
 }
 

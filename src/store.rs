@@ -156,9 +156,7 @@ unsafe fn stored_session(values: &[Datum], nulls: &[bool]) -> StoredSession {
     for (at, &column) in SESSION_COLUMNS.iter().enumerate() {
         if matches!(column, USER_ID | DATA) && !nulls[column] {
             session.values[at] = unsafe {
-                Datum::from(pg_sys::pg_detoast_datum_copy(
-                    values[column].cast_mut_ptr(),
-                ))
+                Datum::from(pg_sys::pg_detoast_datum_copy(values[column].cast_mut_ptr()))
             };
         }
     }
@@ -174,9 +172,7 @@ unsafe fn stored_session(values: &[Datum], nulls: &[bool]) -> StoredSession {
 /// A text datum's bytes, in the database's encoding.
 pub unsafe fn text_bytes<'a>(value: Datum) -> &'a [u8] {
     unsafe {
-        pgrx::varlena::varlena_to_byte_slice(pg_sys::pg_detoast_datum_packed(
-            value.cast_mut_ptr(),
-        ))
+        pgrx::varlena::varlena_to_byte_slice(pg_sys::pg_detoast_datum_packed(value.cast_mut_ptr()))
     }
 }
 
