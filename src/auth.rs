@@ -151,7 +151,8 @@ pub fn record_uses() {
     let table = Catalog::get().table;
     let locked =
         unsafe { pg_sys::ConditionalLockRelationOid(table, pg_sys::RowExclusiveLock as _) };
-    if !locked || Catalog::get().has_dba_code || Catalog::get().table != table {
+    let catalog = Catalog::get();
+    if !locked || catalog.has_dba_code || catalog.table != table {
         return;
     }
     unsafe {

@@ -16,7 +16,6 @@ use crate::auth;
 use crate::raw_text::{self, RawText, TextValue};
 use crate::session_row::SessionRow;
 
-#[derive(Clone)]
 struct Binding {
     session_id: i64,
     /// in the database's encoding
@@ -66,24 +65,25 @@ fn logout() {
 /// The user of the session bound by castle.login in this transaction, or NULL.
 #[pg_extern(stable, parallel_restricted)]
 fn user_id() -> Option<TextValue> {
-    current().map(|b| TextValue(b.user_id))
+    with_current(|b| TextValue(b.user_id.clone()))
 }
 
 /// The id of the session bound by castle.login in this transaction, or NULL.
 #[pg_extern(stable, parallel_restricted)]
 fn session_id() -> Option<i64> {
-    current().map(|b| b.session_id)
+    logged_in_session()
 }
 
-fn current() -> Option<Binding> {
-    BINDINGS.with(|b| b.borrow().last().and_then(|e| e.binding.clone()))
+/// `f` of the binding in force, if any, without copying it.
+fn with_current<R>(f: impl FnOnce(&Binding) -> R) -> Option<R> {
+    BINDINGS.with(|b| b.borrow().last().and_then(|e| e.binding.as_ref().map(f)))
 }
 
 /// The logged-in user, for the request-side functions; refused (28000) when
 /// castle.login has bound nothing in this transaction.
 pub fn logged_in_user() -> Vec<u8> {
-    match current() {
-        Some(binding) => binding.user_id,
+    match with_current(|b| b.user_id.clone()) {
+        Some(user_id) => user_id,
         None => {
             ereport!(
                 ERROR,
@@ -97,14 +97,14 @@ pub fn logged_in_user() -> Vec<u8> {
 
 /// The logged-in session's id, if castle.login bound one.
 pub fn logged_in_session() -> Option<i64> {
-    session_id()
+    with_current(|b| b.session_id)
 }
 
 /// Records a login or logout. One entry per subtransaction level at most: a
 /// change in the same subtransaction replaces its entry, and a logout with
 /// nothing bound changes nothing, so no number of calls grows the list.
 fn push(binding: Option<Binding>) {
-    if binding.is_none() && current().is_none() {
+    if binding.is_none() && with_current(|_| ()).is_none() {
         return;
     }
     let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };

@@ -37,11 +37,7 @@ fn create_session_bigint(
     ttl: default!(Option<Interval>, "NULL"),
     data: default!(Option<RawJsonb>, "NULL"),
 ) -> String {
-    create_with_ttl(
-        user_key(user_id.map(|id| id.to_string().into_bytes())),
-        ttl,
-        data,
-    )
+    create_with_ttl(key_of(user_id), ttl, data)
 }
 
 #[pg_extern(name = "create_session", volatile, parallel_unsafe)]
@@ -50,11 +46,7 @@ fn create_session_uuid(
     ttl: default!(Option<Interval>, "NULL"),
     data: default!(Option<RawJsonb>, "NULL"),
 ) -> String {
-    create_with_ttl(
-        user_key(user_id.map(|id| id.to_string().into_bytes())),
-        ttl,
-        data,
-    )
+    create_with_ttl(key_of(user_id), ttl, data)
 }
 
 #[pg_extern(name = "create_session", volatile, parallel_unsafe)]
@@ -64,6 +56,11 @@ fn create_session_text(
     data: default!(Option<RawJsonb>, "NULL"),
 ) -> String {
     create_with_ttl(user_key(user_id.map(|id| id.bytes().to_vec())), ttl, data)
+}
+
+/// A bigint or uuid id's key: its type's own text form.
+pub fn key_of<T: ToString>(user_id: Option<T>) -> Vec<u8> {
+    user_key(user_id.map(|id| id.to_string().into_bytes()))
 }
 
 /// The bytes a user id is stored as: the type's own text form (bigint's

@@ -105,10 +105,7 @@ fn sessions_of_logged_in(
 #[pg_extern(name = "revoke_all", volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn revoke_all_bigint(user_id: Option<i64>, except_session: default!(Option<i64>, "NULL")) -> i64 {
-    revoke_all(
-        user_key(user_id.map(|id| id.to_string().into_bytes())),
-        except_session,
-    )
+    revoke_all(issue::key_of(user_id), except_session)
 }
 
 #[pg_extern(name = "revoke_all", volatile, parallel_unsafe, security_definer)]
@@ -117,10 +114,7 @@ fn revoke_all_uuid(
     user_id: Option<pgrx::Uuid>,
     except_session: default!(Option<i64>, "NULL"),
 ) -> i64 {
-    revoke_all(
-        user_key(user_id.map(|id| id.to_string().into_bytes())),
-        except_session,
-    )
+    revoke_all(issue::key_of(user_id), except_session)
 }
 
 #[pg_extern(name = "revoke_all", volatile, parallel_unsafe, security_definer)]
@@ -137,7 +131,7 @@ fn revoke_all_text(user_id: Option<RawText>, except_session: default!(Option<i64
 fn sessions_of_bigint(
     user_id: Option<i64>,
 ) -> SetOfIterator<'static, pgrx::composite_type!('static, "castle.session")> {
-    sessions_of(user_key(user_id.map(|id| id.to_string().into_bytes())))
+    sessions_of(issue::key_of(user_id))
 }
 
 #[pg_extern(name = "sessions_of", stable, parallel_restricted, security_definer)]
@@ -145,7 +139,7 @@ fn sessions_of_bigint(
 fn sessions_of_uuid(
     user_id: Option<pgrx::Uuid>,
 ) -> SetOfIterator<'static, pgrx::composite_type!('static, "castle.session")> {
-    sessions_of(user_key(user_id.map(|id| id.to_string().into_bytes())))
+    sessions_of(issue::key_of(user_id))
 }
 
 #[pg_extern(name = "sessions_of", stable, parallel_restricted, security_definer)]

@@ -54,12 +54,6 @@ unsafe fn read_through_index(table: Oid, index: Oid, id: i64) -> Option<StoredSe
         pg_sys::CommandCounterIncrement();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
         let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as _);
-        // (the caller's lock keeps the verdict true; checked again, cheaply)
-        if !catalog::attributes_are(catalog::attributes((*rel).rd_att), &catalog::COLUMN_TYPES) {
-            pg_sys::table_close(rel, pg_sys::NoLock as _);
-            pg_sys::PopActiveSnapshot();
-            return read_with_sql(Catalog::get().owner, id);
-        }
         let index = pg_sys::index_open(index, pg_sys::AccessShareLock as _);
         let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
         let mut key = pg_sys::ScanKeyData::default();
