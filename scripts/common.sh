@@ -3,17 +3,34 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# Debian's PostgreSQL 15, or with CASTLE_PG_PREFIX the one installed there
-# (scripts/cassert.sh's assert-enabled build), with pgrx and cargo kept apart
-# for it so that neither build invalidates the other.
-if [ -n "${CASTLE_PG_PREFIX:-}" ]; then
-    PG_BIN=$CASTLE_PG_PREFIX/bin
-    PG_CONFIG=$CASTLE_PG_PREFIX/bin/pg_config
-    export PGRX_HOME=$REPO/.cache/pgrx-cassert CARGO_TARGET_DIR=$REPO/target/cassert
-else
-    PG_BIN=/usr/lib/postgresql/15/bin
-    PG_CONFIG=/usr/bin/pg_config
+# The server a script works against, CASTLE_TARGET:
+#   debian15   Debian 12's PostgreSQL 15 (the default)
+#   cassert15  an assert-enabled 15 built by scripts/build_pg.sh
+#   debian17   Debian 13's PostgreSQL 17, inside the Debian 13 root of
+#              scripts/trixie.sh (a script run there sees it at the same path)
+#   cassert18  an assert-enabled 18 built by scripts/build_pg.sh
+# Each has its own pgrx home, cargo target folder, clusters and venv, so no
+# build or cluster of one invalidates another's.
+CASTLE_TARGET=${CASTLE_TARGET:-debian15}
+# pg_bin_of TARGET: the bindir of that target's server
+pg_bin_of() {
+    case "$1" in
+        debian15|debian17) echo "/usr/lib/postgresql/${1#debian}/bin" ;;
+        cassert15|cassert18) echo "$REPO/.cache/pg${1#cassert}-cassert/stage/usr/lib/postgresql/${1#cassert}/bin" ;;
+        *) echo "CASTLE_TARGET=$1: one of debian15 cassert15 debian17 cassert18" >&2; return 2 ;;
+    esac
+}
+PG_BIN=$(pg_bin_of "$CASTLE_TARGET")
+PG_MAJOR=${CASTLE_TARGET: -2}
+# always the versioned pg_config: /usr/bin/pg_config answers for one major only
+PG_CONFIG=$PG_BIN/pg_config
+VENV=$REPO/.venv
+if [ "$CASTLE_TARGET" != debian15 ]; then
+    export PGRX_HOME=$REPO/.cache/pgrx-$CASTLE_TARGET CARGO_TARGET_DIR=$REPO/target/$CASTLE_TARGET
 fi
+# Debian 13's python is not Debian 12's: a venv of its own
+[ "$CASTLE_TARGET" = debian17 ] && VENV=$REPO/.venv-trixie
+export CASTLE_TARGET
 export PATH="$HOME/.cargo/bin:$PATH"
 
 # Clusters live in the repo (.cluster/NAME), owned by the postgres OS user
@@ -21,12 +38,12 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # folder that is 0700), or the socket path would be too long, they live under
 # /tmp instead.
 cluster_root() {
-    local root="$REPO/.cluster"
+    local root="$REPO/.cluster/$CASTLE_TARGET"
     mkdir -p "$root"
-    chmod 755 "$root"
+    chmod 755 "$REPO/.cluster" "$root"
     if [ ${#root} -gt 70 ] || ! sudo -u postgres test -x "$root"; then
-        root=/tmp/castle_sessions-clusters
-        mkdir -p "$root" && chmod 755 "$root"
+        root=/tmp/castle_sessions-clusters/$CASTLE_TARGET
+        mkdir -p "$root" && chmod 755 "$(dirname "$root")" "$root"
     fi
     echo "$root"
 }
@@ -82,4 +99,14 @@ install_extension() {
     # pgrx installs the current version and the upgrade scripts; the scripts of
     # earlier releases (kept for upgrade tests) go beside them.
     cp "$REPO"/sql/castle_sessions--[0-9]*.[0-9]*.[0-9]*.sql "$("$PG_CONFIG" --sharedir)/extension/" 2>/dev/null || true
+}
+
+# The machine's own Debian mirror, from its apt configuration (never a host named here).
+debian_mirror() {
+    local mirror
+    mirror=$(grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' |
+        grep -v security | head -1)
+    [ -n "$mirror" ] || mirror=$(grep -hE '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}' | head -1)
+    [ -n "$mirror" ] || { echo "no Debian mirror in the machine's apt configuration" >&2; return 1; }
+    echo "$mirror"
 }

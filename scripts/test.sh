@@ -1,73 +1,70 @@
 #!/usr/bin/env bash
-# Every test: the codec's unit tests and #[pg_test]s (cargo pgrx test), the
-# pg_regress golden files, and the psycopg 3 integration suite against fresh
-# clusters of our own — on Debian's PostgreSQL 15, then all of it again on an
-# assert-enabled PostgreSQL 15 built from Debian's source (scripts/cassert.sh;
-# CASTLE_CASSERT=0 skips that second pass). Exits non-zero on any failure,
-# and on any backend crash or failed assertion in the servers' logs.
+# Every test, on every major this project supports. For each, the whole suite
+# (scripts/suite.sh: cargo pgrx test, the pg_regress files, the psycopg
+# suite) against:
+#   15  Debian 12's PostgreSQL 15, then an assert-enabled 15 (CASTLE_CASSERT=0 skips it)
+#   17  Debian 13's PostgreSQL 17, inside a Debian 13 root (scripts/trixie.sh)
+#   18  an assert-enabled PostgreSQL 18.6 built from Debian's source (scripts/build_pg.sh)
+# then pg_upgrade from 15 to 18 with sessions in the database, and the
+# packages (scripts/package.sh), each installed in a clean root of its own
+# distribution (tests/packages/install.sh).
+#
+# PG=17 ./scripts/test.sh (or PG="15 18") runs only those majors; the
+# pg_upgrade test runs when both 15 and 18 are among them. Exits non-zero on
+# the first failure.
 source "$(dirname "$0")/common.sh"
 
+majors=${PG:-15 17 18}
+for major in $majors; do
+    case "$major" in 15|17|18) ;; *) echo "PG=$major: this project supports 15, 17 and 18" >&2; exit 2 ;; esac
+done
+has() { [[ " $majors " == *" $1 "* ]]; }
+
 "$REPO/scripts/setup.sh"
-cd "$REPO"
-mkdir -p target
-
-say "cargo pgrx test (unit tests and #[pg_test]) on $("$PG_BIN/postgres" --version)"
-test_data=${CARGO_TARGET_DIR:-$REPO/target}/pgrx-test-data
-mkdir -p "$test_data" && chown postgres "$test_data"
-cargo pgrx test pg15 --runas postgres --pgdata "$test_data"
-
-install_extension
-
-# pg_cron, where this server has it (not on the assert-enabled build)
-preload=castle_sessions
-if [ -f "$("$PG_CONFIG" --pkglibdir)/pg_cron.so" ]; then preload=pg_cron,castle_sessions; fi
-export CASTLE_PRELOAD=$preload
-say "starting a fresh test cluster (port 54316, $preload preloaded)"
-cluster_stop test
-rm -rf "$(cluster_root)/test"
-cluster_start test 54316 "shared_preload_libraries = '$preload'" \
-    "cron.database_name = 'castle_py'" "cron.use_background_workers = on" \
-    "max_worker_processes = 32" "max_connections = 200"
-AUDIT_PORT=54320
-say "starting an audited cluster (port $AUDIT_PORT, pgaudit preloaded)"
-cluster_stop audit
-rm -rf "$(cluster_root)/audit"
-cluster_start audit $AUDIT_PORT "shared_preload_libraries = 'pgaudit'" "pgaudit.role = 'castle_auditor'" \
-    "log_line_prefix = '%m [%p] '"
-AUDIT_DIR=$PGDIR
-cluster_start test 54316
-trap 'cluster_stop test; cluster_stop audit' EXIT
-
-say "pg_regress (tests/pg_regress)"
-tests=$(cd tests/pg_regress/sql && ls -1 *.sql | sed 's/\.sql$//' | sort)
-rm -rf target/regress && mkdir -p target/regress
-if ! "$("$PG_CONFIG" --pkglibdir)/pgxs/src/test/regress/pg_regress" \
-        --inputdir=tests/pg_regress --outputdir=target/regress \
-        --host="$PGHOST" --port="$PGPORT" --user=postgres \
-        --dbname=castle_regress --load-extension=castle_sessions $tests; then
-    cat target/regress/regression.diffs
-    exit 1
-fi
-
-say "integration suite: psycopg 3 (tests/integration)"
-psql_at postgres -c "DROP DATABASE IF EXISTS castle_py" -c "CREATE DATABASE castle_py"
-psql_at castle_py -c "CREATE EXTENSION castle_sessions"
-PG_BIN="$PG_BIN" CASTLE_CLUSTER_ROOT="$(cluster_root)" CASTLE_CLUSTER_DIR="$PGDIR" \
-    CASTLE_AUDIT_PORT=$AUDIT_PORT CASTLE_AUDIT_DIR="$AUDIT_DIR" \
-    "$REPO/.venv/bin/pytest" -q -rsP -p no:cacheprovider tests/integration
-
-# A crash or a failed Assert() anywhere fails the run, whatever the tests said.
-for log in "$(cluster_root)"/{test,audit,replica}/server.log; do
-    if [ -f "$log" ] && grep -E "TRAP:|terminated by signal" "$log"; then
-        echo "a backend crashed or failed an assertion: $log" >&2
-        exit 1
-    fi
+started=$SECONDS
+passed=()
+for major in $majors; do
+    case "$major" in
+        15)
+            say "PostgreSQL 15 (Debian 12's)"
+            CASTLE_TARGET=debian15 "$REPO/scripts/suite.sh"
+            passed+=("15 (Debian 12)")
+            if [ "${CASTLE_CASSERT:-1}" != 0 ]; then
+                say "PostgreSQL 15, assert-enabled"
+                CASTLE_TARGET=cassert15 "$REPO/scripts/suite.sh"
+                passed+=("15 (assert-enabled)")
+            else
+                echo "skipped: the assert-enabled 15 (CASTLE_CASSERT=0)"
+            fi
+            ;;
+        17)
+            say "PostgreSQL 17 (Debian 13's, in a Debian 13 root)"
+            "$REPO/scripts/trixie.sh" ./scripts/suite.sh
+            passed+=("17 (Debian 13)")
+            ;;
+        18)
+            say "PostgreSQL 18, assert-enabled"
+            CASTLE_TARGET=cassert18 "$REPO/scripts/suite.sh"
+            passed+=("18 (assert-enabled)")
+            ;;
+    esac
 done
 
-if [ -z "${CASTLE_PG_PREFIX:-}" ] && [ "${CASTLE_CASSERT:-1}" != 0 ]; then
-    cluster_stop test
-    cluster_stop audit
-    say "the whole suite again, on an assert-enabled PostgreSQL 15"
-    prefix=$("$REPO/scripts/cassert.sh")
-    CASTLE_PG_PREFIX=$prefix "$REPO/scripts/test.sh"
+if has 15 && has 18; then
+    say "pg_upgrade from 15 to 18 with sessions in the database"
+    CASTLE_OLD_BIN=$(pg_bin_of debian15) CASTLE_NEW_BIN=$(pg_bin_of cassert18) \
+        CASTLE_CLUSTER_ROOT="$(cluster_root)" "$VENV/bin/pytest" -q -rsP -p no:cacheprovider tests/majors
+    passed+=("pg_upgrade 15 to 18")
+else
+    echo "skipped: pg_upgrade from 15 to 18 (needs PG to include both 15 and 18)"
 fi
+
+say "packages: building, and installing each in a clean root"
+# shellcheck disable=SC2086
+"$REPO/scripts/package.sh" $majors
+for major in $majors; do
+    "$REPO/tests/packages/install.sh" "$major"
+    passed+=("package for $major")
+done
+
+say "passed in $(((SECONDS - started) / 60)) min: ${passed[*]/%/;}"

@@ -31,6 +31,8 @@ use std::cell::Cell;
 use pgrx::pg_sys::{self, Datum, Oid};
 use pgrx::prelude::*;
 
+use crate::compat;
+
 /// castle.sessions' columns, in table order (sql/bootstrap.sql); the direct
 /// read takes the first eight.
 pub const ID: usize = 0;
@@ -257,11 +259,6 @@ unsafe fn list_oids(list: *mut pg_sys::List) -> Vec<Oid> {
     }
 }
 
-/// The relation's attributes, dropped ones included.
-pub unsafe fn attributes<'a>(descriptor: pg_sys::TupleDesc) -> &'a [pg_sys::FormData_pg_attribute] {
-    unsafe { (*descriptor).attrs.as_slice((*descriptor).natts as usize) }
-}
-
 /// Whether the first attributes are, in order, of these types with no typmod,
 /// none dropped.
 pub fn attributes_are(attributes: &[pg_sys::FormData_pg_attribute], types: &[Oid]) -> bool {
@@ -276,7 +273,7 @@ pub fn attributes_are(attributes: &[pg_sys::FormData_pg_attribute], types: &[Oid
 unsafe fn table_as_made(rel: pg_sys::Relation) -> bool {
     unsafe {
         let class = (*rel).rd_rel;
-        let attributes = attributes((*rel).rd_att);
+        let attributes = compat::attributes((*rel).rd_att);
         (*class).relkind == pg_sys::RELKIND_RELATION as std::ffi::c_char
             && !(*class).relispartition
             && !(*class).relhassubclass

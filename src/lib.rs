@@ -4,7 +4,8 @@
 //! one module per area: `issue` (create_session), `auth` (authenticate,
 //! verify, is_valid), `lifecycle` (revoke, rotate, device lists, pruning),
 //! `context` (login and who is asking); `catalog` the verified objects the
-//! direct reads rely on (its contract is at its top); `store` the hot paths'
+//! direct reads rely on (its contract is at its top); `compat` the only
+//! module that names a PostgreSQL major; `store` the hot paths'
 //! reads, direct or in SQL; `session_row` the rows they return; `raw_text`
 //! and `raw_jsonb` arguments taken as PostgreSQL holds them; `plans` the
 //! statements kept prepared, in `src/queries`.
@@ -13,6 +14,7 @@ use pgrx::prelude::*;
 
 mod auth;
 mod catalog;
+mod compat;
 mod context;
 mod issue;
 mod lifecycle;

@@ -10,6 +10,7 @@ use pgrx::pgrx_sql_entity_graph::metadata::{
 use pgrx::prelude::*;
 
 use crate::catalog;
+use crate::compat;
 use crate::store;
 
 /// castle.session's attributes: the table's columns but the hash, in order
@@ -71,7 +72,7 @@ impl SessionValues {
     pub fn into_row(mut self) -> SessionRow {
         unsafe {
             let tupdesc = pg_sys::lookup_rowtype_tupdesc(store::session_type(), -1);
-            if !as_made(catalog::attributes(tupdesc)) {
+            if !as_made(compat::attributes(tupdesc)) {
                 pg_sys::DecrTupleDescRefCount(tupdesc);
                 error!(
                     "castle_sessions: castle.session does not have the attributes this version expects"

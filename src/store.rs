@@ -13,6 +13,7 @@
 use pgrx::pg_sys::{self, Datum, Oid};
 use pgrx::prelude::*;
 
+use crate::compat;
 use crate::catalog::{self, Catalog, COLUMNS, CREATED_AT, EXPIRES_AT, HASH, SESSION_COLUMNS};
 use crate::catalog::{DATA, USED_AT, USER_ID};
 use crate::plans::{self, Statement, INT8};
@@ -95,7 +96,7 @@ unsafe fn begin_index_scan(
     key: &mut pg_sys::ScanKeyData,
 ) -> pg_sys::IndexScanDesc {
     unsafe {
-        let scan = pg_sys::index_beginscan(rel, index, snapshot, 1, 0);
+        let scan = compat::index_beginscan(rel, index, snapshot, 1);
         pg_sys::index_rescan(scan, key, 1, std::ptr::null_mut(), 0);
         scan
     }

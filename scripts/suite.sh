@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The whole suite against one server, CASTLE_TARGET (see common.sh): the
+# codec's unit tests and #[pg_test]s (cargo pgrx test), the pg_regress golden
+# files, and the psycopg 3 integration suite against fresh clusters of our
+# own. scripts/test.sh runs it for every target. Exits non-zero on any
+# failure, and on any backend crash or failed assertion in the servers' logs.
+source "$(dirname "$0")/common.sh"
+
+"$REPO/scripts/setup.sh"
+cd "$REPO"
+mkdir -p target
+
+say "cargo pgrx test (unit tests and #[pg_test]) on $("$PG_BIN/postgres" --version)"
+test_data=${CARGO_TARGET_DIR:-$REPO/target}/pgrx-test-data
+mkdir -p "$test_data" && chown postgres "$test_data"
+cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$test_data"
+
+install_extension
+
+# pg_cron, where this server has it (not on the assert-enabled builds)
+preload=castle_sessions
+if [ -f "$("$PG_CONFIG" --pkglibdir)/pg_cron.so" ]; then preload=pg_cron,castle_sessions; fi
+export CASTLE_PRELOAD=$preload
+say "starting a fresh test cluster (port 54316, $preload preloaded)"
+cluster_stop test
+rm -rf "$(cluster_root)/test"
+cluster_start test 54316 "shared_preload_libraries = '$preload'" \
+    "cron.database_name = 'castle_py'" "cron.use_background_workers = on" \
+    "max_worker_processes = 32" "max_connections = 200"
+AUDIT_PORT=54320
+say "starting an audited cluster (port $AUDIT_PORT, pgaudit preloaded)"
+cluster_stop audit
+rm -rf "$(cluster_root)/audit"
+cluster_start audit $AUDIT_PORT "shared_preload_libraries = 'pgaudit'" "pgaudit.role = 'castle_auditor'" \
+    "log_line_prefix = '%m [%p] '"
+AUDIT_DIR=$PGDIR
+cluster_start test 54316
+trap 'cluster_stop test; cluster_stop audit' EXIT
+
+say "pg_regress (tests/pg_regress)"
+tests=$(cd tests/pg_regress/sql && ls -1 *.sql | sed 's/\.sql$//' | sort)
+rm -rf target/regress && mkdir -p target/regress
+if ! "$("$PG_CONFIG" --pkglibdir)/pgxs/src/test/regress/pg_regress" \
+        --inputdir=tests/pg_regress --outputdir=target/regress \
+        --host="$PGHOST" --port="$PGPORT" --user=postgres \
+        --dbname=castle_regress --load-extension=castle_sessions $tests; then
+    cat target/regress/regression.diffs
+    exit 1
+fi
+
+say "integration suite: psycopg 3 (tests/integration)"
+psql_at postgres -c "DROP DATABASE IF EXISTS castle_py" -c "CREATE DATABASE castle_py"
+psql_at castle_py -c "CREATE EXTENSION castle_sessions"
+PG_BIN="$PG_BIN" CASTLE_CLUSTER_ROOT="$(cluster_root)" CASTLE_CLUSTER_DIR="$PGDIR" \
+    CASTLE_AUDIT_PORT=$AUDIT_PORT CASTLE_AUDIT_DIR="$AUDIT_DIR" \
+    "$VENV/bin/pytest" -q -rsP -p no:cacheprovider tests/integration
+
+# A crash or a failed Assert() anywhere fails the run, whatever the tests said.
+for log in "$(cluster_root)"/{test,audit,replica}/server.log; do
+    if [ -f "$log" ] && grep -E "TRAP:|terminated by signal" "$log"; then
+        echo "a backend crashed or failed an assertion: $log" >&2
+        exit 1
+    fi
+done
+

@@ -1,0 +1,50 @@
+//! The only module that names a PostgreSQL major: each function here hides
+//! one difference between 15, 17 and 18, so that every call site is the same
+//! on all of them. Each branch is compiled by the build for its own major,
+//! against that major's headers (pgrx's bindings), so a changed signature is
+//! a compile error, not a runtime fault.
+
+use pgrx::pg_sys;
+
+#[cfg(not(any(feature = "pg15", feature = "pg17", feature = "pg18")))]
+compile_error!(
+    "castle_sessions supports PostgreSQL 15, 17 and 18: build with exactly one of the features pg15, pg17, pg18"
+);
+
+/// A tuple descriptor's attributes, dropped ones included.
+///
+/// 18 put an array of `CompactAttribute` before them (`TupleDescAttr` in
+/// its `tupdesc.h`); up to 17 they are the descriptor's `attrs`.
+///
+/// SAFETY: `descriptor` is a valid descriptor that outlives the slice.
+pub unsafe fn attributes<'a>(descriptor: pg_sys::TupleDesc) -> &'a [pg_sys::FormData_pg_attribute] {
+    unsafe {
+        let count = (*descriptor).natts as usize;
+        #[cfg(any(feature = "pg15", feature = "pg17"))]
+        return (*descriptor).attrs.as_slice(count);
+        #[cfg(feature = "pg18")]
+        return std::slice::from_raw_parts(
+            (*descriptor).compact_attrs.as_ptr().add(count).cast::<pg_sys::FormData_pg_attribute>(),
+            count,
+        );
+    }
+}
+
+/// `index_beginscan` for `nkeys` keys and no ordering; 18 added the
+/// instrumentation argument, which we do not use.
+///
+/// SAFETY: both relations are open and locked, `snapshot` is registered or
+/// active for the scan's life.
+pub unsafe fn index_beginscan(
+    rel: pg_sys::Relation,
+    index: pg_sys::Relation,
+    snapshot: pg_sys::Snapshot,
+    nkeys: i32,
+) -> pg_sys::IndexScanDesc {
+    unsafe {
+        #[cfg(any(feature = "pg15", feature = "pg17"))]
+        return pg_sys::index_beginscan(rel, index, snapshot, nkeys, 0);
+        #[cfg(feature = "pg18")]
+        return pg_sys::index_beginscan(rel, index, snapshot, std::ptr::null_mut(), nkeys, 0);
+    }
+}
