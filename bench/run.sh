@@ -4,13 +4,25 @@
 # Starts a throwaway cluster of its own ("bench", port 54319), loads sessions,
 # measures interleaved rounds of every workload with pgbench, checks the
 # targets, profiles castle.authenticate, and writes the report to stdout and
-# bench/results/latest.md. Exits 0 when a target fails: it is a report, and
-# FAIL lines say so. Needs castle_sessions installed (bash scripts/tour.sh).
+# bench/results/pgNN.md. Exits 0 when a target fails: it is a report, and
+# FAIL lines say so. Builds and installs castle_sessions (release) first.
 #
 #   BENCH_ROUNDS   interleaved rounds                         (default 5)
 #   BENCH_SECONDS  seconds per workload per round             (default 10)
 #   BENCH_BIG      sessions in the scale comparison's table   (default 10000000)
 #   BENCH_TOKENS   sessions the workloads draw tokens from    (default 100000)
+#   PG             the major to measure: 15 (Debian 12's, the default), 17
+#                  (Debian 13's, inside scripts/trixie.sh's root) or 18 (the
+#                  assert-enabled build of scripts/build_pg.sh: its Assert()s
+#                  slow both sides of every ratio, so read its ratios, not its tps)
+case "${PG:-15}" in
+    15) export CASTLE_TARGET=debian15 ;;
+    17) if [ "${CASTLE_TARGET:-}" != debian17 ]; then
+            exec "$(dirname "$0")/../scripts/trixie.sh" "PG=17 bash bench/run.sh"
+        fi ;;
+    18) export CASTLE_TARGET=cassert18 ;;
+    *) echo "PG=$PG: 15, 17 or 18" >&2; exit 2 ;;
+esac
 source "$(dirname "$0")/../scripts/common.sh"
 
 ROUNDS=${BENCH_ROUNDS:-5}
@@ -23,13 +35,13 @@ NTOKENS=${BENCH_TOKENS:-100000}
 USERS=${BENCH_USERS:-1000000}
 PORT=54319
 BENCH="$REPO/bench"
-REPORT="$BENCH/results/latest.md"
+REPORT="$BENCH/results/pg$PG_MAJOR.md"
 WORK=$(mktemp -d)
 STARTED=$(date +%s)
 LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)   # others' work on the machine skews every number
 
-[ -f /usr/share/postgresql/15/extension/castle_sessions.control ] || {
-    echo "castle_sessions is not installed: run bash scripts/tour.sh first" >&2; exit 1; }
+"$REPO/scripts/setup.sh"
+install_extension
 [ "$BIG" -ge "$NTOKENS" ] || { echo "BENCH_BIG must be at least BENCH_TOKENS" >&2; exit 1; }
 
 # A fresh cluster every run, so no run inherits another's bloat or settings.

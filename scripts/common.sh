@@ -26,10 +26,16 @@ PG_MAJOR=${CASTLE_TARGET: -2}
 PG_CONFIG=$PG_BIN/pg_config
 VENV=$REPO/.venv
 if [ "$CASTLE_TARGET" != debian15 ]; then
-    export PGRX_HOME=$REPO/.cache/pgrx-$CASTLE_TARGET CARGO_TARGET_DIR=$REPO/target/$CASTLE_TARGET
+    export PGRX_HOME=$REPO/.cache/pgrx-$CASTLE_TARGET
 fi
-# Debian 13's python is not Debian 12's: a venv of its own
-[ "$CASTLE_TARGET" = debian17 ] && VENV=$REPO/.venv-trixie
+# The host's targets share target/ (what does not depend on the server is
+# built once; pgrx rebuilds its bindings when the pg_config changes). The
+# Debian 13 root has a libc and a libclang of its own, so a target folder and
+# a venv of its own.
+if [ "$CASTLE_TARGET" = debian17 ]; then
+    export CARGO_TARGET_DIR=$REPO/target/debian17
+    VENV=$REPO/.venv-trixie
+fi
 export CASTLE_TARGET
 export PATH="$HOME/.cargo/bin:$PATH"
 
@@ -48,7 +54,7 @@ cluster_root() {
     echo "$root"
 }
 
-say() { printf '\033[1m== %s\033[0m\n' "$*"; }
+say() { printf '\033[1m== %s %s\033[0m\n' "$(date +%T)" "$*"; }
 
 # cluster_start NAME PORT [postgresql.conf lines...]: a fresh cluster, or the
 # one already there (started if it is down). Prints nothing; sets PGDIR.
@@ -94,8 +100,8 @@ psql_at() {
 install_extension() {
     say "building and installing castle_sessions (release)"
     mkdir -p "$REPO/target"
-    (cd "$REPO" && cargo pgrx install --release --pg-config "$PG_CONFIG" >"$REPO/target/install.log" 2>&1) || {
-        tail -40 "$REPO/target/install.log"; exit 1; }
+    (cd "$REPO" && cargo pgrx install --release --pg-config "$PG_CONFIG" >"$REPO/target/install-$CASTLE_TARGET.log" 2>&1) || {
+        tail -40 "$REPO/target/install-$CASTLE_TARGET.log"; exit 1; }
     # pgrx installs the current version and the upgrade scripts; the scripts of
     # earlier releases (kept for upgrade tests) go beside them.
     cp "$REPO"/sql/castle_sessions--[0-9]*.[0-9]*.[0-9]*.sql "$("$PG_CONFIG" --sharedir)/extension/" 2>/dev/null || true

@@ -63,13 +63,13 @@ root_umount() {
 }
 
 # root_run DIR COMMAND: COMMAND in bash inside the root, as root, with a clean
-# environment but for CASTLE_* settings.
+# environment but for CASTLE_* and BENCH_* settings.
 root_run() {
     local dir=$1; shift
     local envs=(HOME=/root TERM=dumb LANG=C.UTF-8 PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
                 PIP_CERT=/etc/ssl/certs/ca-certificates.host.crt PIP_DISABLE_PIP_VERSION_CHECK=1
                 PIP_DEFAULT_TIMEOUT=180 DEBIAN_FRONTEND=noninteractive)
     local v
-    for v in $(compgen -e | grep -E '^CASTLE_' || true); do envs+=("$v=${!v}"); done
+    for v in $(compgen -e | grep -E '^(CASTLE|BENCH)_' || true); do envs+=("$v=${!v}"); done
     chroot "$dir" /usr/bin/env -i "${envs[@]}" /bin/bash -c "$*"
 }

@@ -11,7 +11,7 @@ cd "$REPO"
 mkdir -p target
 
 say "cargo pgrx test (unit tests and #[pg_test]) on $("$PG_BIN/postgres" --version)"
-test_data=${CARGO_TARGET_DIR:-$REPO/target}/pgrx-test-data
+test_data=${CARGO_TARGET_DIR:-$REPO/target}/pgrx-test-data-$CASTLE_TARGET
 mkdir -p "$test_data" && chown postgres "$test_data"
 cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$test_data"
 
@@ -41,7 +41,7 @@ say "pg_regress (tests/pg_regress)"
 tests=$(cd tests/pg_regress/sql && ls -1 *.sql | sed 's/\.sql$//' | sort)
 rm -rf target/regress && mkdir -p target/regress
 if ! "$("$PG_CONFIG" --pkglibdir)/pgxs/src/test/regress/pg_regress" \
-        --inputdir=tests/pg_regress --outputdir=target/regress \
+        --bindir="$PG_BIN" --inputdir=tests/pg_regress --outputdir=target/regress \
         --host="$PGHOST" --port="$PGPORT" --user=postgres \
         --dbname=castle_regress --load-extension=castle_sessions $tests; then
     cat target/regress/regression.diffs
@@ -53,7 +53,7 @@ psql_at postgres -c "DROP DATABASE IF EXISTS castle_py" -c "CREATE DATABASE cast
 psql_at castle_py -c "CREATE EXTENSION castle_sessions"
 PG_BIN="$PG_BIN" CASTLE_CLUSTER_ROOT="$(cluster_root)" CASTLE_CLUSTER_DIR="$PGDIR" \
     CASTLE_AUDIT_PORT=$AUDIT_PORT CASTLE_AUDIT_DIR="$AUDIT_DIR" \
-    "$VENV/bin/pytest" -q -rsP -p no:cacheprovider tests/integration
+    "$VENV/bin/pytest" -q -rsP --durations=12 -p no:cacheprovider tests/integration
 
 # A crash or a failed Assert() anywhere fails the run, whatever the tests said.
 for log in "$(cluster_root)"/{test,audit,replica}/server.log; do

@@ -5,8 +5,9 @@
 #   15  Debian 12's PostgreSQL 15, then an assert-enabled 15 (CASTLE_CASSERT=0 skips it)
 #   17  Debian 13's PostgreSQL 17, inside a Debian 13 root (scripts/trixie.sh)
 #   18  an assert-enabled PostgreSQL 18.6 built from Debian's source (scripts/build_pg.sh)
-# then pg_upgrade from 15 to 18 with sessions in the database, and the
-# packages (scripts/package.sh), each installed in a clean root of its own
+# each (but the assert-enabled 15) followed by its package (scripts/package.sh,
+# from the same release build); then pg_upgrade from 15 to 18 with sessions in
+# the database, and each package installed in a clean root of its own
 # distribution (tests/packages/install.sh).
 #
 # PG=17 ./scripts/test.sh (or PG="15 18") runs only those majors; the
@@ -28,6 +29,7 @@ for major in $majors; do
         15)
             say "PostgreSQL 15 (Debian 12's)"
             CASTLE_TARGET=debian15 "$REPO/scripts/suite.sh"
+            CASTLE_TARGET=debian15 "$REPO/scripts/package.sh" --here
             passed+=("15 (Debian 12)")
             if [ "${CASTLE_CASSERT:-1}" != 0 ]; then
                 say "PostgreSQL 15, assert-enabled"
@@ -39,12 +41,13 @@ for major in $majors; do
             ;;
         17)
             say "PostgreSQL 17 (Debian 13's, in a Debian 13 root)"
-            "$REPO/scripts/trixie.sh" ./scripts/suite.sh
+            "$REPO/scripts/trixie.sh" "./scripts/suite.sh && ./scripts/package.sh --here"
             passed+=("17 (Debian 13)")
             ;;
         18)
             say "PostgreSQL 18, assert-enabled"
             CASTLE_TARGET=cassert18 "$REPO/scripts/suite.sh"
+            CASTLE_TARGET=cassert18 "$REPO/scripts/package.sh" --here
             passed+=("18 (assert-enabled)")
             ;;
     esac
@@ -59,9 +62,8 @@ else
     echo "skipped: pg_upgrade from 15 to 18 (needs PG to include both 15 and 18)"
 fi
 
-say "packages: building, and installing each in a clean root"
-# shellcheck disable=SC2086
-"$REPO/scripts/package.sh" $majors
+# each major's package was built right after its pass, from the same release build
+say "packages: installing each in a clean root"
 for major in $majors; do
     "$REPO/tests/packages/install.sh" "$major"
     passed+=("package for $major")
