@@ -36,6 +36,7 @@ fresh_root() {
 root_mount() {
     local dir=$1; shift
     cp /etc/resolv.conf "$dir/etc/resolv.conf"
+    cp /etc/hosts "$dir/etc/hosts"
     mkdir -p "$dir/etc/ssl/certs" "$dir/usr/local/share/ca-certificates"
     cp /etc/ssl/certs/ca-certificates.crt "$dir/etc/ssl/certs/ca-certificates.host.crt"
     cp /etc/apt/apt.conf.d/99artifact-registry "$dir/etc/apt/apt.conf.d/" 2>/dev/null || true
