@@ -12,15 +12,14 @@
 #   BENCH_BIG      sessions in the scale comparison's table   (default 10000000)
 #   BENCH_TOKENS   sessions the workloads draw tokens from    (default 100000)
 #   PG             the major to measure: 15 (Debian 12's, the default), 17
-#                  (Debian 13's, inside scripts/trixie.sh's root) or 18 (the
-#                  assert-enabled build of scripts/build_pg.sh: its Assert()s
-#                  slow both sides of every ratio, so read its ratios, not its tps)
+#                  (Debian 13's, inside scripts/trixie.sh's root) or 18 (18.6
+#                  built by scripts/build_pg.sh without assertions)
 case "${PG:-15}" in
     15) export CASTLE_TARGET=debian15 ;;
     17) if [ "${CASTLE_TARGET:-}" != debian17 ]; then
             exec "$(dirname "$0")/../scripts/trixie.sh" "PG=17 bash bench/run.sh"
         fi ;;
-    18) export CASTLE_TARGET=cassert18 ;;
+    18) export CASTLE_TARGET=plain18 ;;
     *) echo "PG=$PG: 15, 17 or 18" >&2; exit 2 ;;
 esac
 source "$(dirname "$0")/../scripts/common.sh"

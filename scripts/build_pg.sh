@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# scripts/build_pg.sh MAJOR: builds an assert-enabled PostgreSQL MAJOR (15 or
-# 18) with --enable-cassert --enable-debug, as pgrx does for every PostgreSQL
-# it builds, from the upstream tarball of Debian's own source package
+# scripts/build_pg.sh MAJOR [cassert|plain]: builds an assert-enabled
+# PostgreSQL MAJOR (15 or 18) with --enable-cassert --enable-debug, as pgrx
+# does for every PostgreSQL it builds (or, with `plain`, one without them, for
+# the benchmark: Assert()s slow a server down), from the upstream tarball of Debian's own source package
 # (bookworm's postgresql-15, sid's postgresql-18), plus pgaudit from its
 # Debian source against it. pg_cron is not built: its Debian source cannot be
 # downloaded here (404), so its one test reports itself skipped on these
@@ -18,13 +19,19 @@
 # machine's own mirror).
 source "$(dirname "$0")/common.sh"
 
-MAJOR=${1:?usage: build_pg.sh 15|18}
+MAJOR=${1:?usage: build_pg.sh 15|18 [cassert|plain]}
+KIND=${2:-cassert}
+case "$KIND" in
+    cassert) FLAGS=(--enable-cassert --enable-debug) ;;
+    plain) FLAGS=() ;;
+    *) echo "build_pg.sh: cassert or plain, not $KIND" >&2; exit 2 ;;
+esac
 case "$MAJOR" in
     15) SUITE=bookworm ;;
     18) SUITE=sid ;;
     *) echo "build_pg.sh: no Debian source for PostgreSQL $MAJOR here (15 or 18)" >&2; exit 2 ;;
 esac
-CACHE=$REPO/.cache/pg$MAJOR-cassert
+CACHE=$REPO/.cache/pg$MAJOR-$KIND
 STAGE=$CACHE/stage
 BIN=$STAGE/usr/lib/postgresql/$MAJOR/bin
 LIB=$STAGE/usr/lib/postgresql/$MAJOR/lib
@@ -68,14 +75,14 @@ rm -rf postgresql pgaudit && mkdir postgresql pgaudit
 tar -xjf "$(ls postgresql-"$MAJOR"_*.orig.tar.bz2 | head -1)" -C postgresql --strip-components=1
 tar -xzf "$(ls pgaudit*.orig.tar.gz | head -1)" -C pgaudit --strip-components=1
 
-say "building PostgreSQL $MAJOR with --enable-cassert --enable-debug (two to four minutes)" >&2
+say "building PostgreSQL $MAJOR ($KIND: ${FLAGS[*]:-no assertions}; two to four minutes)" >&2
 rm -rf "$STAGE"
 (
     cd "$CACHE/src/postgresql"
     ./configure --prefix="/usr/lib/postgresql/$MAJOR" --datadir="/usr/share/postgresql/$MAJOR" \
         --includedir=/usr/include/postgresql --sysconfdir=/etc/postgresql-common \
         --mandir="/usr/share/postgresql/$MAJOR/man" --docdir="/usr/share/doc/postgresql-doc-$MAJOR" \
-        --enable-cassert --enable-debug --with-icu --without-readline \
+        "${FLAGS[@]}" --with-icu --without-readline \
         >"$CACHE/configure.log" 2>&1
     # binaries find the libpq beside them wherever the tree is (psql 18
     # needs libpq 18, and the machine's own libpq is 15's)
@@ -89,7 +96,7 @@ rm -rf "$STAGE"
 # never anything outside the stage
 case "$("$BIN/pg_config" --pkglibdir)" in
     "$STAGE"/*) ;;
-    *) echo "the assert-enabled build's pkglibdir is outside $STAGE" >&2; exit 1 ;;
+    *) echo "the $KIND build's pkglibdir is outside $STAGE" >&2; exit 1 ;;
 esac
 
 say "building pgaudit against it" >&2

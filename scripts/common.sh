@@ -9,6 +9,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 #   debian17   Debian 13's PostgreSQL 17, inside the Debian 13 root of
 #              scripts/trixie.sh (a script run there sees it at the same path)
 #   cassert18  an assert-enabled 18 built by scripts/build_pg.sh
+#   plain18    the same 18 without assertions, for the benchmark
 # Each has its own pgrx home, cargo target folder, clusters and venv, so no
 # build or cluster of one invalidates another's.
 CASTLE_TARGET=${CASTLE_TARGET:-debian15}
@@ -16,8 +17,10 @@ CASTLE_TARGET=${CASTLE_TARGET:-debian15}
 pg_bin_of() {
     case "$1" in
         debian15|debian17) echo "/usr/lib/postgresql/${1#debian}/bin" ;;
-        cassert15|cassert18) echo "$REPO/.cache/pg${1#cassert}-cassert/stage/usr/lib/postgresql/${1#cassert}/bin" ;;
-        *) echo "CASTLE_TARGET=$1: one of debian15 cassert15 debian17 cassert18" >&2; return 2 ;;
+        cassert15|cassert18|plain18)
+            local major=${1: -2} kind=${1%??}
+            echo "$REPO/.cache/pg$major-$kind/stage/usr/lib/postgresql/$major/bin" ;;
+        *) echo "CASTLE_TARGET=$1: one of debian15 cassert15 debian17 cassert18 plain18" >&2; return 2 ;;
     esac
 }
 PG_BIN=$(pg_bin_of "$CASTLE_TARGET")
