@@ -3,7 +3,7 @@
 --     psql -v ON_ERROR_STOP=1 -d notes_demo -f examples/schema.sql
 CREATE EXTENSION IF NOT EXISTS castle_sessions;
 
--- The two roles the services connect as (README, "Security model"): the
+-- The two roles the services connect as (docs/security.md): the
 -- sign-in route as notes_sign_in, which may check passwords and create
 -- sessions; every other route as notes_app, which may only check a token and
 -- act on its own session, so a SQL injection there cannot become anyone.

@@ -15,9 +15,13 @@ VERSION=$(grep -m1 '^version' "$REPO/Cargo.toml" | cut -d'"' -f2)
 deb_from_pgrx() {
     "$REPO/scripts/setup.sh" >&2
     local log=${CARGO_TARGET_DIR:-$REPO/target}/package.log
+    local built=${CARGO_TARGET_DIR:-$REPO/target}/release/castle_sessions-pg$PG_MAJOR
+    # cargo pgrx package only adds to its folder: nothing of another build may stay
+    rm -rf "$built"
     say "cargo pgrx package --pg-config $PG_CONFIG" >&2
     (cd "$REPO" && cargo pgrx package --pg-config "$PG_CONFIG" >"$log" 2>&1) || { tail -30 "$log" >&2; exit 1; }
-    local built=${CARGO_TARGET_DIR:-$REPO/target}/release/castle_sessions-pg$PG_MAJOR
+    [ "$(find "$built" -name castle_sessions.so | wc -l)" = 1 ] ||
+        { echo "cargo pgrx package did not leave exactly one castle_sessions.so in $built" >&2; exit 1; }
     local name=postgresql-$PG_MAJOR-castle-sessions
     local tree=$OUT/$name
     rm -rf "$tree"
@@ -47,7 +51,7 @@ Package: $name
 Version: $VERSION
 Section: database
 Priority: optional
-Architecture: amd64
+Architecture: $(dpkg --print-architecture)
 Depends: postgresql-$PG_MAJOR, libc6 (>= $(ldd --version | head -1 | awk '{print $NF}'))
 Maintainer: castle_sessions maintainers <maintainers@users.noreply.r-seed-7c8b9efe.example>
 Description: Session tokens inside PostgreSQL $PG_MAJOR
@@ -57,9 +61,9 @@ Description: Session tokens inside PostgreSQL $PG_MAJOR
  and expiry happen in PostgreSQL.
 CONTROL
     find "$tree" -type d -exec chmod 0755 {} + && find "$tree" -type f -exec chmod 0644 {} +
-    dpkg-deb -Zxz --root-owner-group --build "$tree" "$OUT/${name}_${VERSION}_amd64.deb" >/dev/null
+    dpkg-deb -Zxz --root-owner-group --build "$tree" "$OUT/${name}_${VERSION}_$(dpkg --print-architecture).deb" >/dev/null
     rm -rf "$tree"
-    echo "$OUT/${name}_${VERSION}_amd64.deb"
+    echo "$OUT/${name}_${VERSION}_$(dpkg --print-architecture).deb"
 }
 
 if [ "${1:-}" = --here ]; then

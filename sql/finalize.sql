@@ -43,7 +43,7 @@ BEGIN
     RETURN NULL;
 END $$;
 
--- The two application roles (README, "Security model"). A request role checks
+-- The two application roles (docs/security.md). A request role checks
 -- tokens and acts on its own session only; a sign-in role may also create
 -- sessions, rotate them and sign a user out everywhere. Each call grants
 -- exactly its set of routines and revokes every other castle routine from
@@ -95,7 +95,7 @@ $$;
 
 -- Privileges. Nobody but the owner reads or writes the table directly: the
 -- functions that touch it are SECURITY DEFINER with a pinned search_path.
--- EXECUTE is granted by the DBA (see README, "Security model").
+-- EXECUTE is granted by the DBA (see docs/security.md).
 REVOKE ALL ON TABLE castle.sessions, castle.user_locks FROM PUBLIC;
 REVOKE ALL ON ALL ROUTINES IN SCHEMA castle FROM PUBLIC;
 GRANT USAGE ON SCHEMA castle TO PUBLIC;

@@ -66,7 +66,7 @@ def test_tokens_from_an_independent_implementation_authenticate(conn):
         assert user_of(conn, seed.token(base + i, secret)) == f"imported-{i}"
         # and one character off is refused
         assert_refused(conn, seed.token(base + i, seed.secret_from(secret[:-11][::-1])))
-    # as the README's import recipe says: move the id sequence past imported ids
+    # as docs/internals.md's import recipe says: move the id sequence past imported ids
     conn.execute("SELECT setval(pg_get_serial_sequence('castle.sessions', 'id'), max(id)) FROM castle.sessions")
 
 

@@ -1,4 +1,4 @@
-"""The README's example services (examples/python_service on psycopg 3,
+"""The example services of docs/applications.md (examples/python_service on psycopg 3,
 examples/node_service on node-postgres), each started as a process and driven
 over real HTTP: sign-in, the protected route under row-level security, refusals
 and sign-out."""
@@ -32,7 +32,7 @@ HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def load(sql_file):
-    """Runs an examples/ file with psql, as the README says to."""
+    """Runs an examples/ file with psql, as docs/applications.md says to."""
     subprocess.run([f"{PG_BIN}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", PORT,
                     "-U", "postgres", "-d", DB, "-f", str(EXAMPLES / sql_file)], check=True)
 

@@ -10,6 +10,7 @@
 # EXTENSION castle_sessions, the tour, and the pg_regress files against it.
 source "$(dirname "$0")/../../scripts/common.sh"
 source "$REPO/scripts/roots.sh"
+in_private_mounts "$0" "$@"
 
 MAJOR=${1:?usage: install.sh 15|17|18}
 VERSION=$(grep -m1 '^version' "$REPO/Cargo.toml" | cut -d'"' -f2)
@@ -35,6 +36,7 @@ if [ "$MAJOR" = 18 ]; then
     # the self-built server as a package, without the castle_sessions files
     # the 18 suite installed into its tree
     stage=$REPO/.cache/pg18-cassert/stage
+    built=$("$(pg_bin_of cassert18)/pg_config" --version | awk '{print $2}')
     tree=$ROOT/tmp/postgresql-18
     mkdir -p "$tree/DEBIAN"
     cp -a "$stage/usr" "$tree/"
@@ -42,15 +44,15 @@ if [ "$MAJOR" = 18 ]; then
     find "$tree" -name 'castle_sessions*' -exec rm -f {} +
     cat >"$tree/DEBIAN/control" <<CONTROL
 Package: postgresql-18
-Version: 18.6-0castletest
-Architecture: amd64
+Version: $built-0castletest
+Architecture: $(dpkg --print-architecture)
 Depends: postgresql-common, libicu72, zlib1g
 Maintainer: castle_sessions maintainers <maintainers@users.noreply.r-seed-7c8b9efe.example>
-Description: PostgreSQL 18.6 built with --enable-cassert for castle_sessions' tests
+Description: PostgreSQL $built built with --enable-cassert for castle_sessions' tests
 CONTROL
-    dpkg-deb -Zgzip -z1 --root-owner-group --build "$tree" "$ROOT/tmp/postgresql-18_18.6-0castletest_amd64.deb" >/dev/null
+    dpkg-deb -Zgzip -z1 --root-owner-group --build "$tree" "$ROOT/tmp/postgresql-18_$built-0castletest_amd64.deb" >/dev/null
     rm -rf "$tree"
-    server=./postgresql-18_18.6-0castletest_amd64.deb
+    server=./postgresql-18_$built-0castletest_amd64.deb
 fi
 root_run "$ROOT" "apt-get update -qq && cd /tmp &&
     apt-get install -y -qq --no-install-recommends $server ./$(basename "$DEB") >/tmp/apt.log 2>&1 ||
@@ -84,6 +86,6 @@ regress="cd '$REPO' && rm -rf target/packages/regress-$MAJOR && \
     { cat target/packages/regress-$MAJOR/regression.diffs; exit 1; }"
 case "$MAJOR" in
     15) (PG_CONFIG=$(pg_bin_of debian15)/pg_config PG_BIN=$(pg_bin_of debian15) bash -c "$regress") ;;
-    17) "$REPO/scripts/trixie.sh" "PG_CONFIG=/usr/lib/postgresql/17/bin/pg_config PG_BIN=/usr/lib/postgresql/17/bin; $regress" ;;
+    17) "$REPO/scripts/trixie.sh" "PG_CONFIG=/usr/lib/postgresql/17/bin/pg_config PG_BIN=/usr/lib/postgresql/17/bin && $regress" ;;
     18) (PG_CONFIG=$(pg_bin_of cassert18)/pg_config PG_BIN=$(pg_bin_of cassert18) bash -c "$regress") ;;
 esac
