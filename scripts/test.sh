@@ -14,6 +14,7 @@
 # pg_upgrade test runs when both 15 and 18 are among them. Exits non-zero on
 # the first failure.
 source "$(dirname "$0")/common.sh"
+cd "$REPO"
 
 majors=${PG:-15 17 18}
 for major in $majors; do
@@ -29,6 +30,8 @@ if has 17; then
     mkdir -p target
     "$REPO/scripts/trixie.sh" true >target/trixie-setup.log 2>&1 &
     trixie_setup=$!
+    # an early exit does not leave it running
+    trap 'kill "$trixie_setup" 2>/dev/null || true' EXIT
 fi
 passed=()
 for major in $majors; do
@@ -61,13 +64,16 @@ for major in $majors; do
     esac
 done
 
-if has 15 && has 18; then
+# From the self-built 15.18, not Debian's 15.20: Debian's stamps every column
+# with an attribute option (pg_attver) that 18.6 does not know, so pg_upgrade
+# to this 18.6 fails for any database, with or without castle_sessions.
+if has 15 && has 18 && [ "${CASTLE_CASSERT:-1}" != 0 ]; then
     say "pg_upgrade from 15 to 18 with sessions in the database"
-    CASTLE_OLD_BIN=$(pg_bin_of debian15) CASTLE_NEW_BIN=$(pg_bin_of cassert18) \
+    CASTLE_OLD_BIN=$(pg_bin_of cassert15) CASTLE_NEW_BIN=$(pg_bin_of cassert18) \
         CASTLE_CLUSTER_ROOT="$(cluster_root)" "$VENV/bin/pytest" -q -rsP -p no:cacheprovider tests/majors
     passed+=("pg_upgrade 15 to 18")
 else
-    echo "skipped: pg_upgrade from 15 to 18 (needs PG to include both 15 and 18)"
+    echo "skipped: pg_upgrade from 15 to 18 (needs PG to include 15 and 18, and the assert-enabled 15)"
 fi
 
 # each major's package was built right after its pass, from the same release build

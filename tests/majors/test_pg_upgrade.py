@@ -4,9 +4,10 @@ Every token that authenticated before authenticates after, as the same user
 and session; every token refused before is refused after; and this holds
 without `ALTER EXTENSION castle_sessions UPDATE`. scripts/test.sh runs it
 after the 15 and 18 passes, which installed castle_sessions into both
-servers (CASTLE_OLD_BIN, CASTLE_NEW_BIN).
+servers (CASTLE_OLD_BIN, CASTLE_NEW_BIN): the assert-enabled 15.18 and 18.6.
 """
 import os
+import re
 import shutil
 import subprocess
 import uuid
@@ -126,7 +127,11 @@ def test_tokens_survive_pg_upgrade_from_15_to_18(clusters):
         as_postgres(f"{NEW_BIN}/pg_upgrade", "-b", OLD_BIN, "-B", NEW_BIN, "-d", old, "-D", new,
                     "-p", str(OLD_PORT), "-P", str(NEW_PORT), "-U", "postgres", cwd=ROOT)
     except subprocess.CalledProcessError as failed:
-        pytest.fail(f"pg_upgrade failed: {failed.stdout.decode()[-3000:]}")
+        said = failed.stdout.decode()
+        # the log it names holds the cause
+        named = re.findall(r'"([^"]+\.log)"', said)
+        logs = "".join(open(log, errors="replace").read()[-2500:] for log in named if os.path.exists(log))
+        pytest.fail(f"pg_upgrade failed: {said[-800:]}\n{logs}")
     pg_ctl(NEW_BIN, new, "start")
     clusters.append((NEW_BIN, new))
     with connect(NEW_PORT) as conn:
