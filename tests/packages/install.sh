@@ -70,10 +70,10 @@ conf=$ROOT/etc/postgresql/$MAJOR/main
 # the test connects over loopback as postgres, without a password
 printf 'local all all trust\nhost all all 127.0.0.1/32 trust\n' >"$conf/pg_hba.conf"
 root_run "$ROOT" "pg_ctlcluster $MAJOR main start"
-root_run "$ROOT" "su postgres -c \"psql -X -q -v ON_ERROR_STOP=1 -p $PORT -c 'CREATE DATABASE tour'\" &&
-    su postgres -c \"psql -X -q -v ON_ERROR_STOP=1 -p $PORT -d tour -c 'CREATE EXTENSION castle_sessions'\""
+root_run "$ROOT" "su postgres -c \"psql -X -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p $PORT -c 'CREATE DATABASE tour'\" &&
+    su postgres -c \"psql -X -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p $PORT -d tour -c 'CREATE EXTENSION castle_sessions'\""
 cp "$REPO/scripts/tour.sql" "$ROOT/tmp/tour.sql"
-root_run "$ROOT" "su postgres -c \"psql -X -q -v ON_ERROR_STOP=1 -p $PORT -d tour -f /tmp/tour.sql\"" >"$ROOT/tmp/tour.out"
+root_run "$ROOT" "su postgres -c \"psql -X -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p $PORT -d tour -f /tmp/tour.sql\"" >"$ROOT/tmp/tour.out"
 grep -q . "$ROOT/tmp/tour.out" || { echo "the tour printed nothing" >&2; exit 1; }
 echo "the tour ran ($(wc -l <"$ROOT/tmp/tour.out") lines)"
 
