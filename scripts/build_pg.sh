@@ -41,7 +41,7 @@ if [ -x "$BIN/postgres" ] && [ -f "$LIB/pgaudit.so" ] && [ -f "$LIB/pgcrypto.so"
     exit 0
 fi
 
-need=(dpkg-dev libicu-dev zlib1g-dev pkg-config bison flex)
+need=(dpkg-dev libicu-dev zlib1g-dev libssl-dev pkg-config bison flex)
 missing=()
 for p in "${need[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -82,13 +82,13 @@ rm -rf "$STAGE"
     ./configure --prefix="/usr/lib/postgresql/$MAJOR" --datadir="/usr/share/postgresql/$MAJOR" \
         --includedir=/usr/include/postgresql --sysconfdir=/etc/postgresql-common \
         --mandir="/usr/share/postgresql/$MAJOR/man" --docdir="/usr/share/doc/postgresql-doc-$MAJOR" \
-        "${FLAGS[@]}" --with-icu --without-readline \
+        "${FLAGS[@]}" --with-icu --with-openssl --without-readline \
         >"$CACHE/configure.log" 2>&1
     # binaries find the libpq beside them wherever the tree is (psql 18
     # needs libpq 18, and the machine's own libpq is 15's)
     make -j2 rpathdir='$$ORIGIN/../lib' >"$CACHE/make.log" 2>&1
     make install rpathdir='$$ORIGIN/../lib' DESTDIR="$STAGE" >"$CACHE/install.log" 2>&1
-    # the contrib modules the tests and the benchmark use
+    # the contrib modules the tests and the benchmark use (18's pgcrypto needs OpenSSL)
     for module in pgcrypto pg_prewarm; do
         make -C "contrib/$module" install DESTDIR="$STAGE" >>"$CACHE/install.log" 2>&1
     done

@@ -25,8 +25,11 @@ pg_bin_of() {
 }
 PG_BIN=$(pg_bin_of "$CASTLE_TARGET")
 PG_MAJOR=${CASTLE_TARGET: -2}
-# always the versioned pg_config: /usr/bin/pg_config answers for one major only
+# always the versioned pg_config: /usr/bin/pg_config answers for one major only.
+# pgrx's bindings are made from the pg_config this names, and remade when it
+# changes, so a target never builds against another's headers.
 PG_CONFIG=$PG_BIN/pg_config
+export PGRX_PG_CONFIG_PATH=$PG_CONFIG
 VENV=$REPO/.venv
 if [ "$CASTLE_TARGET" != debian15 ]; then
     export PGRX_HOME=$REPO/.cache/pgrx-$CASTLE_TARGET

@@ -46,7 +46,7 @@ if [ "$MAJOR" = 18 ]; then
 Package: postgresql-18
 Version: $built-0castletest
 Architecture: $(dpkg --print-architecture)
-Depends: postgresql-common, libicu72, zlib1g
+Depends: postgresql-common, libicu72, libssl3, zlib1g
 Maintainer: castle_sessions maintainers <maintainers@users.noreply.r-seed-7c8b9efe.example>
 Description: PostgreSQL $built built with --enable-cassert for castle_sessions' tests
 CONTROL
