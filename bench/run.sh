@@ -17,12 +17,15 @@
 case "${PG:-15}" in
     15) export CASTLE_TARGET=debian15 ;;
     17) if [ "${CASTLE_TARGET:-}" != debian17 ]; then
-            exec "$(dirname "$0")/../scripts/trixie.sh" "PG=17 bash bench/run.sh"
+            # the root has no git: the commit is named here
+            CASTLE_COMMIT=$(git -C "$(dirname "$0")" describe --always --dirty) \
+                exec "$(dirname "$0")/../scripts/trixie.sh" "PG=17 bash bench/run.sh"
         fi ;;
     18) export CASTLE_TARGET=plain18 ;;
     *) echo "PG=$PG: 15, 17 or 18" >&2; exit 2 ;;
 esac
 source "$(dirname "$0")/../scripts/common.sh"
+COMMIT=${CASTLE_COMMIT:-$(git -C "$REPO" describe --always --dirty)}
 
 ROUNDS=${BENCH_ROUNDS:-5}
 T=${BENCH_SECONDS:-10}
@@ -209,7 +212,7 @@ check "create_session / bare INSERT" create_session insert 0.9
 check "create_session / PL/pgSQL create_session" create_session plpgsql_create_session 1.3
 check "authenticate at $BIG / at $NTOKENS sessions" "authenticate, $BIG sessions" "authenticate, $NTOKENS sessions" 0.8
 MINUTES=$(( ($(date +%s) - STARTED + 59) / 60 ))
-MACHINE="$(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) vCPUs, \
+MACHINE="$(sed -n 's/^model name\t*: *//p' /proc/cpuinfo | head -1), $(nproc) vCPUs, \
 $(free -g | awk '/^Mem:/{ print $2 }') GB RAM; Linux $(uname -r); Debian $(cat /etc/debian_version); \
 $("$PG_BIN/postgres" --version)"
 
@@ -217,7 +220,7 @@ $("$PG_BIN/postgres" --version)"
 cat <<EOF
 # castle_sessions benchmark
 
-- Command: \`BENCH_ROUNDS=$ROUNDS BENCH_SECONDS=$T BENCH_BIG=$BIG BENCH_TOKENS=$NTOKENS bash bench/run.sh\` ($(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$REPO" describe --always --dirty), $MINUTES min)
+- Command: \`PG=$PG_MAJOR BENCH_ROUNDS=$ROUNDS BENCH_SECONDS=$T BENCH_BIG=$BIG BENCH_TOKENS=$NTOKENS bash bench/run.sh\` ($(date -u '+%Y-%m-%d %H:%M UTC'), commit $COMMIT, $MINUTES min)
 - Machine: $MACHINE; load average at start $LOAD_AT_START
 - Each workload: \`pgbench -n -M prepared -c 2 -j 2 -T $T\`, $ROUNDS interleaved rounds, median shown.
   Reads draw one of $NTOKENS tokens at random from \`bench.tokens\` in the same statement;
