@@ -36,7 +36,10 @@ STAGE=$CACHE/stage
 BIN=$STAGE/usr/lib/postgresql/$MAJOR/bin
 LIB=$STAGE/usr/lib/postgresql/$MAJOR/lib
 
-if [ -x "$BIN/postgres" ] && [ -f "$LIB/pgaudit.so" ] && [ -f "$LIB/pgcrypto.so" ]; then
+# what the build is made with: a cached one made otherwise is redone
+CONFIGURED="${FLAGS[*]} --with-icu --with-openssl --without-readline"
+if [ -x "$BIN/postgres" ] && [ -f "$LIB/pgaudit.so" ] && [ -f "$LIB/pgcrypto.so" ] &&
+    [ "$(cat "$CACHE/configured" 2>/dev/null)" = "$CONFIGURED" ]; then
     echo "$BIN"
     exit 0
 fi
@@ -104,4 +107,5 @@ make -C "$CACHE/src/pgaudit" USE_PGXS=1 PG_CONFIG="$BIN/pg_config" install >"$CA
     { tail -30 "$CACHE/pgaudit.log" >&2; exit 1; }
 [ -f "$LIB/pgaudit.so" ] || { echo "pgaudit did not install into $LIB" >&2; exit 1; }
 chmod -R a+rX "$STAGE"
+echo "$CONFIGURED" >"$CACHE/configured"
 echo "$BIN"
