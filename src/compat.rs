@@ -24,7 +24,11 @@ pub unsafe fn attributes<'a>(descriptor: pg_sys::TupleDesc) -> &'a [pg_sys::Form
         return (*descriptor).attrs.as_slice(count);
         #[cfg(feature = "pg18")]
         return std::slice::from_raw_parts(
-            (*descriptor).compact_attrs.as_ptr().add(count).cast::<pg_sys::FormData_pg_attribute>(),
+            (*descriptor)
+                .compact_attrs
+                .as_ptr()
+                .add(count)
+                .cast::<pg_sys::FormData_pg_attribute>(),
             count,
         );
     }

@@ -13,9 +13,9 @@
 use pgrx::pg_sys::{self, Datum, Oid};
 use pgrx::prelude::*;
 
-use crate::compat;
 use crate::catalog::{self, Catalog, COLUMNS, CREATED_AT, EXPIRES_AT, HASH, SESSION_COLUMNS};
 use crate::catalog::{DATA, USED_AT, USER_ID};
+use crate::compat;
 use crate::plans::{self, Statement, INT8};
 use crate::session_row::SessionValues;
 
