@@ -43,6 +43,8 @@ if [ "$CASTLE_TARGET" = debian17 ]; then
     VENV=$REPO/.venv-trixie
 fi
 export CASTLE_TARGET
+# the version being built and packaged: Cargo.toml's
+CASTLE_VERSION=$(grep -m1 '^version' "$REPO/Cargo.toml" | cut -d'"' -f2)
 export PATH="$HOME/.cargo/bin:$PATH"
 
 # Clusters live in the repo (.cluster/NAME), owned by the postgres OS user

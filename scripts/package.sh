@@ -9,7 +9,7 @@
 source "$(dirname "$0")/common.sh"
 
 OUT=$REPO/target/packages
-VERSION=$(grep -m1 '^version' "$REPO/Cargo.toml" | cut -d'"' -f2)
+VERSION=$CASTLE_VERSION
 
 # deb_from_pgrx: the .deb of the major this script runs for (CASTLE_TARGET).
 deb_from_pgrx() {

@@ -13,7 +13,7 @@ source "$REPO/scripts/roots.sh"
 in_private_mounts "$0" "$@"
 
 MAJOR=${1:?usage: install.sh 15|17|18}
-VERSION=$(grep -m1 '^version' "$REPO/Cargo.toml" | cut -d'"' -f2)
+VERSION=$CASTLE_VERSION
 DEB=$REPO/target/packages/postgresql-$MAJOR-castle-sessions_${VERSION}_amd64.deb
 [ -f "$DEB" ] || { echo "no $DEB: run scripts/package.sh $MAJOR" >&2; exit 1; }
 case "$MAJOR" in
