@@ -5,7 +5,7 @@
 # there already is kept.
 source "$(dirname "$0")/common.sh"
 
-common=(libclang-dev sudo pgbouncer python3 python3-venv build-essential pkg-config)
+common=(libclang-dev sudo pgbouncer python3 python3-venv build-essential pkg-config prometheus-postgres-exporter)
 if [ "$CASTLE_TARGET" = debian17 ]; then
     packages=(postgresql-17 postgresql-server-dev-17 postgresql-17-cron postgresql-17-pgaudit "${common[@]}" nodejs)
 else

@@ -11,7 +11,13 @@ CREATE TABLE castle.sessions (
     updated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     expires_at timestamptz,          -- NULL: never expires
     used_at    timestamptz,
-    data       jsonb                 -- free metadata: device, user agent, ip
+    data       jsonb,                -- free metadata: device, user agent, ip
+    -- the sign-in this session descends from by rotation: the first session's
+    -- id; NULL for that first session itself, whose family is its own id
+    family_id  bigint,
+    -- when castle.rotate replaced it: within castle.rotate_grace its token
+    -- stands for the family's newest session, after that it is a reuse
+    rotated_at timestamptz
 );
 
 -- Per-user trimming and "sign out everywhere" walk this index. used_at and
@@ -19,6 +25,9 @@ CREATE TABLE castle.sessions (
 CREATE INDEX sessions_user_id_created_at_idx ON castle.sessions (user_id, created_at);
 -- castle.prune finds expired sessions through this; touch never changes expires_at.
 CREATE INDEX sessions_expires_at_idx ON castle.sessions (expires_at) WHERE expires_at IS NOT NULL;
+
+-- A family's sessions, for rotation's successor, reuse's revocation and pruning.
+CREATE INDEX sessions_family_id_idx ON castle.sessions (family_id) WHERE family_id IS NOT NULL;
 
 COMMENT ON TABLE castle.sessions IS
     'Sessions issued by castle_sessions; hash is SHA-256 of the secret, never the token.';

@@ -37,8 +37,8 @@ BEGIN
     -- the column's own text form: bigint's decimal, uuid's lowercase spelling
     doomed_user := to_jsonb(OLD) ->> TG_ARGV[0];
     IF doomed_user IS NOT NULL THEN
-        -- through revoke_all, which takes the per-user lock every deleter takes
-        PERFORM castle.revoke_all(doomed_user);
+        -- revoke_all's work, which takes the per-user lock every deleter takes
+        PERFORM castle.revoke_deleted_user(doomed_user);
     END IF;
     RETURN NULL;
 END $$;
@@ -93,6 +93,24 @@ LANGUAGE sql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
     ]::regprocedure[])
 $$;
 
+-- What sessions do, for the DBA: counters since castle.stats_reset(), one
+-- row per database, kept in shared memory when the library is in
+-- shared_preload_libraries (collecting = false and NULL counters otherwise).
+-- The order of counts is src/stats.rs's Counter.
+CREATE VIEW castle.stats AS
+SELECT d.datname, c.collecting, c.stats_reset,
+       c.counts[1] AS sessions_created, c.counts[2] AS authentications,
+       c.counts[3] AS refused_malformed, c.counts[4] AS refused_unknown_id,
+       c.counts[5] AS refused_wrong_secret, c.counts[6] AS refused_expired,
+       c.counts[7] AS refused_idle, c.counts[8] AS refused_reuse,
+       c.counts[9] AS rotations, c.counts[10] AS revoked_by_token,
+       c.counts[11] AS revoked_by_id, c.counts[12] AS revoked_by_user,
+       c.counts[13] AS revoked_by_trigger, c.counts[14] AS trimmed,
+       c.counts[15] AS pruned, c.counts[16] AS reuses_detected,
+       c.counts[17] AS touches_written, c.counts[18] AS touches_skipped
+  FROM castle.stats_counters() AS c
+  JOIN pg_catalog.pg_database AS d ON d.oid OPERATOR(pg_catalog.=) c.datid;
+
 -- Privileges. Nobody but the owner reads or writes the table directly: the
 -- functions that touch it are SECURITY DEFINER with a pinned search_path.
 -- EXECUTE is granted by the DBA (see docs/security.md).
@@ -102,3 +120,7 @@ GRANT USAGE ON SCHEMA castle TO PUBLIC;
 -- The auth-context accessors only read this backend's own binding; every role
 -- a row-level security policy may run as needs them.
 GRANT EXECUTE ON FUNCTION castle.user_id(), castle.session_id(), castle.logout() TO PUBLIC;
+-- The counters by cause are for the DBA and monitoring, never for a client.
+REVOKE ALL ON castle.stats FROM PUBLIC;
+GRANT SELECT ON castle.stats TO pg_monitor;
+GRANT EXECUTE ON FUNCTION castle.stats_counters(), castle.overview() TO pg_monitor;

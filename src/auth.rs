@@ -12,7 +12,8 @@ use crate::plans::{self, Statement, INT8_ARRAY, TIMESTAMPTZ_ARRAY};
 use crate::raw_text::{self, RawText};
 use crate::session_row::{SessionRow, SessionValues};
 use crate::token::{self, Refusal};
-use crate::{settings, store};
+use crate::stats::{self, Counter};
+use crate::{families, settings, store};
 
 static TOUCH_SESSIONS: Statement = Statement {
     sql: include_str!("queries/touch_sessions.sql"),
@@ -31,7 +32,11 @@ thread_local! {
 
 /// A live session a token names, as read before any write.
 pub struct Found {
+    /// the session: the one the token names, or within its grace, the
+    /// newest of the family it was rotated away from
     pub id: i64,
+    /// the session the token names
+    pub presented: i64,
     pub session: SessionValues,
     pub expires_at: Option<i64>,
     /// the time of the call, which judged expiry and idleness
@@ -59,7 +64,11 @@ fn verify(token: Option<RawText>) -> Option<SessionRow> {
 /// false for a session with any NULL column. Writes nothing.
 #[pg_extern(volatile, parallel_unsafe)]
 fn is_valid(token: Option<RawText>) -> bool {
-    find(raw_text::bytes(&token)).map_err(log_refusal).is_ok()
+    let valid = find(raw_text::bytes(&token)).map_err(note_refusal).is_ok();
+    if valid {
+        stats::add(Counter::Authentications, 1);
+    }
+    valid
 }
 
 /// What authenticate (and login) give: the session, or the refusal raised.
@@ -69,12 +78,14 @@ pub fn session_or_refuse(token: Option<&[u8]>) -> SessionValues {
 
 /// What verify gives: the session, or None with the cause logged.
 pub fn session_or_none(token: Option<&[u8]>) -> Option<SessionValues> {
-    authenticated(token).map_err(log_refusal).ok()
+    authenticated(token).map_err(note_refusal).ok()
 }
 
 /// What authenticate returns: the session after recording this use.
 fn authenticated(token: Option<&[u8]>) -> Result<SessionValues, Refusal> {
-    find(token).map(touched)
+    let found = find(token)?;
+    stats::add(Counter::Authentications, 1);
+    Ok(touched(found))
 }
 
 /// Checks a token completely — format, checksum, hash, expiry, idle timeout —
@@ -84,19 +95,33 @@ fn authenticated(token: Option<&[u8]>) -> Result<SessionValues, Refusal> {
 pub fn find(token: Option<&[u8]>) -> Result<Found, Refusal> {
     let token = token.ok_or(Refusal::Missing)?;
     let decoded = settings::with_token_prefix(|prefix| token::decode(prefix, token))?;
-    let stored = store::find_by_id(decoded.id).ok_or(Refusal::UnknownId)?;
-    if !token::hashes_equal(&decoded.hash, &stored.hash) {
+    let named = store::find_by_id(decoded.id).ok_or(Refusal::UnknownId)?;
+    if !token::hashes_equal(&decoded.hash, &named.hash) {
         return Err(Refusal::WrongSecret);
     }
     let now = store::call_time();
+    let stored = match named.rotated_at {
+        None => named,
+        // a rotated token of an expired family is only expired
+        Some(_) if named.expires_at.is_some_and(|at| at <= now) => {
+            return Err(Refusal::Expired)
+        }
+        Some(rotated_at) if families::within_grace(rotated_at, now) => {
+            store::find_successor(named.family).ok_or(Refusal::UnknownId)?
+        }
+        Some(_) => {
+            families::reuse(decoded.id);
+            return Err(Refusal::Reuse);
+        }
+    };
     let last_use = stored.used_at.unwrap_or(stored.created_at);
-    if store::is_dead(
+    if let Some(why) = store::dead(
         stored.expires_at,
         last_use,
         now,
         settings::idle_timeout_seconds(),
     ) {
-        return Err(Refusal::Expired);
+        return Err(why);
     }
     let touch_interval = settings::touch_interval_seconds();
     let touch_due = touch_interval >= 0
@@ -104,7 +129,8 @@ pub fn find(token: Option<&[u8]>) -> Result<Found, Refusal> {
             .used_at
             .is_none_or(|at| at <= now - i64::from(touch_interval) * 1_000_000);
     Ok(Found {
-        id: decoded.id,
+        id: stored.id,
+        presented: decoded.id,
         session: stored.session,
         expires_at: stored.expires_at,
         now,
@@ -120,11 +146,17 @@ pub fn find(token: Option<&[u8]>) -> Result<Found, Refusal> {
 /// not run at commit, it is
 /// written now, holding that one row until the transaction ends.
 fn touched(found: Found) -> SessionValues {
-    if !found.touch_due || !can_write_here() {
+    if !found.touch_due {
+        return found.session;
+    }
+    if !can_write_here() {
+        stats::add(Counter::TouchesSkipped, 1);
         return found.session;
     }
     if Catalog::get().has_dba_code {
-        write_uses(&[(found.id, found.now)]);
+        let done = write_uses(&[(found.id, found.now)]);
+        stats::add(Counter::TouchesWritten, done);
+        stats::add(Counter::TouchesSkipped, 1 - done);
     } else {
         PENDING_USES.with(|pending| {
             let mut pending = pending.borrow_mut();
@@ -132,6 +164,8 @@ fn touched(found: Found) -> SessionValues {
                 pending[at].1 = found.now;
             } else if pending.len() < MOST_PENDING_USES {
                 pending.push((found.id, found.now));
+            } else {
+                stats::add(Counter::TouchesSkipped, 1);
             }
         });
     }
@@ -143,7 +177,11 @@ fn touched(found: Found) -> SessionValues {
 /// record a use never fails the commit.
 pub fn record_uses() {
     let pending = PENDING_USES.with(|pending| std::mem::take(&mut *pending.borrow_mut()));
-    if pending.is_empty() || !can_write_here() {
+    if pending.is_empty() {
+        return;
+    }
+    if !can_write_here() {
+        stats::add(Counter::TouchesSkipped, pending.len() as u64);
         return;
     }
     // Never wait at commit, and never run a DBA's code there: a trigger,
@@ -153,6 +191,7 @@ pub fn record_uses() {
         unsafe { pg_sys::ConditionalLockRelationOid(table, pg_sys::RowExclusiveLock as _) };
     let catalog = Catalog::get();
     if !locked || catalog.has_dba_code || catalog.table != table {
+        stats::add(Counter::TouchesSkipped, pending.len() as u64);
         return;
     }
     unsafe {
@@ -162,13 +201,17 @@ pub fn record_uses() {
         let written = PgTryBuilder::new(|| {
             // SQL needs an outer snapshot, which a commit no longer has
             pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-            write_uses(&pending);
+            let written = write_uses(&pending);
             pg_sys::PopActiveSnapshot();
-            true
+            Some(written)
         })
-        .catch_others(|_| false)
+        .catch_others(|_| None)
         .execute();
-        if written {
+        // a use skipped is one whose row another transaction held
+        let done = written.unwrap_or(0);
+        stats::add(Counter::TouchesWritten, done);
+        stats::add(Counter::TouchesSkipped, pending.len() as u64 - done);
+        if written.is_some() {
             pg_sys::ReleaseCurrentSubTransaction();
         } else {
             pg_sys::RollbackAndReleaseCurrentSubTransaction();
@@ -183,7 +226,8 @@ pub fn forget_uses() {
     PENDING_USES.with(|pending| pending.borrow_mut().clear());
 }
 
-fn write_uses(uses: &[(i64, i64)]) {
+/// Records the uses; returns how many were written.
+fn write_uses(uses: &[(i64, i64)]) -> u64 {
     let ids: Vec<i64> = uses.iter().map(|&(id, _)| id).collect();
     let times: Vec<pgrx::datum::TimestampWithTimeZone> = uses
         .iter()
@@ -195,9 +239,10 @@ fn write_uses(uses: &[(i64, i64)]) {
     plans::as_owner(store::table_owner(), || {
         Spi::connect_mut(|client| {
             let touch = plans::kept(client, &TOUCH_SESSIONS);
-            plans::or_raise(client.update(touch, None, &[ids.into(), times.into()]));
+            let touched = plans::or_raise(client.update(touch, None, &[ids.into(), times.into()]));
+            touched.len() as u64
         })
-    });
+    })
 }
 
 /// used_at is best-effort: never on a standby or in a read-only transaction,
@@ -212,14 +257,26 @@ fn can_write_here() -> bool {
     }
 }
 
-/// The cause goes to the server log when it keeps DEBUG1 messages, and never to
-/// the client, whatever its client_min_messages: the cause, never the token.
-pub fn log_refusal(why: Refusal) {
+/// Counts a refusal by its cause; the cause goes to the server log when it
+/// keeps DEBUG1 messages, and never to the client, whatever its
+/// client_min_messages: the cause, never the token.
+pub fn note_refusal(why: Refusal) {
+    stats::add(
+        match why {
+            Refusal::UnknownId => Counter::RefusedUnknownId,
+            Refusal::WrongSecret => Counter::RefusedWrongSecret,
+            Refusal::Expired => Counter::RefusedExpired,
+            Refusal::Idle => Counter::RefusedIdle,
+            Refusal::Reuse => Counter::RefusedReuse,
+            _ => Counter::RefusedMalformed,
+        },
+        1,
+    );
     if unsafe { pg_sys::log_min_messages } <= pg_sys::DEBUG1 as i32 {
         pgrx::pg_sys::panic::ErrorReport::new(
             PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
             format!("castle_sessions: token refused: {}", why.cause()),
-            "castle_sessions::auth::log_refusal",
+            "castle_sessions::auth::note_refusal",
         )
         .report(PgLogLevel::LOG_SERVER_ONLY);
     }
@@ -228,7 +285,7 @@ pub fn log_refusal(why: Refusal) {
 /// Every refusal, whatever its cause, is this one error: SQLSTATE 28000 and
 /// castle.invalid_message, with no detail or hint to tell causes apart.
 pub fn refuse(why: Refusal) -> ! {
-    log_refusal(why);
+    note_refusal(why);
     // No context lines: the caller's portal would add its bound parameters
     // (log_parameter_max_length_on_error, which any role may set), and one of
     // them is the token; and no STATEMENT line, whose text may hold it when

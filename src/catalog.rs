@@ -5,8 +5,10 @@
 //! allowed only for an object verified here, at resolution:
 //!
 //! - `primary_key`: castle.sessions is an ordinary heap table (not a
-//!   partition, no forced row security) whose columns are the eight this
-//!   version made (name aside: position, type, no typmod, user_id in "C");
+//!   partition, no forced row security) whose first columns are the ten this
+//!   version made (name aside: position, type, no typmod, user_id in "C"),
+//!   or, while ALTER EXTENSION … UPDATE has not run, the eight 0.4.0 made
+//!   and no family_id or rotated_at column at all;
 //!   and the index is one of its own, valid, ready and live, a unique btree
 //!   on exactly (id) with int8_ops, no expression and no predicate.
 //! - `user_index`: the same table, and a valid btree whose leading key is
@@ -34,7 +36,7 @@ use pgrx::prelude::*;
 use crate::compat;
 
 /// castle.sessions' columns, in table order (sql/bootstrap.sql); the direct
-/// read takes the first eight.
+/// read takes the first ten (eight before 0.5.0's objects).
 pub const ID: usize = 0;
 pub const HASH: usize = 1;
 pub const USER_ID: usize = 2;
@@ -43,7 +45,11 @@ pub const UPDATED_AT: usize = 4;
 pub const EXPIRES_AT: usize = 5;
 pub const USED_AT: usize = 6;
 pub const DATA: usize = 7;
-pub const COLUMNS: usize = 8;
+pub const FAMILY_ID: usize = 8;
+pub const ROTATED_AT: usize = 9;
+pub const COLUMNS: usize = 10;
+/// The columns before 0.5.0 made family_id and rotated_at.
+pub const COLUMNS_BEFORE_FAMILIES: usize = 8;
 /// Their types, as made.
 pub const COLUMN_TYPES: [Oid; COLUMNS] = [
     pg_sys::INT8OID,
@@ -54,6 +60,8 @@ pub const COLUMN_TYPES: [Oid; COLUMNS] = [
     pg_sys::TIMESTAMPTZOID,
     pg_sys::TIMESTAMPTZOID,
     pg_sys::JSONBOID,
+    pg_sys::INT8OID,
+    pg_sys::TIMESTAMPTZOID,
 ];
 /// castle.session's attributes, in order: the table's columns but the hash.
 pub const SESSION_COLUMNS: [usize; 7] = [
@@ -71,8 +79,12 @@ pub struct Catalog {
     pub primary_key: Option<Oid>,
     /// verified (user_id, …) index, when direct reads of the table are safe
     pub user_index: Option<(Oid, Oid)>,
-    /// castle.user_locks exists: the SQL objects are this version's
-    pub user_locks: bool,
+    /// castle.user_locks and the family columns exist: the SQL objects are
+    /// this version's
+    pub current_objects: bool,
+    /// the columns a read of a session takes: COLUMNS, or
+    /// COLUMNS_BEFORE_FAMILIES on 0.4.0's objects (no family, never rotated)
+    pub columns: usize,
     /// castle.sessions has code of a DBA's that an UPDATE would run: a
     /// trigger (or a foreign key's), a rule, forced row-level security
     pub has_dba_code: bool,
@@ -136,7 +148,7 @@ pub fn hooks_want_the_executor() -> bool {
 /// Refuses to write when the extension's SQL objects predate this library
 /// (it was installed, but ALTER EXTENSION … UPDATE has not run yet).
 pub fn require_current_objects() {
-    if !Catalog::get().user_locks {
+    if !Catalog::get().current_objects {
         ereport!(
             ERROR,
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -174,7 +186,7 @@ impl Catalog {
         // reads catalogs) may have made it stale: use it once, don't keep it;
         // nor keep old SQL objects, which ALTER EXTENSION … UPDATE replaces
         // without invalidating what we cached
-        if FORGOTTEN.with(Cell::get) == before && resolved.user_locks {
+        if FORGOTTEN.with(Cell::get) == before && resolved.current_objects {
             CACHED.with(|cached| cached.set(Some(resolved)));
         }
         resolved
@@ -213,7 +225,16 @@ fn resolve() -> Catalog {
         let has_dba_code = !(*rel).trigdesc.is_null()
             || !(*rel).rd_rules.is_null()
             || (*(*rel).rd_rel).relforcerowsecurity;
-        let readable = table_as_made(rel);
+        let has_column = |name: &std::ffi::CStr| {
+            pg_sys::get_attnum(table, name.as_ptr()) != pg_sys::InvalidAttrNumber as i16
+        };
+        let families = has_column(c"family_id") && has_column(c"rotated_at");
+        let columns = if families {
+            COLUMNS
+        } else {
+            COLUMNS_BEFORE_FAMILIES
+        };
+        let readable = table_as_made(rel, columns);
         let mut primary_key = None;
         let mut user_index = None;
         if readable {
@@ -240,8 +261,10 @@ fn resolve() -> Catalog {
             session_type_relation: pg_sys::get_typ_typrelid(session_type),
             primary_key,
             user_index,
-            user_locks: pg_sys::get_relname_relid(c"user_locks".as_ptr(), schema)
-                != pg_sys::InvalidOid,
+            current_objects: families
+                && pg_sys::get_relname_relid(c"user_locks".as_ptr(), schema)
+                    != pg_sys::InvalidOid,
+            columns,
             has_dba_code,
         }
     }
@@ -268,9 +291,9 @@ pub fn attributes_are(attributes: &[pg_sys::FormData_pg_attribute], types: &[Oid
         })
 }
 
-/// An ordinary heap table, read as any query would read it, with our eight
-/// columns first.
-unsafe fn table_as_made(rel: pg_sys::Relation) -> bool {
+/// An ordinary heap table, read as any query would read it, with our first
+/// `columns` columns first.
+unsafe fn table_as_made(rel: pg_sys::Relation, columns: usize) -> bool {
     unsafe {
         let class = (*rel).rd_rel;
         let attributes = compat::attributes((*rel).rd_att);
@@ -280,7 +303,7 @@ unsafe fn table_as_made(rel: pg_sys::Relation) -> bool {
             && (*class).relam == pg_sys::HEAP_TABLE_AM_OID
             && !(*class).relforcerowsecurity
             && (*rel).rd_rules.is_null()
-            && attributes_are(attributes, &COLUMN_TYPES)
+            && attributes_are(attributes, &COLUMN_TYPES[..columns])
             && attributes[USER_ID].attcollation == pg_sys::C_COLLATION_OID
     }
 }

@@ -8,7 +8,7 @@ use rand::RngCore;
 use crate::plans::{self, Statement, INT4, INT8, JSONB, TEXT, TIMESTAMPTZ};
 use crate::raw_jsonb::RawJsonb;
 use crate::raw_text::RawText;
-use crate::{settings, store, token};
+use crate::{events, settings, store, token};
 
 static LOCK_USER: Statement = Statement {
     sql: include_str!("queries/lock_user.sql"),
@@ -22,12 +22,12 @@ static TRIM_SESSIONS: Statement = Statement {
 };
 static INSERT_SESSION: Statement = Statement {
     sql: include_str!("queries/insert_session.sql"),
-    args: &[TEXT, TEXT, TIMESTAMPTZ, TIMESTAMPTZ, JSONB],
+    args: &[TEXT, TEXT, TIMESTAMPTZ, TIMESTAMPTZ, JSONB, INT8],
     mutating: true,
 };
 static INSERT_SESSION_WITHOUT_DATA: Statement = Statement {
     sql: include_str!("queries/insert_session_without_data.sql"),
-    args: &[TEXT, TEXT, TIMESTAMPTZ, TIMESTAMPTZ],
+    args: &[TEXT, TEXT, TIMESTAMPTZ, TIMESTAMPTZ, INT8],
     mutating: true,
 };
 
@@ -91,7 +91,9 @@ fn create_with_ttl(user_id: Vec<u8>, ttl: Option<Interval>, data: Option<RawJson
     let expires_at = checked_ttl(ttl)
         .or_else(default_ttl)
         .map(|ttl| expiry(now, ttl));
-    create(&user_id, now, expires_at, data)
+    let (id, token) = create(&user_id, now, expires_at, data, None);
+    events::created(id, &user_id);
+    token
 }
 
 /// A ttl the caller gave, refused unless positive.
@@ -107,13 +109,20 @@ pub fn checked_ttl(ttl: Option<Interval>) -> Option<Interval> {
     ttl
 }
 
-/// Creates the session, trims the user's others, and returns the token: the
-/// only time it exists outside the caller. `now` is created_at.
+/// Creates the session, trims the user's others, and returns its id and
+/// token: the only time the token exists outside the caller. `now` is
+/// created_at; `family` is a rotation's (None: a new sign-in's own).
 ///
 /// Runs as the caller; its statements run as the table's owner with a pinned
 /// search_path (`plans::as_owner`), so the caller needs EXECUTE on the
 /// function and nothing on the table.
-pub fn create(user_id: &[u8], now: i64, expires_at: Option<i64>, data: Option<RawJsonb>) -> String {
+pub fn create(
+    user_id: &[u8],
+    now: i64,
+    expires_at: Option<i64>,
+    data: Option<RawJsonb>,
+    family: Option<i64>,
+) -> (i64, String) {
     refuse_on_standby("create_session");
     unsafe { pg_sys::PreventCommandIfReadOnly(c"castle.create_session()".as_ptr()) };
     let secret = new_secret(settings::secret_size());
@@ -136,7 +145,10 @@ pub fn create(user_id: &[u8], now: i64, expires_at: Option<i64>, data: Option<Ra
                         idle_timeout.into(),
                         plans::timestamptz(now),
                     ];
-                    plans::or_raise(client.update(trim, None, &args));
+                    let trimmed: Vec<i64> = plans::or_raise(client.update(trim, None, &args))
+                        .map(|row| plans::or_raise(row.get::<i64>(1)).unwrap_or_default())
+                        .collect();
+                    events::trimmed(&trimmed, user_id);
                 }
             }
             let mut args = vec![
@@ -157,12 +169,16 @@ pub fn create(user_id: &[u8], now: i64, expires_at: Option<i64>, data: Option<Ra
                 }
                 None => plans::kept(client, &INSERT_SESSION_WITHOUT_DATA),
             };
+            args.push(family.into());
             let inserted = plans::or_raise(client.update(insert, None, &args));
             plans::or_raise(inserted.first().get_one::<i64>())
                 .unwrap_or_else(|| error!("castle_sessions: INSERT returned no id"))
         })
     });
-    settings::with_token_prefix(|prefix| token::encode(prefix, id, &secret))
+    (
+        id,
+        settings::with_token_prefix(|prefix| token::encode(prefix, id, &secret)),
+    )
 }
 
 /// now + ttl, with PostgreSQL's own arithmetic (months and days in the

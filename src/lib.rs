@@ -3,7 +3,8 @@
 //! `token` is the pure codec; `settings` every castle.* setting; the SQL API,
 //! one module per area: `issue` (create_session), `auth` (authenticate,
 //! verify, is_valid), `lifecycle` (revoke, rotate, device lists, pruning),
-//! `context` (login and who is asking); `catalog` the verified objects the
+//! `context` (login and who is asking), `stats` (castle.stats); `families`
+//! rotation's grace and reuse; `events` what is counted, logged and notified; `catalog` the verified objects the
 //! direct reads rely on (its contract is at its top); `compat` the only
 //! module that names a PostgreSQL major; `store` the hot paths'
 //! reads, direct or in SQL; `session_row` the rows they return; `raw_text`
@@ -16,6 +17,8 @@ mod auth;
 mod catalog;
 mod compat;
 mod context;
+mod events;
+mod families;
 mod issue;
 mod lifecycle;
 mod plans;
@@ -23,6 +26,7 @@ mod raw_jsonb;
 mod raw_text;
 mod session_row;
 mod settings;
+mod stats;
 mod store;
 pub mod token;
 
@@ -34,6 +38,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
+    stats::register();
     context::register_callbacks();
     catalog::register_invalidation();
 }

@@ -4,10 +4,13 @@
 use pgrx::datum::Interval;
 use pgrx::iter::SetOfIterator;
 use pgrx::prelude::*;
-use pgrx::spi::SpiClient;
+use pgrx::datum::TimestampWithTimeZone;
+use pgrx::spi::SpiTupleTable;
 
 use crate::auth;
 use crate::context;
+use crate::events::{self, Revocation};
+use crate::families;
 use crate::issue::{self, refuse_on_standby, user_key};
 use crate::plans::{self, Statement, INT4, INT8, TEXT, TIMESTAMPTZ};
 use crate::raw_jsonb::RawJsonb;
@@ -16,19 +19,9 @@ use crate::settings;
 use crate::store;
 use crate::token::Refusal;
 
-static DELETE_SESSION: Statement = Statement {
-    sql: include_str!("queries/delete_session.sql"),
-    args: &[INT8],
-    mutating: true,
-};
-static TAKE_SESSION: Statement = Statement {
-    sql: include_str!("queries/take_session.sql"),
-    args: &[INT8],
-    mutating: true,
-};
-static DELETE_OWN_SESSION: Statement = Statement {
-    sql: include_str!("queries/delete_own_session.sql"),
-    args: &[INT8, TEXT],
+static ROTATE_SESSION: Statement = Statement {
+    sql: include_str!("queries/rotate_session.sql"),
+    args: &[INT8, TIMESTAMPTZ],
     mutating: true,
 };
 static DELETE_USER_SESSIONS: Statement = Statement {
@@ -47,42 +40,40 @@ static PRUNE_SESSIONS: Statement = Statement {
     mutating: true,
 };
 
-/// Sign out: deletes the session only if the token fully verifies. False for
-/// any bad token, with no hint of why.
+/// Sign out: deletes the session, with its family, only if the token fully
+/// verifies. False for any bad token, with no hint of why.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn revoke(token: Option<RawText>) -> bool {
     refuse_on_standby("revoke");
     match auth::find(raw_text::bytes(&token)) {
-        Ok(found) => Spi::connect_mut(|client| delete_session(client, found.id)),
+        Ok(found) => delete_family(found.id, None, Revocation::Token),
         Err(why) => {
-            auth::log_refusal(why);
+            auth::note_refusal(why);
             false
         }
     }
 }
 
-/// "Sign out that device", by the id a device list shows.
+/// "Sign out that device", by the id a device list shows: the session and
+/// its family (the sessions rotated away from, or alongside, it).
 #[pg_extern(volatile, strict, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn revoke_session(session_id: i64) -> bool {
     refuse_on_standby("revoke_session");
-    Spi::connect_mut(|client| delete_session(client, session_id))
+    delete_family(session_id, None, Revocation::Id)
 }
 
-/// "Sign out that device" from a request: deletes session `session_id` only
-/// if it belongs to the user castle.login bound in this transaction. False
-/// for anyone else's session, as for one that does not exist.
+/// "Sign out that device" from a request: deletes session `session_id` and
+/// its family only if it belongs to the user castle.login bound in this
+/// transaction. False for anyone else's session, as for one that does not
+/// exist.
 #[pg_extern(volatile, strict, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn revoke_own_session(session_id: i64) -> bool {
     refuse_on_standby("revoke_own_session");
     let user_id = context::logged_in_user();
-    Spi::connect_mut(|client| {
-        let delete = plans::kept(client, &DELETE_OWN_SESSION);
-        let args = [session_id.into(), plans::text(&user_id)];
-        plans::or_raise(client.update(delete, None, &args)).len() == 1
-    })
+    delete_family(session_id, Some(&user_id), Revocation::Id)
 }
 
 /// "Sign out everywhere else" from a request: every session of the logged-in
@@ -91,7 +82,7 @@ fn revoke_own_session(session_id: i64) -> bool {
 #[search_path(pg_catalog, pg_temp)]
 fn revoke_other_sessions() -> i64 {
     let user_id = context::logged_in_user();
-    revoke_all(user_id, context::logged_in_session())
+    revoke_all(user_id, context::logged_in_session(), Revocation::User)
 }
 
 /// The logged-in user's live sessions: the request's "active devices" page.
@@ -105,7 +96,7 @@ fn sessions_of_logged_in(
 #[pg_extern(name = "revoke_all", volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn revoke_all_bigint(user_id: Option<i64>, except_session: default!(Option<i64>, "NULL")) -> i64 {
-    revoke_all(issue::key_of(user_id), except_session)
+    revoke_all(issue::key_of(user_id), except_session, Revocation::User)
 }
 
 #[pg_extern(name = "revoke_all", volatile, parallel_unsafe, security_definer)]
@@ -114,7 +105,7 @@ fn revoke_all_uuid(
     user_id: Option<pgrx::Uuid>,
     except_session: default!(Option<i64>, "NULL"),
 ) -> i64 {
-    revoke_all(issue::key_of(user_id), except_session)
+    revoke_all(issue::key_of(user_id), except_session, Revocation::User)
 }
 
 #[pg_extern(name = "revoke_all", volatile, parallel_unsafe, security_definer)]
@@ -123,7 +114,16 @@ fn revoke_all_text(user_id: Option<RawText>, except_session: default!(Option<i64
     revoke_all(
         user_key(user_id.map(|id| id.bytes().to_vec())),
         except_session,
+        Revocation::User,
     )
+}
+
+/// What castle.revoke_sessions_trigger calls for a deleted user: revoke_all,
+/// counted and logged as the trigger's.
+#[pg_extern(volatile, strict, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn revoke_deleted_user(user_id: RawText) -> i64 {
+    revoke_all(user_key(Some(user_id.bytes().to_vec())), None, Revocation::Trigger)
 }
 
 #[pg_extern(name = "sessions_of", stable, parallel_restricted, security_definer)]
@@ -150,9 +150,12 @@ fn sessions_of_text(
     sessions_of(user_key(user_id.map(|id| id.bytes().to_vec())))
 }
 
-/// A new token for the same user and data; the old one is revoked in the same
-/// transaction. The new session expires when the old one would have, or
-/// after `ttl` if that is sooner: a rotation never extends a session's life.
+/// A new token for the same user and data, of the same family. The old
+/// token keeps working for castle.rotate_grace (it stands for the new
+/// session), so requests in flight succeed; after that it is a reuse. The
+/// new session expires when the old one would have, or after `ttl` if that
+/// is sooner: a rotation never extends a session's life. Rotating the old
+/// token again within its grace gives another new session of the family.
 /// A bad token is refused exactly as authenticate refuses it.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
@@ -167,18 +170,30 @@ fn rotate(token: Option<RawText>, ttl: default!(Option<Interval>, "NULL")) -> St
         }
         None => found.expires_at,
     };
-    // delete first, so that trimming counts the new session instead of the old one
-    let data = Spi::connect_mut(|client| {
+    let (data, family) = Spi::connect_mut(|client| {
         issue::lock_user(client, &user_id, found.now);
-        let take = plans::kept(client, &TAKE_SESSION);
-        let taken = plans::or_raise(client.update(take, Some(1), &[found.id.into()]));
-        if taken.is_empty() {
-            // trimmed or revoked by another transaction since we read it
+        let rotate = plans::kept(client, &ROTATE_SESSION);
+        let args = [found.presented.into(), plans::timestamptz(found.now)];
+        let rotated = plans::or_raise(client.update(rotate, Some(1), &args));
+        if rotated.is_empty() {
+            // revoked by another transaction since we read it
             auth::refuse(Refusal::UnknownId);
         }
-        plans::or_raise(taken.first().get::<RawJsonb>(1))
+        let row = rotated.first();
+        let rotated_at = plans::or_raise(row.get::<TimestampWithTimeZone>(3))
+            .map_or(found.now, |at| at.into_inner());
+        // another rotation of the same token, committed while we waited for the lock
+        if rotated_at != found.now && !families::within_grace(rotated_at, found.now) {
+            families::reuse(found.presented);
+            auth::refuse(Refusal::Reuse);
+        }
+        let data = plans::or_raise(row.get::<RawJsonb>(1));
+        let family = plans::or_raise(row.get::<i64>(2)).unwrap_or(found.presented);
+        (data, family)
     });
-    issue::create(&user_id, found.now, expires_at, data)
+    let (id, token) = issue::create(&user_id, found.now, expires_at, data, Some(family));
+    events::rotated(found.presented, id, &user_id);
+    token
 }
 
 /// Deletes one batch of dead sessions (expired, or idle past castle.idle_timeout)
@@ -197,35 +212,48 @@ fn prune(batch_size: default!(i32, 10000)) -> i64 {
     }
     Spi::connect_mut(|client| {
         let prune = plans::kept(client, &PRUNE_SESSIONS);
-        let deleted = plans::or_raise(client.update(
+        let deleted = ids(plans::or_raise(client.update(
             prune,
             None,
             &[batch_size.into(), settings::idle_timeout_seconds().into()],
-        ));
+        )));
+        events::pruned(&deleted);
         deleted.len() as i64
     })
 }
 
-/// Deletes one session. It takes no user lock: deleting one row waits at
-/// most for that row.
-fn delete_session(client: &mut SpiClient<'_>, id: i64) -> bool {
-    let delete = plans::kept(client, &DELETE_SESSION);
-    plans::or_raise(client.update(delete, None, &[id.into()])).len() == 1
+/// Deletes session `id` and its family, if it belongs to `user_id` (when
+/// given). It takes no user lock: deleting one family waits at most for its rows.
+fn delete_family(id: i64, user_id: Option<&[u8]>, kind: Revocation) -> bool {
+    let deleted = Spi::connect_mut(|client| {
+        let delete = plans::kept(client, &families::DELETE_FAMILY);
+        let user = user_id.map_or_else(plans::null_text, plans::text);
+        ids(plans::or_raise(client.update(delete, None, &[id.into(), user])))
+    });
+    events::revoked(kind, &deleted, None);
+    !deleted.is_empty()
 }
 
-fn revoke_all(user_id: Vec<u8>, except_session: Option<i64>) -> i64 {
+fn revoke_all(user_id: Vec<u8>, except_session: Option<i64>, kind: Revocation) -> i64 {
     refuse_on_standby("revoke_all");
-    Spi::connect_mut(|client| {
+    let deleted = Spi::connect_mut(|client| {
         // after any sign-in of the user in progress, so that it is revoked too
         issue::lock_user(client, &user_id, store::call_time());
         let delete = plans::kept(client, &DELETE_USER_SESSIONS);
-        plans::or_raise(client.update(
+        ids(plans::or_raise(client.update(
             delete,
             None,
             &[plans::text(&user_id), except_session.into()],
-        ))
-        .len() as i64
-    })
+        )))
+    });
+    events::revoked(kind, &deleted, Some(&user_id));
+    deleted.len() as i64
+}
+
+/// The ids a statement's RETURNING s.id gave.
+fn ids(rows: SpiTupleTable<'_>) -> Vec<i64> {
+    rows.map(|row| plans::or_raise(row.get::<i64>(1)).unwrap_or_default())
+        .collect()
 }
 
 /// A castle.session row as SPI hands it over (the device list is not a hot path).

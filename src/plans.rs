@@ -62,6 +62,11 @@ pub fn text(bytes: &[u8]) -> pgrx::datum::DatumWithOid<'static> {
     unsafe { pgrx::datum::DatumWithOid::new(crate::raw_text::text_datum(bytes), pg_sys::TEXTOID) }
 }
 
+/// A NULL text argument.
+pub fn null_text() -> pgrx::datum::DatumWithOid<'static> {
+    pgrx::datum::DatumWithOid::null_oid(pg_sys::TEXTOID)
+}
+
 /// SPI failures here are server faults (a dropped table, out of memory), never
 /// a property of the caller's input, so they are raised as they are.
 pub fn or_raise<T>(result: pgrx::spi::SpiResult<T>) -> T {

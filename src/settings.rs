@@ -23,6 +23,9 @@ pub static INVALID_MESSAGE: GucSetting<Option<CString>> =
 pub static DEFAULT_TTL: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static TOUCH_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
 pub static IDLE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static ROTATE_GRACE: GucSetting<i32> = GucSetting::<i32>::new(10);
+pub static LOG_EVENTS: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static NOTIFY_REVOCATIONS: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 /// The longest prefix we accept; tokens stay well under an HTTP header's limits.
 const MAX_PREFIX_LEN: usize = 64;
@@ -78,6 +81,32 @@ pub fn register() {
         GucContext::Suset,
         GucFlags::UNIT_S,
     );
+    GucRegistry::define_int_guc(
+        c"castle.rotate_grace",
+        c"How long a token castle.rotate replaced keeps working, for requests in flight. After it, the token is a reuse.",
+        c"0 = refused at once. A reuse revokes every session of the sign-in.",
+        &ROTATE_GRACE,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_bool_guc(
+        c"castle.log_events",
+        c"Log each session created, rotated, revoked, trimmed or pruned, and each reuse: ids only, never a token.",
+        c"",
+        &LOG_EVENTS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"castle.notify_revocations",
+        c"NOTIFY castle_revocations, after commit, of every session revoked, rotated, trimmed or pruned.",
+        c"",
+        &NOTIFY_REVOCATIONS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     // SAFETY: the hooks below cannot panic: they only inspect a C string.
     unsafe {
         GucRegistry::define_string_guc_with_hooks(
@@ -125,6 +154,31 @@ pub fn touch_interval_seconds() -> i32 {
 
 pub fn idle_timeout_seconds() -> i32 {
     IDLE_TIMEOUT.get()
+}
+
+pub fn rotate_grace_seconds() -> i32 {
+    ROTATE_GRACE.get()
+}
+
+pub fn log_events() -> bool {
+    LOG_EVENTS.get()
+}
+
+pub fn notify_revocations() -> bool {
+    NOTIFY_REVOCATIONS.get()
+}
+
+/// In the reuse worker: the setting the backend that started it had.
+pub fn set_for_worker(name: &CStr, on: bool) {
+    let value = if on { c"on" } else { c"off" };
+    unsafe {
+        pg_sys::SetConfigOption(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+        )
+    };
 }
 
 /// castle.token_prefix, lent to `f` rather than copied: read on every check.

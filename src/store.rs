@@ -14,10 +14,11 @@ use pgrx::pg_sys::{self, Datum, Oid};
 use pgrx::prelude::*;
 
 use crate::catalog::{self, Catalog, COLUMNS, CREATED_AT, EXPIRES_AT, HASH, SESSION_COLUMNS};
-use crate::catalog::{DATA, USED_AT, USER_ID};
+use crate::catalog::{DATA, FAMILY_ID, ID, ROTATED_AT, USED_AT, USER_ID};
 use crate::compat;
 use crate::plans::{self, Statement, INT8};
 use crate::session_row::SessionValues;
+use crate::token::Refusal;
 
 static READ_SESSION: Statement = Statement {
     sql: include_str!("queries/read_session.sql"),
@@ -25,13 +26,28 @@ static READ_SESSION: Statement = Statement {
     // prepared as writing, so that each execution takes a fresh snapshot
     mutating: true,
 };
+static READ_SESSION_BEFORE_FAMILIES: Statement = Statement {
+    sql: include_str!("queries/read_session_before_families.sql"),
+    args: &[INT8],
+    mutating: true,
+};
+static READ_SUCCESSOR: Statement = Statement {
+    sql: include_str!("queries/read_successor.sql"),
+    args: &[INT8],
+    mutating: true,
+};
 
 /// A session row as read, with the timestamps the checks need.
 pub struct StoredSession {
+    pub id: i64,
     pub hash: Vec<u8>,
     pub created_at: i64,
     pub expires_at: Option<i64>,
     pub used_at: Option<i64>,
+    /// the first session of its sign-in (its own id for that one)
+    pub family: i64,
+    /// when castle.rotate replaced it
+    pub rotated_at: Option<i64>,
     /// the row as castle.session (without its hash), ready to return
     pub session: SessionValues,
 }
@@ -43,13 +59,25 @@ pub fn find_by_id(id: i64) -> Option<StoredSession> {
     let catalog = Catalog::locked();
     match catalog.primary_key {
         Some(index) if !catalog::hooks_want_the_executor() => unsafe {
-            read_through_index(catalog.table, index, id)
+            read_through_index(catalog.table, index, id, catalog.columns)
         },
-        _ => read_with_sql(catalog.owner, id),
+        _ if catalog.columns == COLUMNS => read_with_sql(catalog.owner, &READ_SESSION, id),
+        _ => read_with_sql(catalog.owner, &READ_SESSION_BEFORE_FAMILIES, id),
     }
 }
 
-unsafe fn read_through_index(table: Oid, index: Oid, id: i64) -> Option<StoredSession> {
+/// The newest session of a family that was not rotated away, live or not:
+/// what a token rotated away from the family stands for within its grace.
+pub fn find_successor(family: i64) -> Option<StoredSession> {
+    read_with_sql(Catalog::locked().owner, &READ_SUCCESSOR, family)
+}
+
+unsafe fn read_through_index(
+    table: Oid,
+    index: Oid,
+    id: i64,
+    columns: usize,
+) -> Option<StoredSession> {
     unsafe {
         // the transaction's own changes, and at READ COMMITTED a new snapshot
         pg_sys::CommandCounterIncrement();
@@ -71,10 +99,15 @@ unsafe fn read_through_index(table: Oid, index: Oid, id: i64) -> Option<StoredSe
             pg_sys::ScanDirection::ForwardScanDirection,
             slot,
         ) {
-            pg_sys::slot_getsomeattrs_int(slot, COLUMNS as i32);
-            let values = std::slice::from_raw_parts((*slot).tts_values, COLUMNS);
-            let nulls = std::slice::from_raw_parts((*slot).tts_isnull, COLUMNS);
-            Some(stored_session(values, nulls))
+            pg_sys::slot_getsomeattrs_int(slot, columns as i32);
+            // the columns 0.4.0's objects lack read as NULL: no family, never rotated
+            let mut values = [Datum::from(0); COLUMNS];
+            let mut nulls = [true; COLUMNS];
+            values[..columns]
+                .copy_from_slice(std::slice::from_raw_parts((*slot).tts_values, columns));
+            nulls[..columns]
+                .copy_from_slice(std::slice::from_raw_parts((*slot).tts_isnull, columns));
+            Some(stored_session(&values, &nulls))
         } else {
             None
         };
@@ -103,12 +136,13 @@ unsafe fn begin_index_scan(
 }
 
 /// The same read in SQL, as the table's owner: for a table or index a DBA
-/// changed, or while a hook wants to see every statement.
-fn read_with_sql(owner: Oid, id: i64) -> Option<StoredSession> {
+/// changed, or while a hook wants to see every statement. `read` returns
+/// the ten columns, in order.
+fn read_with_sql(owner: Oid, read: &'static Statement, id: i64) -> Option<StoredSession> {
     let caller_memory = unsafe { pg_sys::CurrentMemoryContext };
     plans::as_owner(owner, || {
         Spi::connect(|client| {
-            let read = plans::kept(client, &READ_SESSION);
+            let read = plans::kept(client, read);
             let rows = plans::or_raise(client.select(read, Some(1), &[id.into()]));
             let row = rows.first();
             if row.is_empty() {
@@ -133,10 +167,11 @@ fn read_with_sql(owner: Oid, id: i64) -> Option<StoredSession> {
     })
 }
 
-/// Copies what the caller needs out of a row's first eight values, in the
-/// current memory context.
+/// Copies what the caller needs out of a row's ten values, in the current
+/// memory context.
 unsafe fn stored_session(values: &[Datum], nulls: &[bool]) -> StoredSession {
-    let timestamp = |i: usize| (!nulls[i]).then(|| values[i].value() as i64);
+    // an int8 or a timestamptz (microseconds), by value
+    let int64 = |i: usize| (!nulls[i]).then(|| values[i].value() as i64);
     let hash = if nulls[HASH] {
         Vec::new()
     } else {
@@ -155,11 +190,15 @@ unsafe fn stored_session(values: &[Datum], nulls: &[bool]) -> StoredSession {
             };
         }
     }
+    let id = values[ID].value() as i64;
     StoredSession {
+        id,
+        family: int64(FAMILY_ID).unwrap_or(id),
+        rotated_at: int64(ROTATED_AT),
         hash,
-        created_at: timestamp(CREATED_AT).unwrap_or(i64::MIN),
-        expires_at: timestamp(EXPIRES_AT),
-        used_at: timestamp(USED_AT),
+        created_at: int64(CREATED_AT).unwrap_or(i64::MIN),
+        expires_at: int64(EXPIRES_AT),
+        used_at: int64(USED_AT),
         session,
     }
 }
@@ -212,13 +251,18 @@ pub fn entries_of(user_id: &[u8], limit: i64) -> Option<i64> {
     Some(entries)
 }
 
-/// Whether a session is dead: expired, or unused (used_at, else created_at)
-/// for longer than `idle_timeout` seconds when that is > 0. Timestamps are
-/// PostgreSQL's microseconds; `now` is the time of the call. The one rule
-/// authenticate applies, and (in SQL) trim and prune.
-pub fn is_dead(expires_at: Option<i64>, last_use: i64, now: i64, idle_timeout: i32) -> bool {
-    expires_at.is_some_and(|at| at <= now)
-        || (idle_timeout > 0 && last_use <= now - i64::from(idle_timeout) * 1_000_000)
+/// Why a session is dead, if it is: expired, or unused (used_at, else
+/// created_at) for longer than `idle_timeout` seconds when that is > 0.
+/// Timestamps are PostgreSQL's microseconds; `now` is the time of the call.
+/// The one rule authenticate applies, and (in SQL) trim and prune.
+pub fn dead(expires_at: Option<i64>, last_use: i64, now: i64, idle_timeout: i32) -> Option<Refusal> {
+    if expires_at.is_some_and(|at| at <= now) {
+        Some(Refusal::Expired)
+    } else if idle_timeout > 0 && last_use <= now - i64::from(idle_timeout) * 1_000_000 {
+        Some(Refusal::Idle)
+    } else {
+        None
+    }
 }
 
 /// castle.sessions' owner: whom statements on the caller's behalf run as.

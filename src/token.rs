@@ -58,6 +58,9 @@ pub enum Refusal {
     UnknownId,
     WrongSecret,
     Expired,
+    Idle,
+    /// a token castle.rotate replaced, after castle.rotate_grace
+    Reuse,
 }
 
 impl Refusal {
@@ -73,6 +76,8 @@ impl Refusal {
             Refusal::UnknownId => "no session with that id",
             Refusal::WrongSecret => "secret does not match",
             Refusal::Expired => "session expired",
+            Refusal::Idle => "session idle past castle.idle_timeout",
+            Refusal::Reuse => "reuse of a rotated token",
         }
     }
 }

@@ -4,7 +4,8 @@
 SELECT s.id::pg_catalog.int8, s.hash::pg_catalog.text, s.user_id::pg_catalog.text,
        s.created_at::pg_catalog.timestamptz, s.updated_at::pg_catalog.timestamptz,
        s.expires_at::pg_catalog.timestamptz, s.used_at::pg_catalog.timestamptz,
-       s.data::pg_catalog.jsonb
+       s.data::pg_catalog.jsonb, s.family_id::pg_catalog.int8,
+       s.rotated_at::pg_catalog.timestamptz
   FROM castle.sessions AS s
  WHERE s.id = $1
  LIMIT 1

@@ -42,15 +42,16 @@ SELECT castle.create_session(77) AS n1 \gset
 SELECT castle.create_session('7d444840-9dc0-11d1-b245-5ffdce74fad2'::uuid) AS u1 \gset
 SELECT castle.revoke_all(77) AS bigint_user, castle.revoke_all('7D444840-9DC0-11D1-B245-5FFDCE74FAD2'::uuid) AS uuid_user;
 
--- rotate: a new token for the same user and data; exactly one of the two works
+-- rotate: a new token for the same user and data; within castle.rotate_grace
+-- the old one stands for the new session (rotation.sql: the grace and reuse)
 SELECT castle.create_session('ivy', '1 hour', '{"device": "kiosk"}') AS old \gset
 SELECT castle.rotate(:'old') AS new \gset
-SELECT (castle.verify(:'old')).id IS NULL AS old_refused,
+SELECT (castle.verify(:'old')).id = (castle.verify(:'new')).id AS old_stands_for_new,
        (castle.verify(:'new')).user_id AS new_user, (castle.verify(:'new')).data AS new_data,
        :'new' <> :'old' AS different;
 SELECT castle.rotate(:'new', '10 minutes') AS newer \gset
 SELECT expires_at = created_at + interval '10 minutes' AS new_ttl FROM castle.authenticate(:'newer');
-SELECT refusal(format('SELECT castle.rotate(%L)', :'old')) AS rotate_old;
+SELECT refusal(format('SELECT castle.rotate(%L)', :'old')) AS rotate_old_within_grace;
 SELECT refusal($$SELECT castle.rotate('oat_bad.token')$$) AS rotate_bad;
 -- a refused rotate changed nothing
 SELECT (castle.verify(:'newer')).id IS NOT NULL AS newer_still_valid;

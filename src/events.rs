@@ -1,0 +1,241 @@
+//! What happens to sessions, told three ways: counted (`stats`), logged when
+//! castle.log_events is on, and, for every session that stops working, sent
+//! to caches as `NOTIFY castle_revocations` when castle.notify_revocations is
+//! on. Session ids and user ids only: never a token, secret or hash.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::settings;
+use crate::stats::{self, Counter};
+
+/// How sessions were revoked: the counters' kinds and the payload's event.
+#[derive(Clone, Copy)]
+pub enum Revocation {
+    /// castle.revoke(token)
+    Token,
+    /// castle.revoke_session(id), castle.revoke_own_session(id)
+    Id,
+    /// castle.revoke_all, castle.revoke_other_sessions
+    User,
+    /// castle.revoke_sessions_trigger, when a user row is deleted
+    Trigger,
+}
+
+impl Revocation {
+    fn name(self) -> &'static str {
+        match self {
+            Revocation::Token => "revoke",
+            Revocation::Id => "revoke_session",
+            Revocation::User => "revoke_all",
+            Revocation::Trigger => "trigger",
+        }
+    }
+}
+
+/// Most session ids one notification names; beyond them it says how many,
+/// and a cache drops everything (a payload must stay under 8000 bytes, and
+/// 100,000 revocations must not be 100,000 notifications).
+pub const MOST_IDS_NOTIFIED: usize = 100;
+
+pub fn created(id: i64, user_id: &[u8]) {
+    stats::add(Counter::SessionsCreated, 1);
+    log(|| format!("session {id} created for user {}", shown(user_id)));
+}
+
+pub fn rotated(old_id: i64, new_id: i64, user_id: &[u8]) {
+    stats::add(Counter::Rotations, 1);
+    log(|| {
+        format!(
+            "session {old_id} rotated to session {new_id} for user {}",
+            shown(user_id)
+        )
+    });
+    notify("rotate", &[old_id]);
+}
+
+/// Sessions revoked by a call; `user_id` when it revoked a user's sessions.
+pub fn revoked(kind: Revocation, ids: &[i64], user_id: Option<&[u8]>) {
+    let counter = match kind {
+        Revocation::Token => Counter::RevokedByToken,
+        Revocation::Id => Counter::RevokedById,
+        Revocation::User => Counter::RevokedByUser,
+        Revocation::Trigger => Counter::RevokedByTrigger,
+    };
+    stats::add(counter, ids.len() as u64);
+    if ids.is_empty() {
+        return;
+    }
+    match user_id {
+        Some(user_id) => {
+            log(|| {
+                format!(
+                    "{} sessions of user {} revoked ({}): {}",
+                    ids.len(),
+                    shown(user_id),
+                    kind.name(),
+                    listed(ids)
+                )
+            });
+            notify_user(kind.name(), user_id, ids);
+        }
+        None => {
+            log(|| format!("sessions revoked ({}): {}", kind.name(), listed(ids)));
+            notify(kind.name(), ids);
+        }
+    }
+}
+
+pub fn trimmed(ids: &[i64], user_id: &[u8]) {
+    stats::add(Counter::Trimmed, ids.len() as u64);
+    if !ids.is_empty() {
+        log(|| format!("sessions of user {} trimmed: {}", shown(user_id), listed(ids)));
+        notify("trim", ids);
+    }
+}
+
+pub fn pruned(ids: &[i64]) {
+    stats::add(Counter::Pruned, ids.len() as u64);
+    if !ids.is_empty() {
+        log(|| format!("{} dead sessions pruned", ids.len()));
+        notify("prune", ids);
+    }
+}
+
+/// A rotated token came back after its grace and its family was revoked
+/// (`ids` empty: an earlier presentation of it already had). Logged whatever
+/// castle.log_events says: it is the sign of a stolen token.
+pub fn reuse_revoked(presented: i64, ids: &[i64]) {
+    if ids.is_empty() {
+        return;
+    }
+    stats::add(Counter::ReusesDetected, 1);
+    log_always(&format!(
+        "reuse of a rotated token: family of session {presented} revoked"
+    ));
+    log(|| format!("sessions revoked (reuse): {}", listed(ids)));
+    notify("reuse", ids);
+}
+
+fn log(message: impl FnOnce() -> String) {
+    if settings::log_events() {
+        log_always(&message());
+    }
+}
+
+/// To the server log only, never the client, whatever its client_min_messages.
+pub fn log_always(message: &str) {
+    pgrx::pg_sys::panic::ErrorReport::new(
+        PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+        format!("castle_sessions: {message}"),
+        "castle_sessions::events",
+    )
+    .report(PgLogLevel::LOG_SERVER_ONLY);
+}
+
+/// A user id as logged: its text, in quotes, control characters escaped.
+fn shown(user_id: &[u8]) -> String {
+    format!("{:?}", String::from_utf8_lossy(user_id))
+}
+
+/// Ids as logged: the first MOST_IDS_NOTIFIED, and how many more.
+fn listed(ids: &[i64]) -> String {
+    let shown: Vec<String> = ids
+        .iter()
+        .take(MOST_IDS_NOTIFIED)
+        .map(i64::to_string)
+        .collect();
+    match ids.len().saturating_sub(MOST_IDS_NOTIFIED) {
+        0 => shown.join(", "),
+        more => format!("{} and {more} more", shown.join(", ")),
+    }
+}
+
+/// `{"event":…,"sessions":[…]}`, or `{"event":…,"count":N,"all":true}`
+/// past MOST_IDS_NOTIFIED sessions.
+pub fn payload(event: &str, ids: &[i64]) -> String {
+    if ids.len() > MOST_IDS_NOTIFIED {
+        return format!(r#"{{"event":"{event}","count":{},"all":true}}"#, ids.len());
+    }
+    let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+    format!(r#"{{"event":"{event}","sessions":[{}]}}"#, ids.join(","))
+}
+
+/// `{"event":…,"user":"…","sessions":[…]}`: a cache may drop the user's
+/// entries, or the sessions named. A user id too long for a payload gives
+/// `"all":true`.
+pub fn user_payload(event: &str, user_id: &[u8], ids: &[i64]) -> String {
+    let user = json_string(&String::from_utf8_lossy(user_id));
+    if ids.len() > MOST_IDS_NOTIFIED || user.len() > 1000 {
+        return format!(
+            r#"{{"event":"{event}","user":{},"count":{},"all":true}}"#,
+            if user.len() > 1000 { "null" } else { &user },
+            ids.len()
+        );
+    }
+    let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+    format!(
+        r#"{{"event":"{event}","user":{user},"sessions":[{}]}}"#,
+        ids.join(",")
+    )
+}
+
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn notify(event: &str, ids: &[i64]) {
+    if settings::notify_revocations() && !ids.is_empty() {
+        send(&payload(event, ids));
+    }
+}
+
+fn notify_user(event: &str, user_id: &[u8], ids: &[i64]) {
+    if settings::notify_revocations() {
+        send(&user_payload(event, user_id, ids));
+    }
+}
+
+/// pg_notify: PostgreSQL delivers it when the transaction commits, and
+/// drops it when it aborts.
+fn send(payload: &str) {
+    unsafe {
+        pgrx::direct_function_call::<pg_sys::Datum>(
+            pg_sys::pg_notify,
+            &[
+                crate::raw_text::text_datum(b"castle_revocations").into(),
+                crate::raw_text::text_datum(payload.as_bytes()).into(),
+            ],
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_name_sessions_until_too_many() {
+        assert_eq!(payload("trim", &[1, 2]), r#"{"event":"trim","sessions":[1,2]}"#);
+        let many: Vec<i64> = (1..=101).collect();
+        assert_eq!(
+            payload("prune", &many),
+            r#"{"event":"prune","count":101,"all":true}"#
+        );
+        assert_eq!(
+            user_payload("revoke_all", b"a\"b\\\n", &[7]),
+            r#"{"event":"revoke_all","user":"a\"b\\\u000a","sessions":[7]}"#
+        );
+    }
+}

@@ -1,1 +1,0 @@
-DELETE FROM castle.sessions AS s WHERE s.id = $1

@@ -1,0 +1,228 @@
+//! Counters of what sessions do, for the DBA: `castle.stats`. They live in
+//! shared memory, one row of atomics per database, so every backend adds to
+//! the same row without a lock and without a write to any table; that needs
+//! the library in shared_preload_libraries. Without it nothing is counted,
+//! and the view says so (collecting = false) instead of showing zeros.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
+
+use pgrx::datum::TimestampWithTimeZone;
+use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, pg_sys, PGRXSharedMemory, PgAtomic};
+
+use crate::plans::{self, Statement, INT4};
+use crate::settings;
+
+static OVERVIEW: Statement = Statement {
+    sql: include_str!("queries/overview.sql"),
+    args: &[INT4],
+    mutating: false,
+};
+
+/// What is counted, in the order of castle.stats' columns (sql/finalize.sql).
+#[derive(Clone, Copy)]
+pub enum Counter {
+    SessionsCreated,
+    Authentications,
+    RefusedMalformed,
+    RefusedUnknownId,
+    RefusedWrongSecret,
+    RefusedExpired,
+    RefusedIdle,
+    RefusedReuse,
+    Rotations,
+    RevokedByToken,
+    RevokedById,
+    RevokedByUser,
+    RevokedByTrigger,
+    Trimmed,
+    Pruned,
+    ReusesDetected,
+    TouchesWritten,
+    TouchesSkipped,
+}
+const COUNTERS: usize = Counter::TouchesSkipped as usize + 1;
+/// Databases counted at once; a database beyond them is not counted.
+const DATABASES: usize = 64;
+
+struct Database {
+    /// 0 while the row is free; claimed once, never given back
+    oid: AtomicU32,
+    /// when counting started or castle.stats_reset() ran (PostgreSQL's time)
+    reset_at: AtomicI64,
+    counts: [AtomicU64; COUNTERS],
+}
+
+pub struct Stats {
+    databases: [Database; DATABASES],
+}
+
+// SAFETY: only atomics, no pointers: valid in every process that maps it.
+unsafe impl PGRXSharedMemory for Stats {}
+
+impl Stats {
+    const fn new() -> Stats {
+        Stats {
+            databases: [const {
+                Database {
+                    oid: AtomicU32::new(0),
+                    reset_at: AtomicI64::new(0),
+                    counts: [const { AtomicU64::new(0) }; COUNTERS],
+                }
+            }; DATABASES],
+        }
+    }
+}
+
+static STATS: PgAtomic<Stats> = unsafe { PgAtomic::new(c"castle_sessions stats") };
+/// Set in the postmaster when preloaded; every backend forked after has it.
+static COLLECTING: AtomicBool = AtomicBool::new(false);
+
+/// From _PG_init: claims the shared memory when loaded by
+/// shared_preload_libraries, the only time it can be.
+pub fn register() {
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        pg_shmem_init!(STATS = Stats::new());
+        COLLECTING.store(true, Relaxed);
+    }
+}
+
+/// Adds `n` to this database's counter.
+pub fn add(counter: Counter, n: u64) {
+    if n > 0 {
+        if let Some(database) = this_database() {
+            database.counts[counter as usize].fetch_add(n, Relaxed);
+        }
+    }
+}
+
+/// This database's row, claimed on first use; None when not collecting or
+/// when every row is taken.
+fn this_database() -> Option<&'static Database> {
+    if !COLLECTING.load(Relaxed) {
+        return None;
+    }
+    let oid = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let databases = &STATS.get().databases;
+    for database in databases {
+        match database.oid.load(Relaxed) {
+            found if found == oid => return Some(database),
+            0 => {
+                let claimed = database
+                    .oid
+                    .compare_exchange(0, oid, Relaxed, Relaxed)
+                    .map_or_else(|other| other == oid, |_| true);
+                if claimed {
+                    let _ = database.reset_at.compare_exchange(
+                        0,
+                        unsafe { pg_sys::GetCurrentTimestamp() },
+                        Relaxed,
+                        Relaxed,
+                    );
+                    return Some(database);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+type StatsRow = (
+    pg_sys::Oid,
+    bool,
+    Option<TimestampWithTimeZone>,
+    Option<Vec<i64>>,
+);
+
+/// The counters of every database counted (castle.stats is the view over
+/// it): this one's always, with collecting = false and NULL counts when the
+/// library was not preloaded.
+#[pg_extern(volatile, parallel_restricted)]
+fn stats_counters() -> TableIterator<
+    'static,
+    (
+        name!(datid, pg_sys::Oid),
+        name!(collecting, bool),
+        name!(stats_reset, Option<TimestampWithTimeZone>),
+        name!(counts, Option<Vec<i64>>),
+    ),
+> {
+    let here = unsafe { pg_sys::MyDatabaseId };
+    if this_database().is_none() {
+        return TableIterator::new(vec![(here, COLLECTING.load(Relaxed), None, None)]);
+    }
+    let rows: Vec<StatsRow> = STATS
+        .get()
+        .databases
+        .iter()
+        .filter(|database| database.oid.load(Relaxed) != 0)
+        .map(|database| {
+            let counts = database
+                .counts
+                .iter()
+                .map(|count| count.load(Relaxed) as i64)
+                .collect();
+            let reset_at = unsafe {
+                TimestampWithTimeZone::from_datum(
+                    pg_sys::Datum::from(database.reset_at.load(Relaxed)),
+                    false,
+                )
+            };
+            (
+                pg_sys::Oid::from(database.oid.load(Relaxed)),
+                true,
+                reset_at,
+                Some(counts),
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
+/// Zeroes this database's counters and records when.
+#[pg_extern(volatile, parallel_unsafe)]
+fn stats_reset() {
+    if let Some(database) = this_database() {
+        for count in &database.counts {
+            count.store(0, Relaxed);
+        }
+        database
+            .reset_at
+            .store(unsafe { pg_sys::GetCurrentTimestamp() }, Relaxed);
+    }
+}
+
+/// What castle.sessions holds now, counted from the table (it reads every
+/// row: a DBA's query, not a hot path).
+#[pg_extern(stable, parallel_safe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn overview() -> TableIterator<
+    'static,
+    (
+        name!(live_sessions, i64),
+        name!(users, i64),
+        name!(dead_sessions, i64),
+        name!(rotated_sessions, i64),
+        name!(oldest_live, Option<TimestampWithTimeZone>),
+    ),
+> {
+    let row = Spi::connect(|client| {
+        let overview = plans::kept(client, &OVERVIEW);
+        let rows = plans::or_raise(client.select(
+            overview,
+            Some(1),
+            &[settings::idle_timeout_seconds().into()],
+        ));
+        let row = rows.first();
+        let count = |i| plans::or_raise(row.get::<i64>(i)).unwrap_or_default();
+        (
+            count(1),
+            count(2),
+            count(3),
+            count(4),
+            plans::or_raise(row.get::<TimestampWithTimeZone>(5)),
+        )
+    });
+    TableIterator::once(row)
+}
