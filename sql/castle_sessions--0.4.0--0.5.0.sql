@@ -49,7 +49,8 @@ AS 'MODULE_PATHNAME', 'revoke_deleted_user_wrapper';
 -- deleting a user revokes their sessions (user_id is text, so a foreign key cannot).
 -- SECURITY INVOKER on purpose: to_jsonb(OLD) may run a cast the table's owner
 -- defined, which must never run with the extension owner's rights;
--- castle.revoke_all does the privileged work (the deleting role needs EXECUTE on it).
+-- castle.revoke_deleted_user does the privileged work, as revoke_all would
+-- (the deleting role needs EXECUTE on it).
 CREATE OR REPLACE FUNCTION castle.revoke_sessions_trigger() RETURNS trigger
 LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -90,7 +91,7 @@ SELECT d.datname, c.collecting, c.stats_reset,
   FROM castle.stats_counters() AS c
   JOIN pg_catalog.pg_database AS d ON d.oid OPERATOR(pg_catalog.=) c.datid;
 
--- Privileges. Nobody but the ownerREVOKE ALL ON FUNCTION castle.stats_counters(), castle.stats_reset(), castle.overview(),
+REVOKE ALL ON FUNCTION castle.stats_counters(), castle.stats_reset(), castle.overview(),
     castle.revoke_deleted_user(text) FROM PUBLIC;
 -- The trigger now calls revoke_deleted_user: whoever could run revoke_all's
 -- text form (the roles whose deletes fire it) may run that.

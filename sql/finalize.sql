@@ -20,7 +20,8 @@ END $$;
 -- deleting a user revokes their sessions (user_id is text, so a foreign key cannot).
 -- SECURITY INVOKER on purpose: to_jsonb(OLD) may run a cast the table's owner
 -- defined, which must never run with the extension owner's rights;
--- castle.revoke_all does the privileged work (the deleting role needs EXECUTE on it).
+-- castle.revoke_deleted_user does the privileged work, as revoke_all would
+-- (the deleting role needs EXECUTE on it).
 CREATE FUNCTION castle.revoke_sessions_trigger() RETURNS trigger
 LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE

@@ -5,6 +5,10 @@
 //! during a rotation succeed; after that the token is a reuse — a copy of it
 //! is being replayed — and the whole family is revoked.
 //!
+//! A family keeps its newest ROTATED_KEPT tokens rotated away; older ones
+//! are forgotten at the next rotation (then refused as unknown), so a
+//! session rotated every few minutes for months keeps a few rows.
+//!
 //! A reuse is always refused, and authenticate refuses by raising, which
 //! rolls back the caller's transaction and with it any revocation made
 //! there. So the family is revoked by a background worker, in a transaction
@@ -18,7 +22,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::events;
-use crate::plans::{self, Statement, INT8, TEXT};
+use crate::plans::{self, Statement, INT4, INT8, TEXT};
 use crate::{settings, store};
 
 pub static DELETE_FAMILY: Statement = Statement {
@@ -26,6 +30,21 @@ pub static DELETE_FAMILY: Statement = Statement {
     args: &[INT8, TEXT],
     mutating: true,
 };
+
+/// How many tokens rotated away a family keeps for reuse detection.
+pub const ROTATED_KEPT: i32 = 8;
+
+static FORGET_ROTATED: Statement = Statement {
+    sql: include_str!("queries/forget_rotated.sql"),
+    args: &[INT8, INT4],
+    mutating: true,
+};
+
+/// After a rotation in `family`: forgets its oldest tokens rotated away.
+pub fn forget_old_rotations(client: &mut pgrx::spi::SpiClient<'_>, family: i64) {
+    let forget = plans::kept(client, &FORGET_ROTATED);
+    plans::or_raise(client.update(forget, None, &[family.into(), ROTATED_KEPT.into()]));
+}
 
 /// Whether a token rotated away at `rotated_at` still stands for its
 /// successor at `now` (PostgreSQL's microseconds).

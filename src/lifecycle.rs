@@ -189,6 +189,7 @@ fn rotate(token: Option<RawText>, ttl: default!(Option<Interval>, "NULL")) -> St
         }
         let data = plans::or_raise(row.get::<RawJsonb>(1));
         let family = plans::or_raise(row.get::<i64>(2)).unwrap_or(found.presented);
+        families::forget_old_rotations(client, family);
         (data, family)
     });
     let (id, token) = issue::create(&user_id, found.now, expires_at, data, Some(family));

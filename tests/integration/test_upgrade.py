@@ -51,7 +51,7 @@ def old_session(conn, user):
     return seed_algorithm.token(session_id, secret)
 
 
-@pytest.mark.parametrize("release", ["0.1.0", "0.2.0", "0.3.0"])
+@pytest.mark.parametrize("release", ["0.1.0", "0.2.0", "0.3.0", "0.4.0"])
 def test_update_keeps_tokens_and_matches_a_fresh_install(conn, release):
     fresh_database(conn, "castle_old")
     fresh_database(conn, "castle_new")
@@ -78,7 +78,13 @@ def test_update_keeps_tokens_and_matches_a_fresh_install(conn, release):
             some = next(iter(tokens))
             assert old.execute("SELECT count(*) FROM castle.sessions_of(%s)", (tokens[some],)).fetchone()[0] == 1
             rotated = old.execute("SELECT castle.rotate(%s)", (some,)).fetchone()[0]
-            assert user_of(old, some) is None and user_of(old, rotated) == tokens[some]
+            # within castle.rotate_grace the old token stands for its successor
+            assert user_of(old, rotated) == tokens[some]
+            assert old.execute("SELECT (castle.verify(%s)).id = (castle.verify(%s)).id",
+                               (some, rotated)).fetchone()[0] is True
+            # every existing session started a family of its own
+            assert old.execute("SELECT count(*) FROM castle.sessions WHERE family_id IS NOT NULL"
+                               ).fetchone()[0] == 1
             # the documented step after an update: the roles get exactly this version's sets
             old.execute("SELECT castle.grant_request_role('castle_upgrade_request')")
             old.execute("SELECT castle.grant_sign_in_role('castle_upgrade_sign_in')")

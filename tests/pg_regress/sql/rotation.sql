@@ -96,8 +96,28 @@ UPDATE castle.sessions SET expires_at = now() - interval '1 second' WHERE id = (
 SELECT castle.prune() >= 1 AS pruned_successor, castle.prune() >= 1 AS pruned_rotated;
 SELECT count(*) AS wes_rows FROM castle.sessions WHERE user_id = 'wes';
 
+-- a family keeps its 8 newest tokens rotated away; an older one is
+-- refused as unknown, and revokes nothing
+SELECT castle.create_session('xia') AS x0 \gset
+SELECT castle.rotate(:'x0') AS x \gset
+SELECT castle.rotate(:'x') AS x \gset
+SELECT castle.rotate(:'x') AS x \gset
+SELECT castle.rotate(:'x') AS x \gset
+SELECT castle.rotate(:'x') AS x \gset
+SELECT castle.rotate(:'x') AS x \gset
+SELECT castle.rotate(:'x') AS x \gset
+SELECT castle.rotate(:'x') AS x \gset
+SELECT castle.rotate(:'x') AS x \gset
+SELECT count(*) FILTER (WHERE rotated_at IS NOT NULL) AS rotated_kept,
+       count(*) FILTER (WHERE rotated_at IS NULL) AS current
+  FROM castle.sessions WHERE user_id = 'xia';
+UPDATE castle.sessions SET rotated_at = now() - interval '1 hour' WHERE user_id = 'xia' AND rotated_at IS NOT NULL;
+SELECT castle.is_valid(:'x0') AS forgotten_token, castle.is_valid(:'x') AS newest_still_valid;
+
 -- the counters moved by what this file did (this database, this backend and
 -- the reuse worker only)
+SELECT pg_sleep(0.5);  -- a reuse worker the forgotten token would have started
+SELECT castle.is_valid(:'x') AS xia_not_revoked;
 SELECT s.sessions_created - c.sessions_created AS sessions_created,
        s.rotations - c.rotations AS rotations,
        -- 3 to 7: a presentation after the worker revoked the family is an unknown id
