@@ -11,8 +11,8 @@ use crate::catalog::Catalog;
 use crate::plans::{self, Statement, INT8_ARRAY, TIMESTAMPTZ_ARRAY};
 use crate::raw_text::{self, RawText};
 use crate::session_row::{SessionRow, SessionValues};
-use crate::token::{self, Refusal};
 use crate::stats::{self, Counter};
+use crate::token::{self, Refusal};
 use crate::{families, settings, store};
 
 static TOUCH_SESSIONS: Statement = Statement {
@@ -103,9 +103,7 @@ pub fn find(token: Option<&[u8]>) -> Result<Found, Refusal> {
     let stored = match named.rotated_at {
         None => named,
         // a rotated token of an expired family is only expired
-        Some(_) if named.expires_at.is_some_and(|at| at <= now) => {
-            return Err(Refusal::Expired)
-        }
+        Some(_) if named.expires_at.is_some_and(|at| at <= now) => return Err(Refusal::Expired),
         Some(rotated_at) if families::within_grace(rotated_at, now) => {
             store::find_successor(named.family).ok_or(Refusal::UnknownId)?
         }

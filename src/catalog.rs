@@ -262,8 +262,7 @@ fn resolve() -> Catalog {
             primary_key,
             user_index,
             current_objects: families
-                && pg_sys::get_relname_relid(c"user_locks".as_ptr(), schema)
-                    != pg_sys::InvalidOid,
+                && pg_sys::get_relname_relid(c"user_locks".as_ptr(), schema) != pg_sys::InvalidOid,
             columns,
             has_dba_code,
         }

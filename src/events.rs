@@ -89,7 +89,13 @@ pub fn revoked(kind: Revocation, ids: &[i64], user_id: Option<&[u8]>) {
 pub fn trimmed(ids: &[i64], user_id: &[u8]) {
     stats::add(Counter::Trimmed, ids.len() as u64);
     if !ids.is_empty() {
-        log(|| format!("sessions of user {} trimmed: {}", shown(user_id), listed(ids)));
+        log(|| {
+            format!(
+                "sessions of user {} trimmed: {}",
+                shown(user_id),
+                listed(ids)
+            )
+        });
         notify("trim", ids);
     }
 }
@@ -227,7 +233,10 @@ mod tests {
 
     #[test]
     fn payloads_name_sessions_until_too_many() {
-        assert_eq!(payload("trim", &[1, 2]), r#"{"event":"trim","sessions":[1,2]}"#);
+        assert_eq!(
+            payload("trim", &[1, 2]),
+            r#"{"event":"trim","sessions":[1,2]}"#
+        );
         let many: Vec<i64> = (1..=101).collect();
         assert_eq!(
             payload("prune", &many),

@@ -2,9 +2,9 @@
 //! list, rotation and pruning.
 
 use pgrx::datum::Interval;
+use pgrx::datum::TimestampWithTimeZone;
 use pgrx::iter::SetOfIterator;
 use pgrx::prelude::*;
-use pgrx::datum::TimestampWithTimeZone;
 use pgrx::spi::SpiTupleTable;
 
 use crate::auth;
@@ -123,7 +123,11 @@ fn revoke_all_text(user_id: Option<RawText>, except_session: default!(Option<i64
 #[pg_extern(volatile, strict, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn revoke_deleted_user(user_id: RawText) -> i64 {
-    revoke_all(user_key(Some(user_id.bytes().to_vec())), None, Revocation::Trigger)
+    revoke_all(
+        user_key(Some(user_id.bytes().to_vec())),
+        None,
+        Revocation::Trigger,
+    )
 }
 
 #[pg_extern(name = "sessions_of", stable, parallel_restricted, security_definer)]
@@ -229,7 +233,11 @@ fn delete_family(id: i64, user_id: Option<&[u8]>, kind: Revocation) -> bool {
     let deleted = Spi::connect_mut(|client| {
         let delete = plans::kept(client, &families::DELETE_FAMILY);
         let user = user_id.map_or_else(plans::null_text, plans::text);
-        ids(plans::or_raise(client.update(delete, None, &[id.into(), user])))
+        ids(plans::or_raise(client.update(
+            delete,
+            None,
+            &[id.into(), user],
+        )))
     });
     events::revoked(kind, &deleted, None);
     !deleted.is_empty()

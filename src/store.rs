@@ -255,7 +255,12 @@ pub fn entries_of(user_id: &[u8], limit: i64) -> Option<i64> {
 /// created_at) for longer than `idle_timeout` seconds when that is > 0.
 /// Timestamps are PostgreSQL's microseconds; `now` is the time of the call.
 /// The one rule authenticate applies, and (in SQL) trim and prune.
-pub fn dead(expires_at: Option<i64>, last_use: i64, now: i64, idle_timeout: i32) -> Option<Refusal> {
+pub fn dead(
+    expires_at: Option<i64>,
+    last_use: i64,
+    now: i64,
+    idle_timeout: i32,
+) -> Option<Refusal> {
     if expires_at.is_some_and(|at| at <= now) {
         Some(Refusal::Expired)
     } else if idle_timeout > 0 && last_use <= now - i64::from(idle_timeout) * 1_000_000 {

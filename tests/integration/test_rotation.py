@@ -1,0 +1,129 @@
+"""Rotation from real clients: requests in flight with the old token survive a
+rotation, and a reuse after the grace revokes the family without telling the
+caller anything a bad token would not."""
+import statistics
+import threading
+import time
+
+import psycopg
+import pytest
+
+from conftest import create, dsn
+
+
+def session_id(conn, token):
+    return conn.execute("SELECT (castle.verify(%s)).id", (token,)).fetchone()[0]
+
+
+def backdate_rotation(conn, token_id):
+    conn.execute("UPDATE castle.sessions SET rotated_at = now() - interval '1 hour' WHERE id = %s", (token_id,))
+
+
+def wait_revoked(conn, token, seconds=10):
+    deadline = time.monotonic() + seconds
+    while conn.execute("SELECT castle.is_valid(%s)", (token,)).fetchone()[0]:
+        assert time.monotonic() < deadline, "the family was not revoked"
+        time.sleep(0.05)
+
+
+def test_requests_in_flight_with_the_old_token_survive_a_rotation(conn):
+    old = create(conn, "racer", "1 hour", '{"device": "browser"}')
+    failures, answers, stop = [], [], threading.Event()
+
+    def request_loop():
+        with psycopg.connect(dsn(), autocommit=True) as c:
+            while not stop.is_set():
+                try:
+                    answers.append(c.execute("SELECT id, user_id FROM castle.authenticate(%s)", (old,)).fetchone())
+                except psycopg.Error as e:
+                    failures.append(e)
+
+    threads = [threading.Thread(target=request_loop) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    # two tabs refresh at once with the same old token: both get a working token
+    with psycopg.connect(dsn(), autocommit=True) as a, psycopg.connect(dsn(), autocommit=True) as b:
+        new = [None, None]
+        def refresh(i, c):
+            new[i] = c.execute("SELECT castle.rotate(%s)", (old,)).fetchone()[0]
+        racers = [threading.Thread(target=refresh, args=(0, a)), threading.Thread(target=refresh, args=(1, b))]
+        for r in racers:
+            r.start()
+        for r in racers:
+            r.join()
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not failures, failures[:3]
+    assert all(user == "racer" for _, user in answers) and len(answers) > 20
+    assert None not in new and new[0] != new[1]
+    for token in new:
+        assert conn.execute("SELECT (castle.verify(%s)).user_id", (token,)).fetchone()[0] == "racer"
+    # the old token now stands for one of them
+    assert session_id(conn, old) in {session_id(conn, t) for t in new}
+
+
+def test_after_the_grace_a_reuse_revokes_the_family(conn):
+    old = create(conn, "victim", "1 hour")
+    old_id = session_id(conn, old)
+    new = conn.execute("SELECT castle.rotate(%s)", (old,)).fetchone()[0]
+    newer = conn.execute("SELECT castle.rotate(%s)", (new,)).fetchone()[0]
+    other_device = create(conn, "victim", "1 hour")
+    backdate_rotation(conn, old_id)
+    with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+        conn.execute("SELECT castle.authenticate(%s)", (old,))
+    # a refusal raised rolls back the caller's transaction; the worker's does not
+    wait_revoked(conn, newer)
+    assert conn.execute("SELECT castle.is_valid(%s)", (new,)).fetchone()[0] is False
+    assert conn.execute("SELECT count(*) FROM castle.sessions WHERE id = %s OR family_id = %s",
+                        (old_id, old_id)).fetchone()[0] == 0
+    # another sign-in of the same user is another family
+    assert conn.execute("SELECT castle.is_valid(%s)", (other_device,)).fetchone()[0] is True
+
+
+def refusal(conn, token):
+    try:
+        conn.execute("SELECT castle.authenticate(%s)", (token,))
+    except psycopg.Error as e:
+        return e.sqlstate, e.diag.message_primary, e.diag.message_detail, e.diag.message_hint, e.diag.context
+    raise AssertionError("not refused")
+
+
+def test_a_reuse_looks_like_any_bad_token(conn):
+    families = []
+    for n in range(40):
+        old = create(conn, f"reused-{n}", "1 hour")
+        conn.execute("SELECT castle.rotate(%s)", (old,))
+        backdate_rotation(conn, session_id(conn, old))
+        families.append(old)
+    live = create(conn, "reused-live", "1 hour")
+    wrong_secret = live[:-4] + ("AAAA" if not live.endswith("AAAA") else "BBBB")
+    revoked = create(conn, "reused-revoked", "1 hour")
+    conn.execute("SELECT castle.revoke(%s)", (revoked,))
+    # the same error, field for field
+    assert refusal(conn, families[0]) == refusal(conn, wrong_secret) == refusal(conn, revoked)
+
+    # and the same timing class: no wait on the family's rows or the worker
+    def median_ms(tokens):
+        times = []
+        for token in tokens:
+            t0 = time.perf_counter()
+            refusal(conn, token)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times) * 1000
+
+    reuse = median_ms(families[1:])
+    bad = median_ms([wrong_secret] * 39 + [revoked] * 39)
+    assert reuse < 3 * bad + 1.0, f"a reuse takes {reuse:.2f} ms, a bad token {bad:.2f} ms"
+
+
+def test_verify_and_revoke_of_a_reuse_revoke_the_family_too(conn):
+    for call in ("SELECT (castle.verify(%s)).id", "SELECT castle.revoke(%s)", "SELECT castle.is_valid(%s)"):
+        old = create(conn, "reused-by-verify", "1 hour")
+        new = conn.execute("SELECT castle.rotate(%s)", (old,)).fetchone()[0]
+        backdate_rotation(conn, session_id(conn, old))
+        answer = conn.execute(call, (old,)).fetchone()[0]
+        assert answer in (None, False), (call, answer)
+        wait_revoked(conn, new)
