@@ -186,3 +186,31 @@ def test_writes_on_a_standby_fail_clearly(replica, call):
         assert caught.value.sqlstate == "25006"
         assert "read-only standby" in caught.value.diag.message_primary
         assert token not in str(caught.value)
+
+
+def test_a_reuse_on_a_standby_is_refused_and_revoked_on_the_primary(replica):
+    with psycopg.connect(dsn(), autocommit=True) as primary, \
+            psycopg.connect(dsn(port=replica), autocommit=True) as standby:
+        old = create(primary, "replica-reuse", "1 hour")
+        old_id = primary.execute("SELECT (castle.verify(%s)).id", (old,)).fetchone()[0]
+        new = primary.execute("SELECT castle.rotate(%s)", (old,)).fetchone()[0]
+        primary.execute("UPDATE castle.sessions SET rotated_at = now() - interval '1 hour' WHERE id = %s",
+                        (old_id,))
+        replayed(standby, new)
+        deadline = time.monotonic() + 30
+        while standby.execute("SELECT count(*) FROM castle.sessions WHERE id = %s AND rotated_at < now() - "
+                              "interval '30 minutes'", (old_id,)).fetchone()[0] == 0:
+            assert time.monotonic() < deadline, "the backdated rotation was not replayed"
+            time.sleep(0.1)
+        with pytest.raises(psycopg.Error) as refused:
+            standby.execute("SELECT castle.authenticate(%s)", (old,))
+        assert refused.value.sqlstate == "28000"
+        # nothing can be written on the standby: the family lives until the
+        # token reaches the primary
+        time.sleep(0.5)
+        assert primary.execute("SELECT castle.is_valid(%s)", (new,)).fetchone()[0] is True
+        assert primary.execute("SELECT castle.is_valid(%s)", (old,)).fetchone()[0] is False
+        deadline = time.monotonic() + 10
+        while primary.execute("SELECT castle.is_valid(%s)", (new,)).fetchone()[0]:
+            assert time.monotonic() < deadline, "the primary did not revoke the family"
+            time.sleep(0.05)

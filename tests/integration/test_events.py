@@ -109,6 +109,21 @@ def test_revocations_are_notified_after_commit(conn):
         d_id = session_id(conn, d)
         conn.execute("SELECT castle.revoke_session(%s)", (d_id,))
         conn.execute("SELECT castle.revoke_all('cached')")
+        dead = create(conn, "cached-dead", "1 hour")
+        dead_id = session_id(conn, dead)
+        conn.execute("UPDATE castle.sessions SET expires_at = now() - interval '1 s' WHERE id = %s", (dead_id,))
+        conn.execute("SELECT castle.prune()")
+        old = create(conn, "cached-reuse", "1 hour")
+        old_id = session_id(conn, old)
+        new_id = session_id(conn, conn.execute("SELECT castle.rotate(%s)", (old,)).fetchone()[0])
+        conn.execute("UPDATE castle.sessions SET rotated_at = now() - interval '1 hour' WHERE id = %s", (old_id,))
+        conn.execute("SELECT castle.is_valid(%s)", (old,))  # the worker revokes, as this backend had it
+        conn.execute("CREATE TEMP TABLE app_users (id bigint)")
+        conn.execute("CREATE TRIGGER sign_out AFTER DELETE ON app_users FOR EACH ROW "
+                     "EXECUTE FUNCTION castle.revoke_sessions_trigger('id')")
+        deleted_user = session_id(conn, create(conn, "4242", "1 hour"))
+        conn.execute("INSERT INTO app_users VALUES (4242)")
+        conn.execute("DELETE FROM app_users")
         # a rolled-back revocation is never heard of
         with conn.transaction(force_rollback=True):
             e = create(conn, "cached-rollback", "1 hour")
@@ -123,7 +138,12 @@ def test_revocations_are_notified_after_commit(conn):
     assert len(revoke_all) == 1 and revoke_all[0]["user"] == "cached"
     # the rotated-away b and its successor
     assert sorted(revoke_all[0]["sessions"]) == sorted([b_id, b2_id])
-    assert len(got) == 5, got
+    # prune takes whatever is dead in the database, earlier tests' too
+    assert any(g["event"] == "prune" and (g.get("all") or dead_id in g["sessions"]) for g in got)
+    assert ("rotate", [old_id], None) in events
+    assert ("reuse", sorted([old_id, new_id]), None) in [(e, sorted(i or []), u) for e, i, u in events]
+    assert ("trigger", [deleted_user], "4242") in events
+    assert len(got) == 9, got
 
 
 def test_bulk_revocations_send_one_small_notification(conn):
