@@ -31,7 +31,7 @@ CREATE FUNCTION castle."overview"() RETURNS TABLE (
 	"rotated_sessions" bigint,
 	"oldest_live" timestamp with time zone
 )
-STRICT STABLE SECURITY DEFINER PARALLEL SAFE
+STRICT STABLE SECURITY DEFINER PARALLEL RESTRICTED
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'overview_wrapper';

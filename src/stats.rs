@@ -195,7 +195,7 @@ fn stats_reset() {
 
 /// What castle.sessions holds now, counted from the table (it reads every
 /// row: a DBA's query, not a hot path).
-#[pg_extern(stable, parallel_safe, security_definer)]
+#[pg_extern(stable, parallel_restricted, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn overview() -> TableIterator<
     'static,
