@@ -34,3 +34,19 @@ SELECT * FROM castle.authenticate(NULL);
 \echo
 \echo '   verify() says the same with NULL, for WHERE clauses and CASE:'
 SELECT (castle.verify('oat_MQ.bm90LWEtcmVhbC1zZWNyZXQ')).id IS NULL AS refused;
+\echo
+\echo '6. rotate(token): a new token; the old one stands for it for castle.rotate_grace ...'
+SELECT castle.create_session('bob', '1 hour', '{"device": "phone"}') AS old_token \gset
+SELECT castle.rotate(:'old_token') AS new_token \gset
+SELECT (castle.verify(:'old_token')).id = (castle.verify(:'new_token')).id AS old_stands_for_new;
+\echo '   ... and after it, the old token is a reuse: refused, and the whole sign-in revoked'
+UPDATE castle.sessions SET rotated_at = now() - interval '1 minute' WHERE rotated_at IS NOT NULL;
+SELECT castle.is_valid(:'old_token') AS old_valid;
+SELECT pg_sleep(0.5);
+SELECT castle.is_valid(:'new_token') AS new_valid_after_reuse;
+\echo
+\echo '7. What the DBA sees: castle.stats (pg_monitor) and castle.overview()'
+SELECT sessions_created, authentications, refused_malformed, refused_wrong_secret,
+       refused_expired, rotations, trimmed, reuses_detected
+  FROM castle.stats WHERE datname = current_database();
+SELECT * FROM castle.overview();

@@ -114,11 +114,12 @@ class SessionCache:
         says "all" (too many to name) or cannot be read."""
         try:
             event = json.loads(payload)
-            ids, user = event["sessions"], event.get("user")
-            if not (event.get("all") is None and isinstance(ids, list) and all(type(i) is int for i in ids)
-                    and (user is None or isinstance(user, str))):
-                raise ValueError
-        except (ValueError, KeyError, AttributeError):  # JSONDecodeError is a ValueError
+            ids, user = event["sessions"], event.get("user")  # no "sessions" with "all"
+            named = ("all" not in event and isinstance(ids, list) and all(type(i) is int for i in ids)
+                     and isinstance(user, (str, type(None))))
+        except (ValueError, KeyError, TypeError):  # JSONDecodeError is a ValueError
+            named = False
+        if not named:
             return self.evict()
         ids = set(ids)
         self.evict(lambda key, entry: entry[0] in ids or entry[1] == user)
@@ -133,7 +134,7 @@ HEARTBEAT = 2  # seconds between the listener's round trips
 
 def listen(cache):
     """The cache's thread: LISTEN on a connection of its own, forever."""
-    said = None
+    said = None  # the last thing printed, so a retry loop prints each failure once
     while True:
         try:
             with psycopg.connect(DATABASE_URL, autocommit=True) as conn:

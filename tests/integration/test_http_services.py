@@ -2,6 +2,7 @@
 examples/node_service on node-postgres), each started as a process and driven
 over real HTTP: sign-in, the protected route under row-level security, refusals
 and sign-out."""
+import contextlib
 import json
 import os
 import socket
@@ -72,15 +73,15 @@ def call(base, method, path, token=None, body=None):
             return e.code, e.read()
 
 
-@pytest.fixture(scope="module", params=list(COMMANDS))
-def service(request, database, tmp_path_factory):
-    """The base URL of one example service, connected as notes_app."""
+@contextlib.contextmanager
+def running(kind, database, log, **extra_env):
+    """Starts one example service, connected as notes_app; yields its base URL."""
     port = free_port()
-    log = tmp_path_factory.mktemp(request.param) / "service.log"
     env = {**os.environ, "DATABASE_URL": f"postgresql://notes_app@127.0.0.1:{PORT}/{database}",
-           "SIGN_IN_DATABASE_URL": f"postgresql://notes_sign_in@127.0.0.1:{PORT}/{database}", "PORT": str(port)}
+           "SIGN_IN_DATABASE_URL": f"postgresql://notes_sign_in@127.0.0.1:{PORT}/{database}", "PORT": str(port),
+           **extra_env}
     with open(log, "w") as out:
-        proc = subprocess.Popen(COMMANDS[request.param], env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(COMMANDS[kind], env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -90,11 +91,20 @@ def service(request, database, tmp_path_factory):
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                pytest.fail(f"{request.param} service did not start:\n{log.read_text()}")
+                pytest.fail(f"{kind} service did not start:\n{log.read_text()}")
             time.sleep(0.1)
-    yield base
-    proc.terminate()
-    proc.wait(10)
+    try:
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="module", params=list(COMMANDS))
+def service(request, database, tmp_path_factory):
+    """The base URL of one example service, connected as notes_app."""
+    with running(request.param, database, tmp_path_factory.mktemp(request.param) / "service.log") as base:
+        yield base
 
 
 def sign_in(base, user):
@@ -152,6 +162,69 @@ def test_sign_out_ends_only_that_session(service):
         assert c.execute("SELECT (castle.verify(%s)).id", (alice,)).fetchone()[0] is None
     status, body = call(service, "GET", "/notes", bob)
     assert (status, json.loads(body)) == (200, own_notes(2))
+
+
+def test_python_session_cache_hears_revocations(database, tmp_path):
+    """GET /me of the Python service with SESSION_CACHE_SECONDS=60: a session
+    revoked from another connection is refused on the next request, by
+    NOTIFY castle_revocations, long before the cache's own 60 s."""
+    with psycopg.connect(dsn(DB), autocommit=True) as c:
+        # Before the service connects: a setting of the database applies to
+        # the sessions started after it. No sessions left over from the tests
+        # above, so no sign-in below trims one (castle.max_sessions).
+        c.execute(f"ALTER DATABASE {DB} SET castle.notify_revocations = on")
+        c.execute("SELECT castle.revoke_all(1::bigint), castle.revoke_all(2::bigint)")
+    log = tmp_path / "service.log"
+    try:
+        with running("python", database, log, SESSION_CACHE_SECONDS="60") as base, \
+                psycopg.connect(dsn(DB), autocommit=True) as admin:
+            deadline = time.monotonic() + 10
+            while "session cache: listening" not in log.read_text():
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+
+            def me(token):
+                status, body = call(base, "GET", "/me", token)
+                return status, json.loads(body)
+
+            def refused_within(token, seconds=2.0):
+                deadline = time.monotonic() + seconds
+                while call(base, "GET", "/me", token)[0] != 401:
+                    if time.monotonic() > deadline:
+                        return False
+                    time.sleep(0.02)
+                return True
+
+            quiet, alice, bob, leaving = sign_in(base, 1), sign_in(base, 1), sign_in(base, 2), sign_in(base, 2)
+            ids = {t: admin.execute("SELECT (castle.verify(%s)).id", (t,)).fetchone()[0]
+                   for t in (quiet, alice, bob, leaving)}
+            for token, user in [(quiet, "1"), (alice, "1"), (bob, "2"), (leaving, "2")]:
+                assert me(token) == (200, {"session_id": ids[token], "user_id": user})
+
+            # The cache answers on its own: a revocation that sends no
+            # notification leaves /me believing the token, while /notes,
+            # which logs in within its own transaction, refuses it at once.
+            with admin.transaction():
+                admin.execute("SET LOCAL castle.notify_revocations = off")
+                assert admin.execute("SELECT castle.revoke_session(%s)", (ids[quiet],)).fetchone()[0]
+            assert me(quiet) == (200, {"session_id": ids[quiet], "user_id": "1"})
+            assert call(base, "GET", "/notes", quiet)[0] == 401
+
+            # A notified revocation, by session id and by user: the very next
+            # requests are refused, well within the cache's 60 s.
+            assert admin.execute("SELECT castle.revoke_session(%s)", (ids[alice],)).fetchone()[0]
+            assert refused_within(alice), log.read_text()
+            assert admin.execute("SELECT castle.revoke_all(2::bigint, %s)", (ids[bob],)).fetchone()[0] == 1
+            assert refused_within(leaving), log.read_text()
+            # the user's entries were evicted, but the session revoke_all kept still answers
+            assert me(bob) == (200, {"session_id": ids[bob], "user_id": "2"})
+
+            # Signing out through the service evicts its own entry at once.
+            assert call(base, "POST", "/sign-out", bob) == (204, b"")
+            assert call(base, "GET", "/me", bob)[0] == 401
+    finally:
+        with psycopg.connect(dsn(DB), autocommit=True) as c:
+            c.execute(f"ALTER DATABASE {DB} RESET castle.notify_revocations")
 
 
 def test_an_injection_in_a_request_route_cannot_read_another_users_notes(database):

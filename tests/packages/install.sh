@@ -65,7 +65,7 @@ conf=$ROOT/etc/postgresql/$MAJOR/main
     echo "port = $PORT"
     echo "listen_addresses = '127.0.0.1'"
     # as the README advises: settings checked from a session's first statement
-    echo "session_preload_libraries = 'castle_sessions'"
+    echo "shared_preload_libraries = 'castle_sessions'"
 } >>"$conf/postgresql.conf"
 # the test connects over loopback as postgres, without a password
 printf 'local all all trust\nhost all all 127.0.0.1/32 trust\n' >"$conf/pg_hba.conf"
