@@ -93,23 +93,21 @@ SELECT d.datname, c.collecting, c.stats_reset,
 
 REVOKE ALL ON FUNCTION castle.stats_counters(), castle.stats_reset(), castle.overview(),
     castle.revoke_deleted_user(text) FROM PUBLIC;
--- The trigger now calls revoke_deleted_user: whoever could run revoke_all's
--- text form (the roles whose deletes fire it) may run that.
-DO $$
-DECLARE
-    grantee regrole;
-BEGIN
-    FOR grantee IN
-        SELECT a.grantee::pg_catalog.regrole
-          FROM pg_catalog.pg_proc AS p, pg_catalog.aclexplode(p.proacl) AS a
-         WHERE p.oid OPERATOR(pg_catalog.=) 'castle.revoke_all(text, bigint)'::pg_catalog.regprocedure
-           AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
-           AND a.grantee OPERATOR(pg_catalog.<>) 0
-           AND a.grantee OPERATOR(pg_catalog.<>) p.proowner
-    LOOP
-        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION castle.revoke_deleted_user(text) TO %s', grantee);
-    END LOOP;
-END $$;
+-- The trigger now calls revoke_deleted_user: the sign-in set gains it, so
+-- running grant_sign_in_role again (as after every update) grants it.
+CREATE OR REPLACE FUNCTION castle.grant_sign_in_role(role regrole) RETURNS void
+LANGUAGE sql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT castle.grant_routines(role, castle.request_routines() || ARRAY[
+        'castle.create_session(bigint, interval, jsonb)',
+        'castle.create_session(uuid, interval, jsonb)',
+        'castle.create_session(text, interval, jsonb)',
+        'castle.rotate(text, interval)',
+        'castle.revoke_all(bigint, bigint)', 'castle.revoke_all(uuid, bigint)',
+        'castle.revoke_all(text, bigint)',
+        -- what revoke_sessions_trigger calls, for a sign-in role that deletes users
+        'castle.revoke_deleted_user(text)'
+    ]::regprocedure[])
+$$;
 REVOKE ALL ON castle.stats FROM PUBLIC;
 GRANT SELECT ON castle.stats TO pg_monitor;
 GRANT EXECUTE ON FUNCTION castle.stats_counters(), castle.overview() TO pg_monitor;

@@ -90,7 +90,9 @@ LANGUAGE sql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
         'castle.create_session(text, interval, jsonb)',
         'castle.rotate(text, interval)',
         'castle.revoke_all(bigint, bigint)', 'castle.revoke_all(uuid, bigint)',
-        'castle.revoke_all(text, bigint)'
+        'castle.revoke_all(text, bigint)',
+        -- what revoke_sessions_trigger calls, for a sign-in role that deletes users
+        'castle.revoke_deleted_user(text)'
     ]::regprocedure[])
 $$;
 

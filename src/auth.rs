@@ -13,7 +13,7 @@ use crate::raw_text::{self, RawText};
 use crate::session_row::{SessionRow, SessionValues};
 use crate::stats::{self, Counter};
 use crate::token::{self, Refusal};
-use crate::{families, settings, store};
+use crate::{events, families, settings, store};
 
 static TOUCH_SESSIONS: Statement = Statement {
     sql: include_str!("queries/touch_sessions.sql"),
@@ -61,7 +61,8 @@ fn verify(token: Option<RawText>) -> Option<SessionRow> {
 
 /// Whether the token names a live session, with verify's rules: the check
 /// for WHERE clauses and CASE, where `castle.verify(t) IS NOT NULL` would be
-/// false for a session with any NULL column. Writes nothing.
+/// false for a session with any NULL column. Writes nothing (a reuse's
+/// family is revoked by the worker it starts, as for every check).
 #[pg_extern(volatile, parallel_unsafe)]
 fn is_valid(token: Option<RawText>) -> bool {
     let valid = find(raw_text::bytes(&token)).map_err(note_refusal).is_ok();
@@ -93,6 +94,7 @@ fn authenticated(token: Option<&[u8]>) -> Result<SessionValues, Refusal> {
 /// the call (the clock, not the transaction's start), so a long transaction
 /// cannot keep using a session that has since expired.
 pub fn find(token: Option<&[u8]>) -> Result<Found, Refusal> {
+    families::retry_pending();
     let token = token.ok_or(Refusal::Missing)?;
     let decoded = settings::with_token_prefix(|prefix| token::decode(prefix, token))?;
     let named = store::find_by_id(decoded.id).ok_or(Refusal::UnknownId)?;
@@ -192,31 +194,17 @@ pub fn record_uses() {
         stats::add(Counter::TouchesSkipped, pending.len() as u64);
         return;
     }
-    unsafe {
-        let memory = pg_sys::CurrentMemoryContext;
-        let owner = pg_sys::CurrentResourceOwner;
-        pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        let written = PgTryBuilder::new(|| {
-            // SQL needs an outer snapshot, which a commit no longer has
-            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-            let written = write_uses(&pending);
-            pg_sys::PopActiveSnapshot();
-            Some(written)
-        })
-        .catch_others(|_| None)
-        .execute();
-        // a use skipped is one whose row another transaction held
-        let done = written.unwrap_or(0);
-        stats::add(Counter::TouchesWritten, done);
-        stats::add(Counter::TouchesSkipped, pending.len() as u64 - done);
-        if written.is_some() {
-            pg_sys::ReleaseCurrentSubTransaction();
-        } else {
-            pg_sys::RollbackAndReleaseCurrentSubTransaction();
-        }
-        pg_sys::MemoryContextSwitchTo(memory);
-        pg_sys::CurrentResourceOwner = owner;
-    }
+    let written = plans::in_subtransaction(|| unsafe {
+        // SQL needs an outer snapshot, which a commit no longer has
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        let written = write_uses(&pending);
+        pg_sys::PopActiveSnapshot();
+        written
+    });
+    // a use skipped is one whose row another transaction held
+    let done = written.unwrap_or(0);
+    stats::add(Counter::TouchesWritten, done);
+    stats::add(Counter::TouchesSkipped, pending.len() as u64 - done);
 }
 
 /// Forgets the uses of a transaction that aborts or is prepared.
@@ -271,12 +259,7 @@ pub fn note_refusal(why: Refusal) {
         1,
     );
     if unsafe { pg_sys::log_min_messages } <= pg_sys::DEBUG1 as i32 {
-        pgrx::pg_sys::panic::ErrorReport::new(
-            PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
-            format!("castle_sessions: token refused: {}", why.cause()),
-            "castle_sessions::auth::note_refusal",
-        )
-        .report(PgLogLevel::LOG_SERVER_ONLY);
+        events::log_server_only(&format!("token refused: {}", why.cause()));
     }
 }
 

@@ -228,13 +228,18 @@ fn resolve() -> Catalog {
         let has_column = |name: &std::ffi::CStr| {
             pg_sys::get_attnum(table, name.as_ptr()) != pg_sys::InvalidAttrNumber as i16
         };
-        let families = has_column(c"family_id") && has_column(c"rotated_at");
-        let columns = if families {
+        // 0.4.0's objects have neither column; with just one (a DBA dropped
+        // the other) no read may ignore rotated_at: the SQL read, which
+        // names both, fails instead
+        let (family_id, rotated_at) = (has_column(c"family_id"), has_column(c"rotated_at"));
+        let families = family_id && rotated_at;
+        let columns = if family_id || rotated_at {
             COLUMNS
         } else {
             COLUMNS_BEFORE_FAMILIES
         };
-        let readable = table_as_made(rel, columns);
+        let readable = (families || columns == COLUMNS_BEFORE_FAMILIES)
+            && table_as_made(rel, columns);
         let mut primary_key = None;
         let mut user_index = None;
         if readable {

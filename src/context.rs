@@ -46,7 +46,10 @@ pub fn register_callbacks() {
 fn login(token: Option<RawText>) -> SessionRow {
     let session = auth::session_or_refuse(raw_text::bytes(&token));
     if !unsafe { pg_sys::IsTransactionBlock() } {
-        warning!("castle.login outside a transaction block binds nothing beyond this statement");
+        // without the context lines, whose bound parameters hold the token
+        crate::events::without_context(|| {
+            warning!("castle.login outside a transaction block binds nothing beyond this statement")
+        });
     }
     push(Some(Binding {
         session_id: session.id(),

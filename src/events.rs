@@ -116,27 +116,46 @@ pub fn reuse_revoked(presented: i64, ids: &[i64]) {
         return;
     }
     stats::add(Counter::ReusesDetected, 1);
-    log_always(&format!(
+    log_server_only(&format!(
         "reuse of a rotated token: family of session {presented} revoked"
     ));
-    log(|| format!("sessions revoked (reuse): {}", listed(ids)));
-    notify("reuse", ids);
+    log(|| format!("sessions revoked (family): {}", listed(ids)));
+    notify("family", ids);
 }
 
 fn log(message: impl FnOnce() -> String) {
     if settings::log_events() {
-        log_always(&message());
+        log_server_only(&message());
     }
 }
 
-/// To the server log only, never the client, whatever its client_min_messages.
-pub fn log_always(message: &str) {
-    pgrx::pg_sys::panic::ErrorReport::new(
-        PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
-        format!("castle_sessions: {message}"),
-        "castle_sessions::events",
-    )
-    .report(PgLogLevel::LOG_SERVER_ONLY);
+/// `castle_sessions: {message}` to the server log only, never the client,
+/// whatever its client_min_messages.
+pub fn log_server_only(message: &str) {
+    without_context(|| {
+        pgrx::pg_sys::panic::ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+            format!("castle_sessions: {message}"),
+            "castle_sessions::events",
+        )
+        .report(PgLogLevel::LOG_SERVER_ONLY)
+    });
+}
+
+/// Runs `report` — a message that returns, below ERROR — with no context
+/// lines and no statement: the caller's portal would add its bound
+/// parameters (log_parameter_max_length_on_error, which any role may set),
+/// and one of them may be a token. Both are restored after.
+pub fn without_context(report: impl FnOnce()) {
+    unsafe {
+        let context = pg_sys::error_context_stack;
+        let statement = pg_sys::debug_query_string;
+        pg_sys::error_context_stack = std::ptr::null_mut();
+        pg_sys::debug_query_string = std::ptr::null();
+        report();
+        pg_sys::error_context_stack = context;
+        pg_sys::debug_query_string = statement;
+    }
 }
 
 /// A user id as logged: its text, in quotes, control characters escaped.
@@ -170,40 +189,41 @@ pub fn payload(event: &str, ids: &[i64]) -> String {
 /// `{"event":…,"user":"…","sessions":[…]}`: a cache may drop the user's
 /// entries, or the sessions named. A user id too long for a payload gives
 /// `"all":true`.
-pub fn user_payload(event: &str, user_id: &[u8], ids: &[i64]) -> String {
-    let user = json_string(&String::from_utf8_lossy(user_id));
-    if ids.len() > MOST_IDS_NOTIFIED || user.len() > 1000 {
-        return format!(
-            r#"{{"event":"{event}","user":{},"count":{},"all":true}}"#,
-            if user.len() > 1000 { "null" } else { &user },
-            ids.len()
-        );
+pub fn user_payload(event: &str, user_id: &[u8], ids: &[i64]) -> Vec<u8> {
+    let user = json_string(user_id);
+    let user: &[u8] = if user.len() > 1000 { b"null" } else { &user };
+    let mut out = format!(r#"{{"event":"{event}","user":"#).into_bytes();
+    out.extend_from_slice(user);
+    if ids.len() > MOST_IDS_NOTIFIED || user == b"null" {
+        out.extend_from_slice(format!(r#","count":{},"all":true}}"#, ids.len()).as_bytes());
+    } else {
+        let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+        out.extend_from_slice(format!(r#","sessions":[{}]}}"#, ids.join(",")).as_bytes());
     }
-    let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
-    format!(
-        r#"{{"event":"{event}","user":{user},"sessions":[{}]}}"#,
-        ids.join(",")
-    )
+    out
 }
 
-fn json_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+/// A JSON string of text in the database's encoding: quote, backslash and
+/// control bytes escaped, every other byte as it is (a non-ASCII byte is
+/// never a quote or a backslash in any server encoding).
+fn json_string(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + 2);
+    out.push(b'"');
+    for &b in text {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b if b < 0x20 => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
+            b => out.push(b),
         }
     }
-    out.push('"');
+    out.push(b'"');
     out
 }
 
 fn notify(event: &str, ids: &[i64]) {
     if settings::notify_revocations() && !ids.is_empty() {
-        send(&payload(event, ids));
+        send(payload(event, ids).as_bytes());
     }
 }
 
@@ -215,13 +235,13 @@ fn notify_user(event: &str, user_id: &[u8], ids: &[i64]) {
 
 /// pg_notify: PostgreSQL delivers it when the transaction commits, and
 /// drops it when it aborts.
-fn send(payload: &str) {
+fn send(payload: &[u8]) {
     unsafe {
         pgrx::direct_function_call::<pg_sys::Datum>(
             pg_sys::pg_notify,
             &[
                 crate::raw_text::text_datum(b"castle_revocations").into(),
-                crate::raw_text::text_datum(payload.as_bytes()).into(),
+                crate::raw_text::text_datum(payload).into(),
             ],
         );
     }
@@ -243,8 +263,8 @@ mod tests {
             r#"{"event":"prune","count":101,"all":true}"#
         );
         assert_eq!(
-            user_payload("revoke_all", b"a\"b\\\n", &[7]),
-            r#"{"event":"revoke_all","user":"a\"b\\\u000a","sessions":[7]}"#
+            user_payload("revoke_all", b"a\"b\\\n\xe9", &[7]),
+            b"{\"event\":\"revoke_all\",\"user\":\"a\\\"b\\\\\\u000a\xe9\",\"sessions\":[7]}"
         );
     }
 }

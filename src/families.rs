@@ -13,19 +13,29 @@
 //! rolls back the caller's transaction and with it any revocation made
 //! there. So the family is revoked by a background worker, in a transaction
 //! of its own, started here and not waited for; the caller sees the same
-//! refusal, in the same time, as for any bad token. Without a free worker
-//! slot, the caller's transaction revokes it (kept if that commits) and the
-//! server log says so.
+//! refusal, in the same time, as for any bad token, and nothing is written,
+//! waited for or raised in its transaction. Without a free worker slot, the
+//! backend starts the worker at its next check, and the server log says so.
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
+use std::cell::RefCell;
+
+use pgrx::spi::SpiClient;
+
 use crate::events;
+use crate::issue;
 use crate::plans::{self, Statement, INT4, INT8, TEXT};
 use crate::{settings, store};
 
-pub static DELETE_FAMILY: Statement = Statement {
+static USER_OF_SESSION: Statement = Statement {
+    sql: "SELECT s.user_id FROM castle.sessions AS s WHERE s.id = $1",
+    args: &[INT8],
+    mutating: true,
+};
+static DELETE_FAMILY: Statement = Statement {
     sql: include_str!("queries/delete_family.sql"),
     args: &[INT8, TEXT],
     mutating: true,
@@ -53,19 +63,67 @@ pub fn within_grace(rotated_at: i64, now: i64) -> bool {
 }
 
 /// A rotated token came back after its grace: revoke every session of its
-/// family (`presented` is the session the token names). On a standby
-/// nothing can be written: the token is refused there, and its family is
-/// revoked when the token next reaches the primary.
+/// family (`presented` is the session the token names), by a worker. On a
+/// standby nothing can be written: the token is refused there, and its
+/// family is revoked when the token next reaches the primary. Nothing here
+/// writes, waits or raises in the caller.
 pub fn reuse(presented: i64) {
     if unsafe { pg_sys::RecoveryInProgress() } {
-        events::log_always(&format!(
+        events::log_server_only(&format!(
             "reuse of a rotated token on a standby: family of session {presented} \
              is revoked when the token next reaches the primary"
         ));
         return;
     }
-    let worker = BackgroundWorkerBuilder::new("castle_sessions reuse")
-        .set_type("castle_sessions reuse")
+    if started_lately(presented) {
+        return;
+    }
+    if !start_worker(presented) {
+        events::log_server_only(&format!(
+            "no background worker free (max_worker_processes): family of session {presented} \
+             is revoked when one is"
+        ));
+        PENDING.with(|pending| {
+            let mut pending = pending.borrow_mut();
+            if !pending.contains(&presented) && pending.len() < MOST_PENDING {
+                pending.push(presented);
+            }
+        });
+    }
+}
+
+/// Families this backend owes a worker, and the workers it started in the
+/// last STARTED_FOR microseconds, so that one statement presenting a token
+/// a thousand times starts one worker, not a thousand.
+const MOST_PENDING: usize = 64;
+const STARTED_FOR: i64 = 5_000_000;
+thread_local! {
+    static PENDING: RefCell<Vec<i64>> = const { RefCell::new(Vec::new()) };
+    static STARTED: RefCell<Vec<(i64, i64)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn started_lately(presented: i64) -> bool {
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    STARTED.with(|started| {
+        let mut started = started.borrow_mut();
+        started.retain(|&(_, at)| at > now - STARTED_FOR);
+        started.iter().any(|&(id, _)| id == presented)
+    })
+}
+
+/// At every check: the workers this backend could not start before.
+pub fn retry_pending() {
+    if PENDING.with(|pending| pending.borrow().is_empty()) || unsafe { pg_sys::RecoveryInProgress() } {
+        return;
+    }
+    let owed = PENDING.with(|pending| std::mem::take(&mut *pending.borrow_mut()));
+    let still: Vec<i64> = owed.into_iter().filter(|&id| !start_worker(id)).collect();
+    PENDING.with(|pending| pending.borrow_mut().extend(still));
+}
+
+fn start_worker(presented: i64) -> bool {
+    let started = BackgroundWorkerBuilder::new("castle_sessions revocation")
+        .set_type("castle_sessions revocation")
         .set_library("castle_sessions")
         .set_function("castle_sessions_revoke_family")
         .set_argument(Some(pg_sys::Datum::from(presented)))
@@ -77,34 +135,51 @@ pub fn reuse(presented: i64) {
         ))
         .enable_spi_access()
         .set_restart_time(None)
-        .load_dynamic();
-    if worker.is_err() {
-        events::log_always(&format!(
-            "no background worker free (max_worker_processes): family of session {presented} \
-             revoked in the caller's transaction, kept only if it commits"
-        ));
-        revoke_family(presented);
+        .load_dynamic()
+        .is_ok();
+    if started {
+        let now = unsafe { pg_sys::GetCurrentTimestamp() };
+        STARTED.with(|started| started.borrow_mut().push((presented, now)));
     }
+    started
 }
 
-/// Deletes every session of `presented`'s family, as the table's owner.
-fn revoke_family(presented: i64) {
-    let ids: Vec<i64> = plans::as_owner(store::table_owner(), || {
-        Spi::connect_mut(|client| {
-            let delete = plans::kept(client, &DELETE_FAMILY);
-            let args = [presented.into(), plans::null_text()];
-            plans::or_raise(client.update(delete, None, &args))
-                .map(|row| plans::or_raise(row.get::<i64>(1)).unwrap_or_default())
-                .collect()
-        })
-    });
-    events::reuse_revoked(presented, &ids);
+/// The user whose session `id` is, if it exists.
+pub fn user_of(client: &mut SpiClient<'_>, id: i64) -> Option<Vec<u8>> {
+    let read = plans::kept(client, &USER_OF_SESSION);
+    let rows = plans::or_raise(client.select(read, Some(1), &[id.into()]));
+    let row = rows.first();
+    if row.is_empty() {
+        return None;
+    }
+    plans::or_raise(row.get_datum_by_ordinal(1))
+        .map(|user| unsafe { store::text_bytes(user) }.to_vec())
+}
+
+/// Deletes session `id`'s family, if `id` is `only_user`'s (when given),
+/// under the user's lock: every rotation of the family takes it too, so the
+/// delete waits for one in flight and then sees its new session, and never
+/// deadlocks with it, with trimming or with revoke_all. Returns the ids.
+pub fn delete(client: &mut SpiClient<'_>, id: i64, only_user: Option<&[u8]>) -> Vec<i64> {
+    let Some(user_id) = user_of(client, id) else {
+        return Vec::new();
+    };
+    if only_user.is_some_and(|only| only != user_id.as_slice()) {
+        return Vec::new();
+    }
+    issue::lock_user(client, &user_id, store::call_time());
+    let delete = plans::kept(client, &DELETE_FAMILY);
+    let args = [id.into(), plans::text(&user_id)];
+    plans::or_raise(client.update(delete, None, &args))
+        .map(|row| plans::or_raise(row.get::<i64>(1)).unwrap_or_default())
+        .collect()
 }
 
 /// The background worker: connects to the caller's database as the
-/// bootstrap superuser (the table's owner may not be allowed to log in),
+/// bootstrap superuser (the table's owner may not be allowed to log in) and
 /// revokes the family as the table's owner, with the caller's log and
-/// notify settings, and exits.
+/// notify settings. A failure (a deadlock, a serialization failure) is
+/// retried; after the last attempt the log says the family was not revoked.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn castle_sessions_revoke_family(argument: pg_sys::Datum) {
@@ -114,13 +189,37 @@ pub extern "C-unwind" fn castle_sessions_revoke_family(argument: pg_sys::Datum) 
         .filter_map(|field| field.parse().ok())
         .collect();
     let [database, log_events, notify] = extra[..] else {
-        error!("castle_sessions reuse worker: bad arguments");
+        error!("castle_sessions revocation worker: bad arguments");
     };
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGTERM);
+    // PostgreSQL's own SIGTERM handler stays: a fast shutdown or
+    // pg_terminate_backend ends the worker even while it waits for a lock
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::empty());
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(database)), None);
-    BackgroundWorker::transaction(|| {
-        settings::set_for_worker(c"castle.log_events", log_events == 1);
-        settings::set_for_worker(c"castle.notify_revocations", notify == 1);
-        revoke_family(presented);
+    for attempt in 1..=WORKER_ATTEMPTS {
+        let revoked = BackgroundWorker::transaction(|| {
+            settings::set_for_worker(c"castle.log_events", log_events == 1);
+            settings::set_for_worker(c"castle.notify_revocations", notify == 1);
+            // a database's timeouts are for clients, not for this
+            settings::set_for_worker_value(c"lock_timeout", c"0");
+            settings::set_for_worker_value(c"statement_timeout", c"0");
+            plans::in_subtransaction(|| revoke_family(presented)).is_some()
+        });
+        if revoked {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100 * attempt));
+    }
+    events::log_server_only(&format!(
+        "reuse of a rotated token: family of session {presented} NOT revoked \
+         after {WORKER_ATTEMPTS} attempts; see the errors above"
+    ));
+}
+
+const WORKER_ATTEMPTS: u64 = 5;
+
+fn revoke_family(presented: i64) {
+    let ids = plans::as_owner(store::table_owner(), || {
+        Spi::connect_mut(|client| delete(client, presented, None))
     });
+    events::reuse_revoked(presented, &ids);
 }

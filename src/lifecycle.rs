@@ -186,8 +186,13 @@ fn rotate(token: Option<RawText>, ttl: default!(Option<Interval>, "NULL")) -> St
         let row = rotated.first();
         let rotated_at = plans::or_raise(row.get::<TimestampWithTimeZone>(3))
             .map_or(found.now, |at| at.into_inner());
-        // another rotation of the same token, committed while we waited for the lock
+        // another rotation of the same token committed while we waited for
+        // the lock: past the grace, refused; a reuse only if the token was
+        // already rotated away when we read it (else two requests raced)
         if rotated_at != found.now && !families::within_grace(rotated_at, found.now) {
+            if found.presented == found.id {
+                auth::refuse(Refusal::UnknownId);
+            }
             families::reuse(found.presented);
             auth::refuse(Refusal::Reuse);
         }
@@ -227,18 +232,10 @@ fn prune(batch_size: default!(i32, 10000)) -> i64 {
     })
 }
 
-/// Deletes session `id` and its family, if it belongs to `user_id` (when
-/// given). It takes no user lock: deleting one family waits at most for its rows.
-fn delete_family(id: i64, user_id: Option<&[u8]>, kind: Revocation) -> bool {
-    let deleted = Spi::connect_mut(|client| {
-        let delete = plans::kept(client, &families::DELETE_FAMILY);
-        let user = user_id.map_or_else(plans::null_text, plans::text);
-        ids(plans::or_raise(client.update(
-            delete,
-            None,
-            &[id.into(), user],
-        )))
-    });
+/// Deletes session `id` and its family, if it belongs to `only_user` (when
+/// given), under the user's lock (`families::delete`).
+fn delete_family(id: i64, only_user: Option<&[u8]>, kind: Revocation) -> bool {
+    let deleted = Spi::connect_mut(|client| families::delete(client, id, only_user));
     events::revoked(kind, &deleted, None);
     !deleted.is_empty()
 }

@@ -62,11 +62,6 @@ pub fn text(bytes: &[u8]) -> pgrx::datum::DatumWithOid<'static> {
     unsafe { pgrx::datum::DatumWithOid::new(crate::raw_text::text_datum(bytes), pg_sys::TEXTOID) }
 }
 
-/// A NULL text argument.
-pub fn null_text() -> pgrx::datum::DatumWithOid<'static> {
-    pgrx::datum::DatumWithOid::null_oid(pg_sys::TEXTOID)
-}
-
 /// SPI failures here are server faults (a dropped table, out of memory), never
 /// a property of the caller's input, so they are raised as they are.
 pub fn or_raise<T>(result: pgrx::spi::SpiResult<T>) -> T {
@@ -130,4 +125,26 @@ pub fn without_detail<R>(f: impl FnOnce() -> R) -> R {
             panic => panic.rethrow(),
         })
         .execute()
+}
+
+/// Runs `f` in a subtransaction of its own: Some(result) when it succeeded,
+/// None when it raised, after rolling the subtransaction back (the caller's
+/// transaction goes on either way).
+pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Option<R> {
+    unsafe {
+        let memory = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| Some(f())))
+            .catch_others(|_| None)
+            .execute();
+        if result.is_some() {
+            pg_sys::ReleaseCurrentSubTransaction();
+        } else {
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        }
+        pg_sys::MemoryContextSwitchTo(memory);
+        pg_sys::CurrentResourceOwner = owner;
+        result
+    }
 }

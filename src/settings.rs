@@ -170,7 +170,11 @@ pub fn notify_revocations() -> bool {
 
 /// In the reuse worker: the setting the backend that started it had.
 pub fn set_for_worker(name: &CStr, on: bool) {
-    let value = if on { c"on" } else { c"off" };
+    set_for_worker_value(name, if on { c"on" } else { c"off" });
+}
+
+/// In the reuse worker: a setting for the rest of its transaction.
+pub fn set_for_worker_value(name: &CStr, value: &CStr) {
     unsafe {
         pg_sys::SetConfigOption(
             name.as_ptr(),

@@ -60,15 +60,18 @@ class SessionCache:
     Only /me: /notes must call castle.login in its own transaction, because
     the row-level security policy reads castle.user_id(), which only
     castle.login can set, in that backend, for that transaction. A cached
-    answer cannot stand in for it, and since /notes goes to the database
-    anyway, login is one more statement there, not one more round trip. /me
+    answer cannot stand in for it; and as /notes must query the database
+    anyway, it would save one statement of a transaction run regardless. /me
     only asks who the token is, which is all the cache holds.
 
     An entry lives SESSION_CACHE_SECONDS at most, and never past the session's
     expiry or idle timeout. A revocation evicts it at once, by NOTIFY (listen()
     below), so the cache is believed only while that listener is known to be
     connected: with it down, every lookup goes to the database. Keyed by a
-    hash, so the cache's memory holds no token. Refusals are never cached."""
+    hash, so the cache's memory holds no token. Refusals are never cached.
+    A hit records no use (used_at), and a token castle.rotate replaced, seen
+    within castle.rotate_grace, may answer here for up to the lifetime past
+    the grace: /notes, through castle.login, still refuses it as a reuse."""
 
     MOST_ENTRIES = 100_000  # a bound on memory; emptying costs only re-checks
 
@@ -146,16 +149,17 @@ def listen(cache):
                 # Revocations before LISTEN never reach us: forget all, and any
                 # answer in flight (evict() bumps the generation).
                 cache.evict()
+                cache.trust(2 * HEARTBEAT)
                 said = "session cache: listening for castle_revocations"
                 print(said, flush=True)
                 while True:
-                    cache.trust(2 * HEARTBEAT)
                     for notify in conn.notifies(timeout=HEARTBEAT):
                         cache.revoked(notify.payload)
                     # A connection that died without a word (a cable, a firewall)
                     # would let notifies() wait forever; this round trip has to
                     # succeed before trust() is renewed.
                     conn.execute("SELECT 1")
+                    cache.trust(2 * HEARTBEAT)
         except Exception as e:  # any failure: believe nothing until listening again
             cache.trust(0)
             cache.evict()

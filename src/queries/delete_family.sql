@@ -1,10 +1,10 @@
 -- Sign out one device: the whole family of session $1 (its sign-in's first
 -- session and every successor, rotated away or not), if $1 belongs to user
--- $2 ($2 NULL: whoever it belongs to).
+-- $2, whose lock the caller holds.
 WITH target AS (
     SELECT COALESCE(s.family_id, s.id) AS family
       FROM castle.sessions AS s
-     WHERE s.id = $1 AND ($2 IS NULL OR s.user_id = $2)
+     WHERE s.id = $1 AND s.user_id = $2
 ), doomed AS (
     SELECT s.id FROM castle.sessions AS s JOIN target AS t ON s.id = t.family
     UNION ALL

@@ -1,20 +1,24 @@
--- Make room for one more session of user $1: delete the user's dead sessions
+-- Make room for one more sign-in of user $1: delete the user's dead sessions
 -- (expired, or idle for longer than $3 seconds when $3 > 0, at time $4), then
--- the oldest live ones, so that at most $2 - 1 live ones remain. The caller
--- holds the user's lock, so this statement's snapshot has every committed
--- session. Sessions rotated away are not counted (their family's newest
--- is), and are left to prune. Live rows another transaction holds (a request
--- recording a use on a table with a DBA's trigger) are chosen last, so a
--- sign-in waits for a request only when nothing else can go.
+-- the families (sign-ins, with every session rotated from them) least
+-- recently renewed, so that at most $2 - 1 families with a live session
+-- remain. A family is one device, however many of its sessions are live
+-- (two rotations of one token raced); tokens rotated away are not counted,
+-- and go with their family or, later, with prune. The caller holds the
+-- user's lock, so this statement's snapshot has every committed session.
+-- Families with a live row another transaction holds (a request recording a
+-- use on a table with a DBA's trigger) are chosen last, so a sign-in waits
+-- for a request only when nothing else can go.
 WITH mine AS (
-    SELECT s.id, s.created_at,
+    SELECT s.id, COALESCE(s.family_id, s.id) AS family, s.created_at,
+           s.rotated_at IS NOT NULL AS rotated,
            (s.expires_at IS NOT NULL AND s.expires_at <= $4)
              OR ($3 > 0 AND COALESCE(s.used_at, s.created_at)
                             <= $4 - pg_catalog.make_interval(secs => $3)) AS dead
       FROM castle.sessions AS s
-     WHERE s.user_id = $1 AND s.rotated_at IS NULL
+     WHERE s.user_id = $1
 ), lockable AS (
-    -- the live ones (mine's condition, negated) that no one else holds
+    -- the live sessions (mine's condition, negated) that no one else holds
     SELECT s.id
       FROM castle.sessions AS s
      WHERE s.user_id = $1 AND s.rotated_at IS NULL
@@ -22,17 +26,25 @@ WITH mine AS (
                 OR ($3 > 0 AND COALESCE(s.used_at, s.created_at)
                                <= $4 - pg_catalog.make_interval(secs => $3)))
        FOR UPDATE SKIP LOCKED
-), live AS (
-    SELECT m.id,
-           pg_catalog.row_number() OVER (ORDER BY (l.id IS NOT NULL) DESC, m.created_at, m.id) AS victim_rank,
-           pg_catalog.count(*) OVER () AS live_count
+), families AS (
+    SELECT m.family, pg_catalog.max(m.created_at) AS renewed,
+           pg_catalog.bool_and(l.id IS NOT NULL) AS free
       FROM mine AS m
       LEFT JOIN lockable AS l ON l.id = m.id
-     WHERE NOT m.dead
+     WHERE NOT m.rotated AND NOT m.dead
+     GROUP BY m.family
+), ranked AS (
+    SELECT f.family,
+           pg_catalog.row_number() OVER (ORDER BY f.free DESC, f.renewed, f.family) AS victim_rank,
+           pg_catalog.count(*) OVER () AS live_families
+      FROM families AS f
 ), doomed AS (
-    SELECT m.id FROM mine AS m WHERE m.dead
-    UNION ALL
-    SELECT v.id FROM live AS v WHERE v.victim_rank <= v.live_count - ($2 - 1)
+    SELECT m.id FROM mine AS m WHERE m.dead AND NOT m.rotated
+    UNION
+    SELECT m.id
+      FROM mine AS m
+      JOIN ranked AS r ON r.family = m.family
+     WHERE r.victim_rank <= r.live_families - ($2 - 1)
 )
 -- a join on the primary key, not an OR of two IN lists (which scanned the table)
 DELETE FROM castle.sessions AS s

@@ -164,67 +164,100 @@ def test_sign_out_ends_only_that_session(service):
     assert (status, json.loads(body)) == (200, own_notes(2))
 
 
-def test_python_session_cache_hears_revocations(database, tmp_path):
-    """GET /me of the Python service with SESSION_CACHE_SECONDS=60: a session
-    revoked from another connection is refused on the next request, by
-    NOTIFY castle_revocations, long before the cache's own 60 s."""
+@contextlib.contextmanager
+def cached_python_service(database, log):
+    """The Python service with SESSION_CACHE_SECONDS=60, once its listener
+    listens; yields its base URL and a superuser's connection."""
     with psycopg.connect(dsn(DB), autocommit=True) as c:
-        # Before the service connects: a setting of the database applies to
-        # the sessions started after it. No sessions left over from the tests
-        # above, so no sign-in below trims one (castle.max_sessions).
+        # Before the service connects: a database's setting applies to the
+        # sessions started after it. With no sessions left from the tests
+        # above, no sign-in below trims one (castle.max_sessions).
         c.execute(f"ALTER DATABASE {DB} SET castle.notify_revocations = on")
         c.execute("SELECT castle.revoke_all(1::bigint), castle.revoke_all(2::bigint)")
-    log = tmp_path / "service.log"
     try:
         with running("python", database, log, SESSION_CACHE_SECONDS="60") as base, \
                 psycopg.connect(dsn(DB), autocommit=True) as admin:
-            deadline = time.monotonic() + 10
-            while "session cache: listening" not in log.read_text():
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.05)
-
-            def me(token):
-                status, body = call(base, "GET", "/me", token)
-                return status, json.loads(body)
-
-            def refused_within(token, seconds=2.0):
-                deadline = time.monotonic() + seconds
-                while call(base, "GET", "/me", token)[0] != 401:
-                    if time.monotonic() > deadline:
-                        return False
-                    time.sleep(0.02)
-                return True
-
-            quiet, alice, bob, leaving = sign_in(base, 1), sign_in(base, 1), sign_in(base, 2), sign_in(base, 2)
-            ids = {t: admin.execute("SELECT (castle.verify(%s)).id", (t,)).fetchone()[0]
-                   for t in (quiet, alice, bob, leaving)}
-            for token, user in [(quiet, "1"), (alice, "1"), (bob, "2"), (leaving, "2")]:
-                assert me(token) == (200, {"session_id": ids[token], "user_id": user})
-
-            # The cache answers on its own: a revocation that sends no
-            # notification leaves /me believing the token, while /notes,
-            # which logs in within its own transaction, refuses it at once.
-            with admin.transaction():
-                admin.execute("SET LOCAL castle.notify_revocations = off")
-                assert admin.execute("SELECT castle.revoke_session(%s)", (ids[quiet],)).fetchone()[0]
-            assert me(quiet) == (200, {"session_id": ids[quiet], "user_id": "1"})
-            assert call(base, "GET", "/notes", quiet)[0] == 401
-
-            # A notified revocation, by session id and by user: the very next
-            # requests are refused, well within the cache's 60 s.
-            assert admin.execute("SELECT castle.revoke_session(%s)", (ids[alice],)).fetchone()[0]
-            assert refused_within(alice), log.read_text()
-            assert admin.execute("SELECT castle.revoke_all(2::bigint, %s)", (ids[bob],)).fetchone()[0] == 1
-            assert refused_within(leaving), log.read_text()
-            # the user's entries were evicted, but the session revoke_all kept still answers
-            assert me(bob) == (200, {"session_id": ids[bob], "user_id": "2"})
-
-            # Signing out through the service evicts its own entry at once.
-            assert call(base, "POST", "/sign-out", bob) == (204, b"")
-            assert call(base, "GET", "/me", bob)[0] == 401
+            wait_for(lambda: "session cache: listening" in log.read_text(), log)
+            yield base, admin
     finally:
         with psycopg.connect(dsn(DB), autocommit=True) as c:
             c.execute(f"ALTER DATABASE {DB} RESET castle.notify_revocations")
+
+
+def wait_for(condition, log, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.02)
+
+
+def me(base, token):
+    status, body = call(base, "GET", "/me", token)
+    return status, json.loads(body)
+
+
+def revoke_unnotified(admin, session_id):
+    """revoke_session with this one transaction's notifications off, as if the
+    DBA had never turned castle.notify_revocations on."""
+    with admin.transaction():
+        admin.execute("SET LOCAL castle.notify_revocations = off")
+        assert admin.execute("SELECT castle.revoke_session(%s)", (session_id,)).fetchone()[0]
+
+
+def test_python_session_cache_hears_revocations(database, tmp_path):
+    """GET /me from the cache: a session revoked from another connection is
+    refused on the next request, by NOTIFY castle_revocations, long before
+    the cache's own 60 s would have."""
+    log = tmp_path / "service.log"
+    with cached_python_service(database, log) as (base, admin):
+        unnotified, alice, bob, leaving = sign_in(base, 1), sign_in(base, 1), sign_in(base, 2), sign_in(base, 2)
+        ids = {t: admin.execute("SELECT (castle.verify(%s)).id", (t,)).fetchone()[0]
+               for t in (unnotified, alice, bob, leaving)}
+        for token, user in [(unnotified, "1"), (alice, "1"), (bob, "2"), (leaving, "2")]:
+            assert me(base, token) == (200, {"session_id": ids[token], "user_id": user})
+
+        # The cache answers on its own: after a revocation that notifies no
+        # one, /me still believes the token, while /notes, which logs in
+        # within its own transaction, refuses it.
+        revoke_unnotified(admin, ids[unnotified])
+        assert me(base, unnotified) == (200, {"session_id": ids[unnotified], "user_id": "1"})
+        assert call(base, "GET", "/notes", unnotified)[0] == 401
+
+        # Notified revocations, by session id and by user: refused at once,
+        # allowing the notification two seconds to arrive.
+        assert admin.execute("SELECT castle.revoke_session(%s)", (ids[alice],)).fetchone()[0]
+        wait_for(lambda: call(base, "GET", "/me", alice)[0] == 401, log, seconds=2)
+        assert admin.execute("SELECT castle.revoke_all(2::bigint, %s)", (ids[bob],)).fetchone()[0] == 1
+        wait_for(lambda: call(base, "GET", "/me", leaving)[0] == 401, log, seconds=2)
+        # all the user's entries went, but the session revoke_all kept still answers
+        assert me(base, bob) == (200, {"session_id": ids[bob], "user_id": "2"})
+
+        # Signing out through the service evicts its own entry at once.
+        assert call(base, "POST", "/sign-out", bob) == (204, b"")
+        assert call(base, "GET", "/me", bob)[0] == 401
+
+
+def test_python_session_cache_believes_nothing_while_its_listener_is_away(database, tmp_path):
+    """A notification missed while the listener reconnects must not leave a
+    revoked session cached: losing the connection empties the cache, and
+    nothing is cached until it listens again."""
+    log = tmp_path / "service.log"
+    with cached_python_service(database, log) as (base, admin):
+        before, after = sign_in(base, 1), sign_in(base, 1)
+        ids = {t: admin.execute("SELECT (castle.verify(%s)).id", (t,)).fetchone()[0] for t in (before, after)}
+        assert me(base, before)[0] == 200
+        listener = admin.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND usename = 'notes_app'"
+                                 " AND query IN ('LISTEN castle_revocations', 'SELECT 1')", (DB,)).fetchall()
+        assert len(listener) == 1, listener
+        admin.execute("SELECT pg_terminate_backend(%s)", listener[0])
+        wait_for(lambda: "session cache off" in log.read_text(), log)
+        revoke_unnotified(admin, ids[before])
+        assert call(base, "GET", "/me", before)[0] == 401
+
+        wait_for(lambda: log.read_text().count("session cache: listening") == 2, log)
+        assert me(base, after)[0] == 200
+        assert admin.execute("SELECT castle.revoke_session(%s)", (ids[after],)).fetchone()[0]
+        wait_for(lambda: call(base, "GET", "/me", after)[0] == 401, log, seconds=2)
 
 
 def test_an_injection_in_a_request_route_cannot_read_another_users_notes(database):
