@@ -238,8 +238,8 @@ fn resolve() -> Catalog {
         } else {
             COLUMNS_BEFORE_FAMILIES
         };
-        let readable = (families || columns == COLUMNS_BEFORE_FAMILIES)
-            && table_as_made(rel, columns);
+        let readable =
+            (families || columns == COLUMNS_BEFORE_FAMILIES) && table_as_made(rel, columns);
         let mut primary_key = None;
         let mut user_index = None;
         if readable {

@@ -113,7 +113,9 @@ fn started_lately(presented: i64) -> bool {
 
 /// At every check: the workers this backend could not start before.
 pub fn retry_pending() {
-    if PENDING.with(|pending| pending.borrow().is_empty()) || unsafe { pg_sys::RecoveryInProgress() } {
+    if PENDING.with(|pending| pending.borrow().is_empty())
+        || unsafe { pg_sys::RecoveryInProgress() }
+    {
         return;
     }
     let owed = PENDING.with(|pending| std::mem::take(&mut *pending.borrow_mut()));

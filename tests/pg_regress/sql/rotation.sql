@@ -37,7 +37,8 @@ SELECT rotated_sessions >= 1 AS overview_counts_rotated FROM castle.overview();
 -- and leaves the first successor working (two tabs raced)
 SELECT castle.rotate(:'a') AS c \gset
 SELECT (castle.verify(:'c')).id <> :b_id AS c_is_new, castle.is_valid(:'b') AS b_still_valid,
-       (SELECT count(DISTINCT coalesce(family_id, id)) FROM castle.sessions WHERE user_id = 'rita') AS families;
+       (SELECT count(DISTINCT coalesce(family_id, id)) FROM castle.sessions WHERE user_id = 'rita') AS families,
+       (SELECT count(*) FROM castle.sessions_of('rita')) AS still_one_device;
 
 -- after the grace it is a reuse: refused like any bad token, and the whole
 -- family is revoked, successors included
