@@ -56,7 +56,7 @@ PG_BIN="$PG_BIN" CASTLE_CLUSTER_ROOT="$(cluster_root)" CASTLE_CLUSTER_DIR="$PGDI
     "$VENV/bin/pytest" -q -rsP --durations=12 -p no:cacheprovider tests/integration
 
 # A crash or a failed Assert() anywhere fails the run, whatever the tests said.
-for log in "$(cluster_root)"/{test,audit,replica}/server.log; do
+for log in "$(cluster_root)"/{test,audit,replica,noworkers}/server.log; do
     if [ -f "$log" ] && grep -E "TRAP:|terminated by signal" "$log"; then
         echo "a backend crashed or failed an assertion: $log" >&2
         exit 1

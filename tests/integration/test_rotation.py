@@ -1,14 +1,20 @@
 """Rotation from real clients: requests in flight with the old token survive a
 rotation, and a reuse after the grace revokes the family without telling the
 caller anything a bad token would not."""
+import os
+import shutil
 import statistics
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
 
-from conftest import create, dsn
+from conftest import PG_BIN, create, dsn
+
+NO_WORKERS_PORT = 54324
 
 
 def session_id(conn, token):
@@ -95,8 +101,9 @@ def test_a_reuse_looks_like_any_bad_token(conn):
     families = []
     for n in range(40):
         old = create(conn, f"reused-{n}", "1 hour")
+        old_id = session_id(conn, old)  # before the rotation: after it, the successor's
         conn.execute("SELECT castle.rotate(%s)", (old,))
-        backdate_rotation(conn, session_id(conn, old))
+        backdate_rotation(conn, old_id)
         families.append(old)
     live = create(conn, "reused-live", "1 hour")
     wrong_secret = live[:-4] + ("AAAA" if not live.endswith("AAAA") else "BBBB")
@@ -117,13 +124,57 @@ def test_a_reuse_looks_like_any_bad_token(conn):
     reuse = median_ms(families[1:])
     bad = median_ms([wrong_secret] * 39 + [revoked] * 39)
     assert reuse < 3 * bad + 1.0, f"a reuse takes {reuse:.2f} ms, a bad token {bad:.2f} ms"
+    # and each of those reuses revoked its family, however many workers at once
+    for n in range(40):
+        deadline = time.monotonic() + 10
+        while conn.execute("SELECT count(*) FROM castle.sessions WHERE user_id = %s",
+                           (f"reused-{n}",)).fetchone()[0]:
+            assert time.monotonic() < deadline, f"family of reused-{n} not revoked"
+            time.sleep(0.05)
 
 
 def test_verify_and_revoke_of_a_reuse_revoke_the_family_too(conn):
     for call in ("SELECT (castle.verify(%s)).id", "SELECT castle.revoke(%s)", "SELECT castle.is_valid(%s)"):
         old = create(conn, "reused-by-verify", "1 hour")
+        old_id = session_id(conn, old)
         new = conn.execute("SELECT castle.rotate(%s)", (old,)).fetchone()[0]
-        backdate_rotation(conn, session_id(conn, old))
+        backdate_rotation(conn, old_id)
         answer = conn.execute(call, (old,)).fetchone()[0]
         assert answer in (None, False), (call, answer)
         wait_revoked(conn, new)
+
+
+def test_without_a_free_worker_slot_the_caller_still_sees_only_a_refusal():
+    """max_worker_processes = 0: no worker can start. The reuse is refused as
+    ever, nothing is written in the caller's transaction (which may be
+    read-only), and the log says the family waits for a worker."""
+    root = Path(os.environ["CASTLE_CLUSTER_ROOT"]) / "noworkers"  # a path postgres can reach
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "sock").mkdir(parents=True)
+    shutil.chown(root, "postgres")
+    shutil.chown(root / "sock", "postgres")
+    def as_postgres(*cmd):
+        subprocess.run(["sudo", "-u", "postgres", *cmd], check=True, stdout=subprocess.DEVNULL)
+    as_postgres(f"{PG_BIN}/initdb", "-D", str(root / "data"), "-U", "postgres", "--auth=trust")
+    with open(root / "data" / "postgresql.conf", "a") as conf:
+        conf.write(f"port = {NO_WORKERS_PORT}\nlisten_addresses = '127.0.0.1'\n"
+                   f"unix_socket_directories = '{root}/sock'\nmax_worker_processes = 0\n")
+    as_postgres(f"{PG_BIN}/pg_ctl", "-D", str(root / "data"), "-l", str(root / "server.log"), "-w", "start")
+    try:
+        with psycopg.connect(dsn(dbname="postgres", port=NO_WORKERS_PORT), autocommit=True) as c:
+            c.execute("CREATE EXTENSION castle_sessions")
+            old = create(c, "no-worker", "1 hour")
+            old_id = session_id(c, old)
+            new = c.execute("SELECT castle.rotate(%s)", (old,)).fetchone()[0]
+            backdate_rotation(c, old_id)
+            with c.transaction():
+                c.execute("SET TRANSACTION READ ONLY")
+                assert c.execute("SELECT castle.verify(%s) IS NULL", (old,)).fetchone()[0] is True
+            assert refusal(c, old)[0] == "28000"
+            # nothing revoked it, and the log says why
+            assert c.execute("SELECT castle.is_valid(%s)", (new,)).fetchone()[0] is True
+        log = (root / "server.log").read_text(errors="replace")
+        assert "no background worker free (max_worker_processes)" in log
+        assert old not in log and old.split(".", 1)[1] not in log
+    finally:
+        as_postgres(f"{PG_BIN}/pg_ctl", "-D", str(root / "data"), "-m", "fast", "-w", "stop")
