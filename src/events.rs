@@ -51,7 +51,7 @@ pub fn rotated(old_id: i64, new_id: i64, user_id: &[u8]) {
             shown(user_id)
         )
     });
-    notify("rotate", &[old_id]);
+    notify("rotate", None, &[old_id]);
 }
 
 /// Sessions revoked by a call; `user_id` when it revoked a user's sessions.
@@ -77,11 +77,11 @@ pub fn revoked(kind: Revocation, ids: &[i64], user_id: Option<&[u8]>) {
                     listed(ids)
                 )
             });
-            notify_user(kind.name(), user_id, ids);
+            notify(kind.name(), Some(user_id), ids);
         }
         None => {
             log(|| format!("sessions revoked ({}): {}", kind.name(), listed(ids)));
-            notify(kind.name(), ids);
+            notify(kind.name(), None, ids);
         }
     }
 }
@@ -96,7 +96,7 @@ pub fn trimmed(ids: &[i64], user_id: &[u8]) {
                 listed(ids)
             )
         });
-        notify("trim", ids);
+        notify("trim", None, ids);
     }
 }
 
@@ -104,7 +104,7 @@ pub fn pruned(ids: &[i64]) {
     stats::add(Counter::Pruned, ids.len() as u64);
     if !ids.is_empty() {
         log(|| format!("{} dead sessions pruned", ids.len()));
-        notify("prune", ids);
+        notify("prune", None, ids);
     }
 }
 
@@ -120,7 +120,7 @@ pub fn reuse_revoked(presented: i64, ids: &[i64]) {
         "reuse of a rotated token: family of session {presented} revoked"
     ));
     log(|| format!("sessions revoked (family): {}", listed(ids)));
-    notify("family", ids);
+    notify("family", None, ids);
 }
 
 fn log(message: impl FnOnce() -> String) {
@@ -176,30 +176,26 @@ fn listed(ids: &[i64]) -> String {
     }
 }
 
-/// `{"event":…,"sessions":[…]}`, or `{"event":…,"count":N,"all":true}`
-/// past MOST_IDS_NOTIFIED sessions.
-pub fn payload(event: &str, ids: &[i64]) -> String {
-    if ids.len() > MOST_IDS_NOTIFIED {
-        return format!(r#"{{"event":"{event}","count":{},"all":true}}"#, ids.len());
+/// `{"event":…,"sessions":[…]}`, with `"user":"…"` when a user's sessions
+/// were revoked (a cache may drop the user's entries, or the sessions
+/// named); past MOST_IDS_NOTIFIED sessions, or for a user id too long for a
+/// payload (then `"user":null`), `"count":N,"all":true` instead of the ids.
+pub fn payload(event: &str, user_id: Option<&[u8]>, ids: &[i64]) -> Vec<u8> {
+    let mut out = format!(r#"{{"event":"{event}""#).into_bytes();
+    let mut all = ids.len() > MOST_IDS_NOTIFIED;
+    if let Some(user_id) = user_id {
+        let user = json_string(user_id);
+        all |= user.len() > 1000;
+        out.extend_from_slice(br#","user":"#);
+        out.extend_from_slice(if user.len() > 1000 { b"null" } else { &user });
     }
-    let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
-    format!(r#"{{"event":"{event}","sessions":[{}]}}"#, ids.join(","))
-}
-
-/// `{"event":…,"user":"…","sessions":[…]}`: a cache may drop the user's
-/// entries, or the sessions named. A user id too long for a payload gives
-/// `"all":true`.
-pub fn user_payload(event: &str, user_id: &[u8], ids: &[i64]) -> Vec<u8> {
-    let user = json_string(user_id);
-    let user: &[u8] = if user.len() > 1000 { b"null" } else { &user };
-    let mut out = format!(r#"{{"event":"{event}","user":"#).into_bytes();
-    out.extend_from_slice(user);
-    if ids.len() > MOST_IDS_NOTIFIED || user == b"null" {
-        out.extend_from_slice(format!(r#","count":{},"all":true}}"#, ids.len()).as_bytes());
+    let rest = if all {
+        format!(r#","count":{},"all":true}}"#, ids.len())
     } else {
         let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
-        out.extend_from_slice(format!(r#","sessions":[{}]}}"#, ids.join(",")).as_bytes());
-    }
+        format!(r#","sessions":[{}]}}"#, ids.join(","))
+    };
+    out.extend_from_slice(rest.as_bytes());
     out
 }
 
@@ -221,15 +217,9 @@ fn json_string(text: &[u8]) -> Vec<u8> {
     out
 }
 
-fn notify(event: &str, ids: &[i64]) {
+fn notify(event: &str, user_id: Option<&[u8]>, ids: &[i64]) {
     if settings::notify_revocations() && !ids.is_empty() {
-        send(payload(event, ids).as_bytes());
-    }
-}
-
-fn notify_user(event: &str, user_id: &[u8], ids: &[i64]) {
-    if settings::notify_revocations() {
-        send(&user_payload(event, user_id, ids));
+        send(&payload(event, user_id, ids));
     }
 }
 
@@ -254,16 +244,16 @@ mod tests {
     #[test]
     fn payloads_name_sessions_until_too_many() {
         assert_eq!(
-            payload("trim", &[1, 2]),
-            r#"{"event":"trim","sessions":[1,2]}"#
+            payload("trim", None, &[1, 2]),
+            br#"{"event":"trim","sessions":[1,2]}"#
         );
         let many: Vec<i64> = (1..=101).collect();
         assert_eq!(
-            payload("prune", &many),
-            r#"{"event":"prune","count":101,"all":true}"#
+            payload("prune", None, &many),
+            br#"{"event":"prune","count":101,"all":true}"#
         );
         assert_eq!(
-            user_payload("revoke_all", b"a\"b\\\n\xe9", &[7]),
+            payload("revoke_all", Some(b"a\"b\\\n\xe9"), &[7]),
             b"{\"event\":\"revoke_all\",\"user\":\"a\\\"b\\\\\\u000a\xe9\",\"sessions\":[7]}"
         );
     }

@@ -172,9 +172,7 @@ pub fn delete(client: &mut SpiClient<'_>, id: i64, only_user: Option<&[u8]>) -> 
     issue::lock_user(client, &user_id, store::call_time());
     let delete = plans::kept(client, &DELETE_FAMILY);
     let args = [id.into(), plans::text(&user_id)];
-    plans::or_raise(client.update(delete, None, &args))
-        .map(|row| plans::or_raise(row.get::<i64>(1)).unwrap_or_default())
-        .collect()
+    plans::returned_ids(plans::or_raise(client.update(delete, None, &args)))
 }
 
 /// The background worker: connects to the caller's database as the

@@ -145,9 +145,8 @@ pub fn create(
                         idle_timeout.into(),
                         plans::timestamptz(now),
                     ];
-                    let trimmed: Vec<i64> = plans::or_raise(client.update(trim, None, &args))
-                        .map(|row| plans::or_raise(row.get::<i64>(1)).unwrap_or_default())
-                        .collect();
+                    let trimmed =
+                        plans::returned_ids(plans::or_raise(client.update(trim, None, &args)));
                     events::trimmed(&trimmed, user_id);
                 }
             }

@@ -5,7 +5,6 @@ use pgrx::datum::Interval;
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::iter::SetOfIterator;
 use pgrx::prelude::*;
-use pgrx::spi::SpiTupleTable;
 
 use crate::auth;
 use crate::context;
@@ -222,7 +221,7 @@ fn prune(batch_size: default!(i32, 10000)) -> i64 {
     }
     Spi::connect_mut(|client| {
         let prune = plans::kept(client, &PRUNE_SESSIONS);
-        let deleted = ids(plans::or_raise(client.update(
+        let deleted = plans::returned_ids(plans::or_raise(client.update(
             prune,
             None,
             &[batch_size.into(), settings::idle_timeout_seconds().into()],
@@ -246,7 +245,7 @@ fn revoke_all(user_id: Vec<u8>, except_session: Option<i64>, kind: Revocation) -
         // after any sign-in of the user in progress, so that it is revoked too
         issue::lock_user(client, &user_id, store::call_time());
         let delete = plans::kept(client, &DELETE_USER_SESSIONS);
-        ids(plans::or_raise(client.update(
+        plans::returned_ids(plans::or_raise(client.update(
             delete,
             None,
             &[plans::text(&user_id), except_session.into()],
@@ -254,12 +253,6 @@ fn revoke_all(user_id: Vec<u8>, except_session: Option<i64>, kind: Revocation) -
     });
     events::revoked(kind, &deleted, Some(&user_id));
     deleted.len() as i64
-}
-
-/// The ids a statement's RETURNING s.id gave.
-fn ids(rows: SpiTupleTable<'_>) -> Vec<i64> {
-    rows.map(|row| plans::or_raise(row.get::<i64>(1)).unwrap_or_default())
-        .collect()
 }
 
 /// A castle.session row as SPI hands it over (the device list is not a hot path).

@@ -62,6 +62,12 @@ pub fn text(bytes: &[u8]) -> pgrx::datum::DatumWithOid<'static> {
     unsafe { pgrx::datum::DatumWithOid::new(crate::raw_text::text_datum(bytes), pg_sys::TEXTOID) }
 }
 
+/// The ids a statement's `RETURNING s.id` gave.
+pub fn returned_ids(rows: pgrx::spi::SpiTupleTable<'_>) -> Vec<i64> {
+    rows.map(|row| or_raise(row.get::<i64>(1)).unwrap_or_default())
+        .collect()
+}
+
 /// SPI failures here are server faults (a dropped table, out of memory), never
 /// a property of the caller's input, so they are raised as they are.
 pub fn or_raise<T>(result: pgrx::spi::SpiResult<T>) -> T {

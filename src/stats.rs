@@ -96,12 +96,26 @@ pub fn add(counter: Counter, n: u64) {
     }
 }
 
-/// This database's row, claimed on first use; None when not collecting or
-/// when every row is taken.
+thread_local! {
+    /// This backend's row, once found: a backend never changes database.
+    static MINE: std::cell::Cell<Option<&'static Database>> = const { std::cell::Cell::new(None) };
+}
+
+/// This database's row, claimed on first use and then kept by the backend;
+/// None when not collecting or when every row is taken.
 fn this_database() -> Option<&'static Database> {
     if !COLLECTING.load(Relaxed) {
         return None;
     }
+    if let Some(mine) = MINE.with(std::cell::Cell::get) {
+        return Some(mine);
+    }
+    let found = claim();
+    MINE.with(|mine| mine.set(found));
+    found
+}
+
+fn claim() -> Option<&'static Database> {
     let oid = unsafe { pg_sys::MyDatabaseId }.to_u32();
     let databases = &STATS.get().databases;
     for database in databases {

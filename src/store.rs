@@ -69,7 +69,15 @@ pub fn find_by_id(id: i64) -> Option<StoredSession> {
 /// The newest session of a family that was not rotated away, live or not:
 /// what a token rotated away from the family stands for within its grace.
 pub fn find_successor(family: i64) -> Option<StoredSession> {
-    read_with_sql(Catalog::locked().owner, &READ_SUCCESSOR, family)
+    let id = plans::as_owner(Catalog::locked().owner, || {
+        Spi::connect(|client| {
+            let read = plans::kept(client, &READ_SUCCESSOR);
+            let rows = plans::or_raise(client.select(read, Some(1), &[family.into()]));
+            plans::returned_ids(rows).first().copied()
+        })
+    })?;
+    // then read as any session is read, directly when the table allows
+    find_by_id(id)
 }
 
 unsafe fn read_through_index(
