@@ -6,9 +6,14 @@
 -- (two rotations of one token raced); tokens rotated away are not counted,
 -- and go with their family or, later, with prune. The caller holds the
 -- user's lock, so this statement's snapshot has every committed session.
--- Families with a live row another transaction holds (a request recording a
+-- Only the live sessions of the families that must go are waited for, and
+-- families with a live row another transaction holds (a request recording a
 -- use on a table with a DBA's trigger) are chosen last, so a sign-in waits
--- for a request only when nothing else can go.
+-- for a request only when nothing else can go. Dead sessions and tokens
+-- rotated away that another transaction holds (a prune batch, a family's
+-- revocation) are skipped: that transaction is deleting them, and they count
+-- for nothing. Waiting for them made a sign-in wait for prune batch after
+-- prune batch.
 WITH mine AS (
     SELECT s.id, COALESCE(s.family_id, s.id) AS family, s.created_at,
            s.rotated_at IS NOT NULL AS rotated,
@@ -38,13 +43,24 @@ WITH mine AS (
            pg_catalog.row_number() OVER (ORDER BY f.free DESC, f.renewed, f.family) AS victim_rank,
            pg_catalog.count(*) OVER () AS live_families
       FROM families AS f
-), doomed AS (
-    SELECT m.id FROM mine AS m WHERE m.dead AND NOT m.rotated
-    UNION
-    SELECT m.id
+), victims AS (
+    SELECT m.id, m.rotated, m.dead
       FROM mine AS m
       JOIN ranked AS r ON r.family = m.family
      WHERE r.victim_rank <= r.live_families - ($2 - 1)
+), tidied AS (
+    -- dead sessions, and the victims' tokens rotated away: only those no one holds
+    SELECT s.id
+      FROM castle.sessions AS s
+     WHERE s.user_id = $1
+       AND s.id IN (SELECT m.id FROM mine AS m WHERE m.dead AND NOT m.rotated
+                      UNION ALL
+                      SELECT v.id FROM victims AS v WHERE v.rotated)
+       FOR UPDATE OF s SKIP LOCKED
+), doomed AS (
+    SELECT v.id FROM victims AS v WHERE NOT v.rotated AND NOT v.dead
+    UNION ALL
+    SELECT t.id FROM tidied AS t
 )
 -- a join on the primary key, not an OR of two IN lists (which scanned the table)
 DELETE FROM castle.sessions AS s

@@ -129,6 +129,32 @@ def test_prune_does_not_block_logins_for_longer_than_a_batch(conn):
         assert user_of(conn, tok) in (user, None)  # trimming may have replaced it, pruning never
 
 
+def test_a_sign_in_never_waits_for_dead_rows_a_prune_batch_holds(conn):
+    """Regression (0.5.0, seen on the assert-enabled builds): a sign-in's trimming
+    waited for every prune batch holding one of the user's dead sessions, one
+    batch after another, and so waited longer than a batch."""
+    user = "held-by-prune"
+    oldest, *kept = [create(conn, user, "1 hour") for _ in range(3)]  # castle.max_sessions = 3
+    conn.execute("""
+        INSERT INTO castle.sessions (hash, user_id, created_at, expires_at)
+        SELECT md5('held' || i) || md5('by prune' || i), %s,
+               now() - interval '2 days', now() - interval '1 day'
+          FROM generate_series(1, 200) AS i""", (user,))
+
+    with psycopg.connect(dsn(), autocommit=True) as pruner, \
+            psycopg.connect(dsn(), autocommit=True) as signer:
+        with pruner.transaction():
+            assert pruner.execute("SELECT castle.prune(1000000)").fetchone()[0] >= 200
+            # the batch holds the user's 200 dead rows until it commits
+            signer.execute("SET lock_timeout = '3s'")
+            newest = create(signer, user, "1 hour")  # LockNotAvailable if it waited
+            assert user_of(signer, oldest) is None, "the oldest live session still makes room"
+            for token in [*kept, newest]:
+                assert user_of(signer, token) == user
+    assert conn.execute("SELECT count(*) FROM castle.sessions WHERE user_id = %s",
+                        (user,)).fetchone()[0] == 3
+
+
 def test_pg_cron_runs_the_prune_recipe(conn):
     if "pg_cron" not in os.environ.get("CASTLE_PRELOAD", "pg_cron"):
         pytest.skip("pg_cron is not built for this server: the Debian packaging of its source "
