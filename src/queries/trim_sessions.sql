@@ -10,10 +10,12 @@
 -- families with a live row another transaction holds (a request recording a
 -- use on a table with a DBA's trigger) are chosen last, so a sign-in waits
 -- for a request only when nothing else can go. Dead sessions and tokens
--- rotated away that another transaction holds (a prune batch, a family's
--- revocation) are skipped: that transaction is deleting them, and they count
--- for nothing. Waiting for them made a sign-in wait for prune batch after
--- prune batch.
+-- rotated away that another transaction is deleting (a prune batch, a
+-- family's revocation) are skipped: they count for nothing, and waiting for
+-- them made a sign-in wait for prune batch after prune batch. A KEY SHARE
+-- lock conflicts with those deletions but not with a request recording a
+-- use (FOR NO KEY UPDATE): an idle session that a request found live just
+-- before it went idle is waited for and deleted, never left to come back.
 WITH mine AS (
     SELECT s.id, COALESCE(s.family_id, s.id) AS family, s.created_at,
            s.rotated_at IS NOT NULL AS rotated,
@@ -49,14 +51,14 @@ WITH mine AS (
       JOIN ranked AS r ON r.family = m.family
      WHERE r.victim_rank <= r.live_families - ($2 - 1)
 ), tidied AS (
-    -- dead sessions, and the victims' tokens rotated away: only those no one holds
+    -- dead sessions, and the victims' tokens rotated away: only those no one is deleting
     SELECT s.id
       FROM castle.sessions AS s
      WHERE s.user_id = $1
        AND s.id IN (SELECT m.id FROM mine AS m WHERE m.dead AND NOT m.rotated
                       UNION ALL
                       SELECT v.id FROM victims AS v WHERE v.rotated)
-       FOR UPDATE OF s SKIP LOCKED
+       FOR KEY SHARE OF s SKIP LOCKED
 ), doomed AS (
     SELECT v.id FROM victims AS v WHERE NOT v.rotated AND NOT v.dead
     UNION ALL

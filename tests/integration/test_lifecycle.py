@@ -155,6 +155,52 @@ def test_a_sign_in_never_waits_for_dead_rows_a_prune_batch_holds(conn):
                         (user,)).fetchone()[0] == 3
 
 
+def test_an_idle_session_a_request_is_recording_a_use_of_is_trimmed_not_revived(conn):
+    """The other side of skipping what prune holds: a request that found a
+    session live just before it went idle holds the row to record the use
+    (FOR NO KEY UPDATE, then UPDATE used_at). A sign-in judging it idle must
+    wait for that and delete it, or the use brings it back as one session
+    over castle.max_sessions."""
+    user = "touched-while-idle"
+    idle, *fresh = [create(conn, user, "1 day") for _ in range(3)]  # castle.max_sessions = 3
+    idle_id = seed.split(idle)[0]
+    conn.execute("UPDATE castle.sessions SET created_at = now() - interval '2 hours', used_at = NULL "
+                 "WHERE id = %s", (idle_id,))
+    signer_pid, errors = [], []
+
+    def sign_in():
+        try:
+            with psycopg.connect(dsn(), autocommit=True) as c:
+                c.execute("SET castle.idle_timeout = '1h'")
+                signer_pid.append(c.info.backend_pid)
+                create(c, user, "1 day")
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    with psycopg.connect(dsn()) as request:  # as the use-recording path does, by hand
+        request.execute("SELECT 1 FROM castle.sessions WHERE id = %s FOR NO KEY UPDATE", (idle_id,))
+        signer = threading.Thread(target=sign_in)
+        signer.start()
+        deadline = time.monotonic() + 10
+        while signer.is_alive() and time.monotonic() < deadline:
+            if signer_pid and conn.execute("SELECT wait_event_type = 'Lock' FROM pg_stat_activity "
+                                           "WHERE pid = %s", (signer_pid[0],)).fetchone()[0]:
+                break
+            time.sleep(0.02)
+        request.execute("UPDATE castle.sessions SET used_at = now() WHERE id = %s", (idle_id,))
+        request.commit()
+    signer.join()
+    assert not errors, errors
+    live = conn.execute("""SELECT count(*) FROM castle.sessions
+                            WHERE user_id = %s AND rotated_at IS NULL
+                              AND COALESCE(used_at, created_at) > now() - interval '1 hour'""",
+                        (user,)).fetchone()[0]
+    assert live == 3, "at most castle.max_sessions live sessions"
+    assert user_of(conn, idle) is None
+    for token in fresh:
+        assert user_of(conn, token) == user
+
+
 def test_pg_cron_runs_the_prune_recipe(conn):
     if "pg_cron" not in os.environ.get("CASTLE_PRELOAD", "pg_cron"):
         pytest.skip("pg_cron is not built for this server: the Debian packaging of its source "
