@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark suite, in one command: bash bench/run.sh
 #
-# Starts a throwaway cluster of its own ("bench", port 54319), loads sessions,
+# Starts a throwaway cluster of its own ("bench", port 25419), loads sessions,
 # measures interleaved rounds of every workload with pgbench, checks the
 # targets, profiles castle.authenticate, and writes the report to stdout and
 # bench/results/pgNN.md. Exits 0 when a target fails: it is a report, and
@@ -35,7 +35,7 @@ NTOKENS=${BENCH_TOKENS:-100000}
 # by a user still under castle.max_sessions (one at the limit also deletes its oldest
 # session, which the bare INSERT does not; BENCH_USERS=10000 measures that case)
 USERS=${BENCH_USERS:-1000000}
-PORT=54319
+PORT=25419
 BENCH="$REPO/bench"
 REPORT="$BENCH/results/pg$PG_MAJOR.md"
 WORK=$(mktemp -d)

@@ -64,6 +64,10 @@ cluster_root() {
 
 say() { printf '\033[1m== %s %s\033[0m\n' "$(date +%T)" "$*"; }
 
+# Every port the scripts and tests listen on is 254NN, below Linux's ephemeral
+# range (32768-60999): a port in that range can be held by a client
+# connection's TIME_WAIT, and a server then cannot bind it (pgbouncer once
+# failed so, mid-suite).
 # cluster_start NAME PORT [postgresql.conf lines...]: a fresh cluster, or the
 # one already there (started if it is down). Prints nothing; sets PGDIR.
 cluster_start() {

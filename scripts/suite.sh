@@ -21,20 +21,20 @@ install_extension
 preload=castle_sessions
 if [ -f "$("$PG_CONFIG" --pkglibdir)/pg_cron.so" ]; then preload=pg_cron,castle_sessions; fi
 export CASTLE_PRELOAD=$preload
-say "starting a fresh test cluster (port 54316, $preload preloaded)"
+say "starting a fresh test cluster (port 25416, $preload preloaded)"
 cluster_stop test
 rm -rf "$(cluster_root)/test"
-cluster_start test 54316 "shared_preload_libraries = '$preload'" \
+cluster_start test 25416 "shared_preload_libraries = '$preload'" \
     "cron.database_name = 'castle_py'" "cron.use_background_workers = on" \
     "max_worker_processes = 32" "max_connections = 200"
-AUDIT_PORT=54320
+AUDIT_PORT=25420
 say "starting an audited cluster (port $AUDIT_PORT, pgaudit preloaded)"
 cluster_stop audit
 rm -rf "$(cluster_root)/audit"
 cluster_start audit $AUDIT_PORT "shared_preload_libraries = 'pgaudit'" "pgaudit.role = 'castle_auditor'" \
     "log_line_prefix = '%m [%p] '"
 AUDIT_DIR=$PGDIR
-cluster_start test 54316
+cluster_start test 25416
 trap 'cluster_stop test; cluster_stop audit' EXIT
 
 say "pg_regress (tests/pg_regress)"

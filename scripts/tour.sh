@@ -6,11 +6,11 @@ source "$(dirname "$0")/common.sh"
 "$REPO/scripts/setup.sh"
 mkdir -p "$REPO/target"
 install_extension
-say "starting the tour cluster (port 54315), a fresh one"
+say "starting the tour cluster (port 25415), a fresh one"
 # throwaway: a cluster left by an earlier tour has an older library loaded
 cluster_stop tour
 rm -rf "$(cluster_root)/tour"
-cluster_start tour 54315 "shared_preload_libraries = 'castle_sessions'"
+cluster_start tour 25415 "shared_preload_libraries = 'castle_sessions'"
 psql_at postgres -c "DROP DATABASE IF EXISTS tour" -c "CREATE DATABASE tour" 2>/dev/null
 psql_at tour -c "CREATE EXTENSION castle_sessions"
 say "the tour"

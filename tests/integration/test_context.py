@@ -14,8 +14,8 @@ import seed_algorithm as seed
 from conftest import DB, PG_BIN, PORT, create, dsn
 
 CLUSTERS = Path(os.environ.get("CASTLE_CLUSTER_ROOT", "/tmp/castle_sessions-clusters"))
-BOUNCER_PORT = 54318
-REPLICA_PORT = 54317
+BOUNCER_PORT = 25418
+REPLICA_PORT = 25417
 APP_ROLE = "castle_ctx_app"
 
 

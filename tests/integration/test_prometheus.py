@@ -18,7 +18,7 @@ from conftest import DB, PORT, create, dsn
 
 EXPORTER = "/usr/bin/prometheus-postgres-exporter"
 QUERIES = Path(__file__).resolve().parents[2] / "monitoring" / "castle_sessions.yaml"
-LISTEN = ("127.0.0.1", 54323)
+LISTEN = ("127.0.0.1", 25423)
 MONITOR = "castle_prom"
 OUTSIDER = "castle_prom_outsider"
 # urllib would honour http_proxy from the environment; this request is local.

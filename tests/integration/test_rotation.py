@@ -14,7 +14,7 @@ import pytest
 
 from conftest import PG_BIN, create, dsn
 
-NO_WORKERS_PORT = 54324
+NO_WORKERS_PORT = 25424
 
 
 def session_id(conn, token):

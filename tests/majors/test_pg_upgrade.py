@@ -19,7 +19,7 @@ import pytest
 OLD_BIN = os.environ["CASTLE_OLD_BIN"]
 NEW_BIN = os.environ["CASTLE_NEW_BIN"]
 ROOT = os.path.join(os.environ["CASTLE_CLUSTER_ROOT"], "pg_upgrade")
-OLD_PORT, NEW_PORT = 54321, 54322
+OLD_PORT, NEW_PORT = 25421, 25422
 DB = "castle_upgrade"
 
 

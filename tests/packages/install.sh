@@ -21,7 +21,7 @@ case "$MAJOR" in
     17) SUITE=trixie ;;
     *) echo "install.sh: 15, 17 or 18" >&2; exit 2 ;;
 esac
-PORT=$((54330 + MAJOR))
+PORT=$((25430 + MAJOR))
 ROOT=$ROOTS/package-$MAJOR
 say "installing $(basename "$DEB") in a clean Debian $SUITE root"
 fresh_root "$SUITE" "$ROOT"
