@@ -62,7 +62,8 @@ pub fn text(bytes: &[u8]) -> pgrx::datum::DatumWithOid<'static> {
     unsafe { pgrx::datum::DatumWithOid::new(crate::raw_text::text_datum(bytes), pg_sys::TEXTOID) }
 }
 
-/// The ids a statement's `RETURNING s.id` gave.
+/// The ids in the first column of a statement's rows (`RETURNING s.id`, or a
+/// SELECT of ids).
 pub fn returned_ids(rows: pgrx::spi::SpiTupleTable<'_>) -> Vec<i64> {
     rows.map(|row| or_raise(row.get::<i64>(1)).unwrap_or_default())
         .collect()

@@ -98,12 +98,12 @@ def refusal(conn, token):
 
 
 def reused_token(conn, user):
-    """A token rotated away an hour ago: presenting it is a reuse."""
+    """(a token rotated away an hour ago, its successor): presenting the first is a reuse."""
     old = create(conn, user, "1 hour")
     old_id = session_id(conn, old)  # before the rotation: after it, the successor's
-    conn.execute("SELECT castle.rotate(%s)", (old,))
+    new = conn.execute("SELECT castle.rotate(%s)", (old,)).fetchone()[0]
     backdate_rotation(conn, old_id)
-    return old
+    return old, new
 
 
 def wait_family_revoked_and_workers_gone(conn, user, seconds=20):
@@ -118,7 +118,7 @@ def wait_family_revoked_and_workers_gone(conn, user, seconds=20):
 
 
 def test_a_reuse_looks_like_any_bad_token(conn):
-    families = [reused_token(conn, f"reused-{n}") for n in range(21)]
+    families = [reused_token(conn, f"reused-{n}")[0] for n in range(21)]
     live = create(conn, "reused-live", "1 hour")
     wrong_secret = live[:-4] + ("AAAA" if not live.endswith("AAAA") else "BBBB")
     revoked = create(conn, "reused-revoked", "1 hour")
@@ -149,7 +149,7 @@ def test_a_reuse_looks_like_any_bad_token(conn):
 def test_forty_reuses_at_once_revoke_forty_families(conn):
     """Forty reuses back to back may find every worker slot taken: the backend
     starts the rest at its next check."""
-    families = [reused_token(conn, f"burst-{n}") for n in range(40)]
+    families = [reused_token(conn, f"burst-{n}")[0] for n in range(40)]
     for token in families:
         assert refusal(conn, token)[0] == "28000"
     for n in range(40):
@@ -158,10 +158,7 @@ def test_forty_reuses_at_once_revoke_forty_families(conn):
 
 def test_verify_and_revoke_of_a_reuse_revoke_the_family_too(conn):
     for call in ("SELECT (castle.verify(%s)).id", "SELECT castle.revoke(%s)", "SELECT castle.is_valid(%s)"):
-        old = create(conn, "reused-by-verify", "1 hour")
-        old_id = session_id(conn, old)
-        new = conn.execute("SELECT castle.rotate(%s)", (old,)).fetchone()[0]
-        backdate_rotation(conn, old_id)
+        old, new = reused_token(conn, "reused-by-verify")
         answer = conn.execute(call, (old,)).fetchone()[0]
         assert answer in (None, False), (call, answer)
         wait_revoked(conn, new)
