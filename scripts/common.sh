@@ -4,7 +4,8 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # The server a script works against, CASTLE_TARGET:
-#   debian15   Debian 12's PostgreSQL 15 (the default)
+#   debian15   Debian 12's PostgreSQL 15 (the default), copied into .cache
+#              (scripts/private_debian_pg.sh)
 #   cassert15  an assert-enabled 15 built by scripts/build_pg.sh
 #   debian17   Debian 13's PostgreSQL 17, inside the Debian 13 root of
 #              scripts/trixie.sh (a script run there sees it at the same path)
@@ -16,7 +17,11 @@ CASTLE_TARGET=${CASTLE_TARGET:-debian15}
 # pg_bin_of TARGET: the bindir of that target's server
 pg_bin_of() {
     case "$1" in
-        debian15|debian17) echo "/usr/lib/postgresql/${1#debian}/bin" ;;
+        # a copy of Debian's own in the repo (scripts/private_debian_pg.sh):
+        # nothing here writes into the machine's /usr/lib/postgresql
+        debian15) echo "$REPO/.cache/pg15-debian/stage/usr/lib/postgresql/15/bin" ;;
+        # the Debian 13 root is the repo's own
+        debian17) echo "/usr/lib/postgresql/17/bin" ;;
         cassert15|cassert18|plain18)
             local major=${1: -2} kind=${1%??}
             echo "$REPO/.cache/pg$major-$kind/stage/usr/lib/postgresql/$major/bin" ;;
@@ -108,15 +113,12 @@ psql_at() {
     "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -d "$db" "$@"
 }
 
-# Builds the release library and installs it into the PostgreSQL of PG_CONFIG.
+# Builds the release library and installs it into the PostgreSQL of
+# PG_CONFIG, by rename (scripts/install.sh): a cluster running from that
+# installation, the tour's say, survives it.
 install_extension() {
     say "building and installing castle_sessions (release)"
-    mkdir -p "$REPO/target"
-    (cd "$REPO" && cargo pgrx install --release --pg-config "$PG_CONFIG" >"$REPO/target/install-$CASTLE_TARGET.log" 2>&1) || {
-        tail -40 "$REPO/target/install-$CASTLE_TARGET.log"; exit 1; }
-    # pgrx installs the current version and the upgrade scripts; the scripts of
-    # earlier releases (kept for upgrade tests) go beside them.
-    cp "$REPO"/sql/castle_sessions--[0-9]*.[0-9]*.[0-9]*.sql "$("$PG_CONFIG" --sharedir)/extension/" 2>/dev/null || true
+    "$REPO/scripts/install.sh" >/dev/null
 }
 
 # The machine's own Debian mirror, from its apt configuration (never a host named here).

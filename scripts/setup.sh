@@ -31,7 +31,10 @@ if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q
     pg_ctlcluster "$PG_MAJOR" main stop 2>/dev/null || true
 fi
 
-case "$CASTLE_TARGET" in cassert*|plain*) "$REPO/scripts/build_pg.sh" "$PG_MAJOR" "${CASTLE_TARGET%??}" >/dev/null ;; esac
+case "$CASTLE_TARGET" in
+    cassert*|plain*) "$REPO/scripts/build_pg.sh" "$PG_MAJOR" "${CASTLE_TARGET%??}" >/dev/null ;;
+    debian15) "$REPO/scripts/private_debian_pg.sh" >/dev/null ;;
+esac
 
 if ! cargo pgrx --version 2>/dev/null | grep -q '0\.18\.1'; then
     [ "$CASTLE_TARGET" != debian17 ] || { echo "cargo-pgrx 0.18.1 is installed on the host, not in the root" >&2; exit 1; }

@@ -10,11 +10,6 @@ source "$(dirname "$0")/common.sh"
 cd "$REPO"
 mkdir -p target
 
-say "cargo pgrx test (unit tests and #[pg_test]) on $("$PG_BIN/postgres" --version)"
-test_data=${CARGO_TARGET_DIR:-$REPO/target}/pgrx-test-data-$CASTLE_TARGET
-mkdir -p "$test_data" && chown postgres "$test_data"
-cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$test_data"
-
 install_extension
 
 # pg_cron, where this server has it (not on the assert-enabled builds)
@@ -36,6 +31,22 @@ cluster_start audit $AUDIT_PORT "shared_preload_libraries = 'pgaudit'" "pgaudit.
 AUDIT_DIR=$PGDIR
 cluster_start test 25416
 trap 'cluster_stop test; cluster_stop audit' EXIT
+
+# The README's two commands in order leave the tour's cluster running while
+# this installs twice into the same PostgreSQL: first cargo pgrx test (its
+# test build), then the release. Done here, under the preloaded test cluster
+# and a connection holding a session, which must all survive it.
+say "cargo pgrx test (unit tests and #[pg_test]) on $("$PG_BIN/postgres" --version), then the release reinstalled, under the running test cluster"
+test_data=${CARGO_TARGET_DIR:-$REPO/target}/pgrx-test-data-$CASTLE_TARGET
+mkdir -p "$test_data" && chown postgres "$test_data"
+# cargo pgrx test copies its test build over the installed library in place;
+# unlinked first, the file it writes is a new one, and a server running from
+# this installation keeps the one it mapped
+libdir=$("$PG_CONFIG" --pkglibdir)
+"$VENV/bin/python" tests/install/reinstall_under_server.py "$PGDIR/server.log" bash -c "
+    rm -f '$libdir/castle_sessions.so'
+    cargo pgrx test 'pg$PG_MAJOR' --runas postgres --pgdata '$test_data'
+    '$REPO/scripts/install.sh' >/dev/null"
 
 say "pg_regress (tests/pg_regress)"
 tests=$(cd tests/pg_regress/sql && ls -1 *.sql | sed 's/\.sql$//' | sort)
