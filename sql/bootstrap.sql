@@ -45,6 +45,17 @@ CREATE TABLE castle.user_locks (
     locked_at timestamptz NOT NULL
 );
 
+-- The key a rotation derives its successor's secret with (token.rs,
+-- successor_secret), so that rotating a token again hands back the same
+-- successor with no secret stored. Only the owner reads it; made on the first
+-- rotation (not here, so that a restore's own row is the only one); pg_dump
+-- carries it, so a restored database hands back the same successors.
+CREATE TABLE castle.rotation_key (
+    key bytea NOT NULL CHECK (pg_catalog.octet_length(key) = 32),
+    one boolean PRIMARY KEY DEFAULT true CHECK (one)
+);
+SELECT pg_catalog.pg_extension_config_dump('castle.rotation_key', '');
+
 -- What authenticate and verify return: the row without its hash.
 CREATE TYPE castle.session AS (
     id         bigint,

@@ -79,8 +79,8 @@ pub struct Catalog {
     pub primary_key: Option<Oid>,
     /// verified (user_id, …) index, when direct reads of the table are safe
     pub user_index: Option<(Oid, Oid)>,
-    /// castle.user_locks and the family columns exist: the SQL objects are
-    /// this version's
+    /// castle.user_locks, castle.rotation_key and the family columns exist:
+    /// the SQL objects are this version's
     pub current_objects: bool,
     /// the columns a read of a session takes: COLUMNS, or
     /// COLUMNS_BEFORE_FAMILIES on 0.4.0's objects (no family, never rotated)
@@ -267,7 +267,9 @@ fn resolve() -> Catalog {
             primary_key,
             user_index,
             current_objects: families
-                && pg_sys::get_relname_relid(c"user_locks".as_ptr(), schema) != pg_sys::InvalidOid,
+                && pg_sys::get_relname_relid(c"user_locks".as_ptr(), schema) != pg_sys::InvalidOid
+                && pg_sys::get_relname_relid(c"rotation_key".as_ptr(), schema)
+                    != pg_sys::InvalidOid,
             columns,
             has_dba_code,
         }

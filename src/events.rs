@@ -123,6 +123,19 @@ pub fn reuse_revoked(presented: i64, ids: &[i64]) {
     notify("family", None, ids);
 }
 
+/// castle.revoke_everything: counted with the revocations by user, logged
+/// whatever castle.log_events says (it is an incident), and notified as
+/// `{"event":"revoke_everything","count":N,"all":true}`: a cache drops all.
+pub fn revoked_everything(count: i64) {
+    stats::add(Counter::RevokedByUser, count as u64);
+    log_server_only(&format!(
+        "revoke_everything: {count} sessions revoked, every token issued before it refused"
+    ));
+    if settings::notify_revocations() && count > 0 {
+        send(format!(r#"{{"event":"revoke_everything","count":{count},"all":true}}"#).as_bytes());
+    }
+}
+
 fn log(message: impl FnOnce() -> String) {
     if settings::log_events() {
         log_server_only(&message());

@@ -27,8 +27,9 @@ use pgrx::spi::SpiClient;
 
 use crate::events;
 use crate::issue;
-use crate::plans::{self, Statement, INT4, INT8, TEXT};
-use crate::{settings, store};
+use crate::plans::{self, Statement, BYTEA, INT4, INT8, TEXT};
+use crate::{settings, store, token};
+use rand::RngCore;
 
 static USER_OF_SESSION: Statement = Statement {
     sql: "SELECT s.user_id FROM castle.sessions AS s WHERE s.id = $1",
@@ -40,6 +41,89 @@ static DELETE_FAMILY: Statement = Statement {
     args: &[INT8, TEXT],
     mutating: true,
 };
+
+static ROTATION_KEY: Statement = Statement {
+    sql: "SELECT k.key FROM castle.rotation_key AS k",
+    args: &[],
+    mutating: false,
+};
+static MAKE_ROTATION_KEY: Statement = Statement {
+    sql: "INSERT INTO castle.rotation_key AS k (key) VALUES ($1) ON CONFLICT DO NOTHING RETURNING k.key",
+    args: &[BYTEA],
+    mutating: true,
+};
+static NEXT_IN_FAMILY: Statement = Statement {
+    sql: include_str!("queries/next_in_family.sql"),
+    args: &[INT8, INT8],
+    mutating: false,
+};
+
+/// The database's rotation key (castle.rotation_key, the owner's alone),
+/// made from the operating system's CSPRNG on first use. Made lazily, not at
+/// CREATE EXTENSION, so that a restore's own row (pg_dump carries it) is the
+/// only one.
+pub fn rotation_key(client: &mut SpiClient<'_>) -> Vec<u8> {
+    let read = plans::kept(client, &ROTATION_KEY);
+    if let Some(key) = first_bytes(client.select(read, Some(1), &[])) {
+        return key;
+    }
+    let mut fresh = vec![0u8; 32];
+    if rand::rngs::OsRng.try_fill_bytes(&mut fresh).is_err() {
+        error!("castle_sessions: the operating system's random source failed");
+    }
+    let make = plans::kept(client, &MAKE_ROTATION_KEY);
+    if let Some(key) = first_bytes(client.update(make, Some(1), &[fresh.as_slice().into()])) {
+        return key;
+    }
+    // another transaction made it meanwhile: a new statement sees it
+    let read = plans::kept(client, &ROTATION_KEY);
+    first_bytes(client.select(read, Some(1), &[]))
+        .unwrap_or_else(|| error!("castle_sessions: castle.rotation_key holds no key"))
+}
+
+fn first_bytes(rows: pgrx::spi::SpiResult<pgrx::spi::SpiTupleTable<'_>>) -> Option<Vec<u8>> {
+    let rows = plans::or_raise(rows);
+    if rows.is_empty() {
+        return None;
+    }
+    plans::or_raise(rows.first().get::<Vec<u8>>(1))
+}
+
+/// The token a rotation of session `id` (whose secret is `secret`) in
+/// `family` made, or, if that successor was rotated on in turn, the
+/// family's newest: each step's secret derived from the one before and
+/// proved against the stored hash. None when the chain is broken — the
+/// successor gone, or made otherwise (by 0.5.0, or under another
+/// castle.secret_size).
+pub fn follow_successors(
+    client: &mut SpiClient<'_>,
+    key: &[u8],
+    family: i64,
+    mut id: i64,
+    mut secret: Vec<u8>,
+) -> Option<(i64, String)> {
+    // a family keeps at most ROTATED_KEPT tokens rotated away, and its newest
+    for _ in 0..=ROTATED_KEPT {
+        let next = plans::kept(client, &NEXT_IN_FAMILY);
+        let rows = plans::or_raise(client.select(next, Some(1), &[family.into(), id.into()]));
+        if rows.is_empty() {
+            return None;
+        }
+        let row = rows.first();
+        let next_id = plans::or_raise(row.get::<i64>(1))?;
+        let stored = plans::or_raise(row.get::<String>(2))?;
+        let rotated_on = plans::or_raise(row.get::<bool>(3))?;
+        let next_secret = token::successor_secret(key, id, &secret, settings::secret_size());
+        if !token::hashes_equal(&token::hash_secret(next_secret.as_bytes()), stored.as_bytes()) {
+            return None;
+        }
+        if !rotated_on {
+            return Some((next_id, next_secret));
+        }
+        (id, secret) = (next_id, next_secret.into_bytes());
+    }
+    None
+}
 
 /// How many tokens rotated away a family keeps for reuse detection.
 pub const ROTATED_KEPT: i32 = 8;

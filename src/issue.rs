@@ -123,9 +123,21 @@ pub fn create(
     data: Option<RawJsonb>,
     family: Option<i64>,
 ) -> (i64, String) {
+    let secret = new_secret(settings::secret_size());
+    create_with_secret(user_id, now, expires_at, data, family, secret)
+}
+
+/// `create`, with the secret given: a rotation's successor, derived.
+pub fn create_with_secret(
+    user_id: &[u8],
+    now: i64,
+    expires_at: Option<i64>,
+    data: Option<RawJsonb>,
+    family: Option<i64>,
+    secret: String,
+) -> (i64, String) {
     refuse_on_standby("create_session");
     unsafe { pg_sys::PreventCommandIfReadOnly(c"castle.create_session()".as_ptr()) };
-    let secret = new_secret(settings::secret_size());
     let hash = token::hash_secret(secret.as_bytes());
     let max_sessions = settings::max_sessions();
     let idle_timeout = settings::idle_timeout_seconds();

@@ -16,7 +16,7 @@ use crate::raw_jsonb::RawJsonb;
 use crate::raw_text::{self, RawText};
 use crate::settings;
 use crate::store;
-use crate::token::Refusal;
+use crate::token::{self, Refusal};
 
 static ROTATE_SESSION: Statement = Statement {
     sql: include_str!("queries/rotate_session.sql"),
@@ -28,10 +28,25 @@ static DELETE_USER_SESSIONS: Statement = Statement {
     args: &[TEXT, INT8],
     mutating: true,
 };
+static END_GRACES: Statement = Statement {
+    sql: include_str!("queries/end_graces.sql"),
+    args: &[INT8],
+    mutating: true,
+};
 static LIVE_SESSIONS: Statement = Statement {
     sql: include_str!("queries/live_sessions.sql"),
     args: &[TEXT, INT4, TIMESTAMPTZ],
     mutating: false,
+};
+static LOCK_OUT_WRITERS: Statement = Statement {
+    sql: "LOCK TABLE castle.sessions IN SHARE ROW EXCLUSIVE MODE",
+    args: &[],
+    mutating: true,
+};
+static REVOKE_EVERYTHING: Statement = Statement {
+    sql: include_str!("queries/revoke_everything.sql"),
+    args: &[TIMESTAMPTZ],
+    mutating: true,
 };
 static PRUNE_SESSIONS: Statement = Statement {
     sql: include_str!("queries/prune_sessions.sql"),
@@ -158,13 +173,20 @@ fn sessions_of_text(
 /// session), so requests in flight succeed; after that it is a reuse. The
 /// new session expires when the old one would have, or after `ttl` if that
 /// is sooner: a rotation never extends a session's life. Rotating the old
-/// token again within its grace gives another new session of the family.
+/// token again within its grace hands back the same successor (or, if that
+/// was rotated on, the family's newest): two tabs refreshing at once get one
+/// token, and a copy of the old token never starts a branch of its own.
 /// A bad token is refused exactly as authenticate refuses it.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn rotate(token: Option<RawText>, ttl: default!(Option<Interval>, "NULL")) -> String {
     refuse_on_standby("rotate");
-    let found = auth::find(raw_text::bytes(&token)).unwrap_or_else(|why| auth::refuse(why));
+    let presented_token = raw_text::bytes(&token);
+    let found = auth::find(presented_token).unwrap_or_else(|why| auth::refuse(why));
+    // found, so it decodes
+    let (_, secret) = presented_token
+        .and_then(|bytes| settings::with_token_prefix(|prefix| token::id_and_secret(prefix, bytes)))
+        .unwrap_or_else(|| auth::refuse(Refusal::Malformed));
     let user_id = found.session.user_id();
     let expires_at = match issue::checked_ttl(ttl) {
         Some(ttl) => {
@@ -173,7 +195,7 @@ fn rotate(token: Option<RawText>, ttl: default!(Option<Interval>, "NULL")) -> St
         }
         None => found.expires_at,
     };
-    let (data, family) = Spi::connect_mut(|client| {
+    let (data, family, key, rotated_before) = Spi::connect_mut(|client| {
         issue::lock_user(client, &user_id, found.now);
         let rotate = plans::kept(client, &ROTATE_SESSION);
         let args = [found.presented.into(), plans::timestamptz(found.now)];
@@ -185,10 +207,12 @@ fn rotate(token: Option<RawText>, ttl: default!(Option<Interval>, "NULL")) -> St
         let row = rotated.first();
         let rotated_at = plans::or_raise(row.get::<TimestampWithTimeZone>(3))
             .map_or(found.now, |at| at.into_inner());
-        // another rotation of the same token committed while we waited for
-        // the lock: past the grace, refused; a reuse only if the token was
-        // already rotated away when we read it (else two requests raced)
-        if rotated_at != found.now && !families::within_grace(rotated_at, found.now) {
+        // rotated before this call: already when we read it, or by another
+        // request while we waited for the lock
+        let rotated_before = found.presented != found.id || rotated_at != found.now;
+        // past the grace: refused; a reuse only if the token was already
+        // rotated away when we read it (else two requests raced)
+        if rotated_before && !families::within_grace(rotated_at, found.now) {
             if found.presented == found.id {
                 auth::refuse(Refusal::UnknownId);
             }
@@ -197,10 +221,23 @@ fn rotate(token: Option<RawText>, ttl: default!(Option<Interval>, "NULL")) -> St
         }
         let data = plans::or_raise(row.get::<RawJsonb>(1));
         let family = plans::or_raise(row.get::<i64>(2)).unwrap_or(found.presented);
-        families::forget_old_rotations(client, family);
-        (data, family)
+        if !rotated_before {
+            families::forget_old_rotations(client, family);
+        }
+        (data, family, families::rotation_key(client), rotated_before)
     });
-    let (id, token) = issue::create(&user_id, found.now, expires_at, data, Some(family));
+    if rotated_before {
+        let successor = Spi::connect_mut(|client| {
+            families::follow_successors(client, &key, family, found.presented, secret)
+        });
+        let Some((id, secret)) = successor else {
+            auth::refuse(Refusal::UnknownId)
+        };
+        return settings::with_token_prefix(|prefix| token::encode(prefix, id, &secret));
+    }
+    let successor = token::successor_secret(&key, found.presented, &secret, settings::secret_size());
+    let (id, token) =
+        issue::create_with_secret(&user_id, found.now, expires_at, data, Some(family), successor);
     events::rotated(found.presented, id, &user_id);
     token
 }
@@ -231,6 +268,30 @@ fn prune(batch_size: default!(i32, 10000)) -> i64 {
     })
 }
 
+/// The incident switch: revokes every session whose token was issued before
+/// `issued_before` (NULL, the default: every session), at once, and returns
+/// how many. Not SECURITY DEFINER: it runs with the caller's rights, so only
+/// the table's owner or a superuser can, and no application role can undo
+/// it (a deleted session has no way back). It first takes castle.sessions in
+/// SHARE ROW EXCLUSIVE mode, which waits for every sign-in, rotation and
+/// `used_at` write in flight, so that no token being issued escapes, and
+/// holds new ones back until the caller commits; requests that only read go
+/// on. Set lock_timeout to bound the wait.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn revoke_everything(issued_before: default!(Option<TimestampWithTimeZone>, "NULL")) -> i64 {
+    refuse_on_standby("revoke_everything");
+    let count = Spi::connect_mut(|client| {
+        let lock = plans::kept(client, &LOCK_OUT_WRITERS);
+        plans::or_raise(client.update(lock, None, &[]));
+        let revoke = plans::kept(client, &REVOKE_EVERYTHING);
+        let rows = plans::or_raise(client.update(revoke, Some(1), &[issued_before.into()]));
+        plans::or_raise(rows.first().get::<i64>(1)).unwrap_or(0)
+    });
+    events::revoked_everything(count);
+    count
+}
+
 /// Deletes session `id` and its family, if it belongs to `only_user` (when
 /// given), under the user's lock (`families::delete`).
 fn delete_family(id: i64, only_user: Option<&[u8]>, kind: Revocation) -> bool {
@@ -245,11 +306,16 @@ fn revoke_all(user_id: Vec<u8>, except_session: Option<i64>, kind: Revocation) -
         // after any sign-in of the user in progress, so that it is revoked too
         issue::lock_user(client, &user_id, store::call_time());
         let delete = plans::kept(client, &DELETE_USER_SESSIONS);
-        plans::returned_ids(plans::or_raise(client.update(
+        let deleted = plans::returned_ids(plans::or_raise(client.update(
             delete,
             None,
             &[plans::text(&user_id), except_session.into()],
-        )))
+        )));
+        if let Some(spared) = except_session {
+            let end = plans::kept(client, &END_GRACES);
+            plans::or_raise(client.update(end, None, &[spared.into()]));
+        }
+        deleted
     });
     events::revoked(kind, &deleted, Some(&user_id));
     deleted.len() as i64

@@ -144,6 +144,66 @@ pub fn hashes_equal(computed: &[u8; 64], stored: &[u8]) -> bool {
 /// The token is bytes, as the database holds text: anything outside the
 /// format's ASCII is refused like any other malformation, in any encoding.
 pub fn decode(prefix: &str, token: &[u8]) -> Result<Decoded, Refusal> {
+    let mut buffer = [0u8; MAX_TOKEN_LEN / 4 * 3 + 3];
+    let (id, secret) = split(prefix, token, &mut buffer)?;
+    Ok(Decoded {
+        id,
+        hash: hash_secret(secret),
+    })
+}
+
+/// The id and the secret of a token that decodes: what a rotation derives
+/// its successor from. None for any token [`decode`] refuses.
+pub fn id_and_secret(prefix: &str, token: &[u8]) -> Option<(i64, Vec<u8>)> {
+    let mut buffer = [0u8; MAX_TOKEN_LEN / 4 * 3 + 3];
+    split(prefix, token, &mut buffer)
+        .ok()
+        .map(|(id, secret)| (id, secret.to_vec()))
+}
+
+/// The secret of the session a rotation makes from the one it replaces:
+/// HMAC-SHA256 of the replaced session's id and secret, keyed with the
+/// database's rotation key, stretched in counter mode to `size` characters
+/// and checksummed like any secret. So rotating a token again yields the
+/// same successor, with nothing secret stored; without the key (only the
+/// table's owner can read it) a copy of the old token predicts nothing.
+pub fn successor_secret(key: &[u8], rotated_id: i64, rotated_secret: &[u8], size: usize) -> String {
+    let mut bytes = Vec::with_capacity(size + 32);
+    let mut block: u32 = 0;
+    while bytes.len() < size {
+        let mut message = Vec::with_capacity(40 + rotated_secret.len());
+        message.extend_from_slice(b"castle_sessions successor\0");
+        message.extend_from_slice(&block.to_be_bytes());
+        message.extend_from_slice(&rotated_id.to_be_bytes());
+        message.extend_from_slice(rotated_secret);
+        bytes.extend_from_slice(&hmac_sha256(key, &message));
+        block += 1;
+    }
+    bytes.truncate(size);
+    secret_from_random(&bytes)
+}
+
+/// HMAC (RFC 2104) over SHA-256.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    if key.len() > block.len() {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let inner = Sha256::new()
+        .chain_update(block.map(|b| b ^ 0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(block.map(|b| b ^ 0x5c))
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+/// The id and the secret, checked, the secret decoded into `buffer`.
+fn split<'b>(prefix: &str, token: &[u8], buffer: &'b mut [u8]) -> Result<(i64, &'b [u8]), Refusal> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(Refusal::TooLong);
     }
@@ -157,18 +217,14 @@ pub fn decode(prefix: &str, token: &[u8]) -> Result<Decoded, Refusal> {
     let (id_part, secret_part) = (&rest[..dot], &rest[dot + 1..]);
     let id = decode_id(id_part)?;
     // on the stack: a token is at most MAX_TOKEN_LEN, so its secret fits
-    let mut buffer = [0u8; MAX_TOKEN_LEN / 4 * 3 + 3];
-    let secret = decode_into(secret_part, &mut buffer).ok_or(Refusal::BadSecret)?;
+    let secret = decode_into(secret_part, buffer).ok_or(Refusal::BadSecret)?;
     if !all_in_alphabet(secret) {
         return Err(Refusal::BadSecret);
     }
     if !checksum_matches(secret) {
         return Err(Refusal::BadChecksum);
     }
-    Ok(Decoded {
-        id,
-        hash: hash_secret(secret),
-    })
+    Ok((id, secret))
 }
 
 /// The id is base64url of its plain decimal: no sign, no leading zero, > 0, fits bigint.
@@ -229,6 +285,42 @@ fn checksum_matches(secret: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        // test cases 2 (a short key) and 6 (a key longer than a block)
+        let hex = |bytes: [u8; 32]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        assert_eq!(
+            hex(hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert_eq!(
+            hex(hmac_sha256(
+                &[0xaa; 131],
+                b"Test Using Larger Than Block-Size Key - Hash Key First"
+            )),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
+
+    #[test]
+    fn a_successor_is_one_secret_that_only_the_key_gives() {
+        let key = [7u8; 32];
+        let old = secret_from_random(&[1u8; 64]);
+        let successor = successor_secret(&key, 42, old.as_bytes(), 64);
+        assert_eq!(successor, successor_secret(&key, 42, old.as_bytes(), 64));
+        assert_ne!(successor, successor_secret(&[8u8; 32], 42, old.as_bytes(), 64));
+        assert_ne!(successor, successor_secret(&key, 43, old.as_bytes(), 64));
+        assert_ne!(successor, old);
+        // a secret like any other: it decodes, at any size
+        for size in [MIN_SECRET_SIZE, 64, 100, MAX_SECRET_SIZE] {
+            let secret = successor_secret(&key, 42, old.as_bytes(), size);
+            let token = encode("oat_", 43, &secret);
+            assert_eq!(decode("oat_", token.as_bytes()).unwrap().hash, hash_secret(secret.as_bytes()));
+            assert_eq!(id_and_secret("oat_", token.as_bytes()), Some((43, secret.into_bytes())));
+        }
+        assert_eq!(id_and_secret("oat_", b"oat_x.y"), None);
+    }
 
     fn seed_vector() -> (String, String) {
         let secret = secret_from_random(&[0u8; 64]);

@@ -25,6 +25,12 @@ def backdate_rotation(conn, token_id):
     conn.execute("UPDATE castle.sessions SET rotated_at = now() - interval '1 hour' WHERE id = %s", (token_id,))
 
 
+def live_rows(conn, user):
+    """Sessions of the user not rotated away: tokens that are not a copy."""
+    return conn.execute("SELECT count(*) FROM castle.sessions WHERE user_id = %s AND rotated_at IS NULL",
+                        (user,)).fetchone()[0]
+
+
 def wait_revoked(conn, token, seconds=10):
     deadline = time.monotonic() + seconds
     while conn.execute("SELECT castle.is_valid(%s)", (token,)).fetchone()[0]:
@@ -64,11 +70,12 @@ def test_requests_in_flight_with_the_old_token_survive_a_rotation(conn):
         t.join()
     assert not failures, failures[:3]
     assert all(user == "racer" for _, user in answers) and len(answers) > 20
-    assert None not in new and new[0] != new[1]
-    for token in new:
-        assert conn.execute("SELECT (castle.verify(%s)).user_id", (token,)).fetchone()[0] == "racer"
-    # the old token now stands for one of them
-    assert session_id(conn, old) in {session_id(conn, t) for t in new}
+    # one successor: both tabs get the same token, which works
+    assert None not in new and new[0] == new[1]
+    assert conn.execute("SELECT (castle.verify(%s)).user_id", (new[0],)).fetchone()[0] == "racer"
+    # the old token now stands for it
+    assert session_id(conn, old) == session_id(conn, new[0])
+    assert live_rows(conn, "racer") == 1
 
 
 def test_after_the_grace_a_reuse_revokes_the_family(conn):
@@ -198,3 +205,72 @@ def test_without_a_free_worker_slot_the_caller_still_sees_only_a_refusal():
         assert old not in log and old.split(".", 1)[1] not in log
     finally:
         as_postgres(f"{PG_BIN}/pg_ctl", "-D", str(root / "data"), "-m", "fast", "-w", "stop")
+
+
+# A thief holds a copy of the victim's token T0 (issue #19, item 3). On 0.5.0
+# each rotation of T0 within its grace started a live branch of the family
+# that outlived the grace, revoke_other_sessions and the password-change
+# recipe; one token rotated 603 times left 604 live sessions.
+
+def test_a_thief_rotating_a_copy_within_the_grace_gets_the_victims_successor(conn):
+    t0 = create(conn, "thief-victim", "1 hour")
+    t1 = conn.execute("SELECT castle.rotate(%s)", (t0,)).fetchone()[0]
+    # the thief sees verify(T0) change and rotates T0, again and again
+    stolen = {conn.execute("SELECT castle.rotate(%s)", (t0,)).fetchone()[0] for _ in range(200)}
+    assert stolen == {t1}
+    assert live_rows(conn, "thief-victim") == 1
+    assert conn.execute("SELECT count(*) FROM castle.sessions WHERE user_id = 'thief-victim'").fetchone()[0] == 2
+    # once the grace ends, T0 is a reuse; T1 was never a branch of the thief's
+    backdate_rotation(conn, conn.execute("SELECT min(id) FROM castle.sessions WHERE user_id = 'thief-victim'"
+                                         ).fetchone()[0])
+    assert conn.execute("SELECT castle.is_valid(%s)", (t0,)).fetchone()[0] is False
+    wait_revoked(conn, t1)
+    assert conn.execute("SELECT count(*) FROM castle.sessions WHERE user_id = 'thief-victim'").fetchone()[0] == 0
+
+
+def test_a_copy_follows_only_to_the_familys_newest_and_the_family_stays_small(conn):
+    t0 = create(conn, "chain", "1 hour")
+    t1 = conn.execute("SELECT castle.rotate(%s)", (t0,)).fetchone()[0]
+    t2 = conn.execute("SELECT castle.rotate(%s)", (t1,)).fetchone()[0]
+    assert conn.execute("SELECT castle.rotate(%s)", (t0,)).fetchone()[0] == t2
+    assert conn.execute("SELECT castle.rotate(%s)", (t1,)).fetchone()[0] == t2
+    # refreshing the newest over and over: one live token, at most 8 copies kept
+    newest = t2
+    for _ in range(30):
+        newest = conn.execute("SELECT castle.rotate(%s)", (newest,)).fetchone()[0]
+    assert live_rows(conn, "chain") == 1
+    assert conn.execute("SELECT count(*) FROM castle.sessions WHERE user_id = 'chain'").fetchone()[0] <= 9
+    assert conn.execute("SELECT count(*) FROM castle.sessions_of('chain')").fetchone()[0] == 1
+
+
+def test_sign_out_everywhere_else_leaves_a_thiefs_copy_nothing(conn):
+    t0 = create(conn, "else-victim", "1 hour")
+    t1 = conn.execute("SELECT castle.rotate(%s)", (t0,)).fetchone()[0]
+    # the victim, on T1, signs out every other device; the thief holds T0,
+    # still within its grace
+    with conn.transaction():
+        conn.execute("SELECT castle.login(%s)", (t1,))
+        conn.execute("SELECT castle.revoke_other_sessions()")
+    # T0 can no longer follow the family: it is a reuse at once
+    with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+        conn.execute("SELECT castle.rotate(%s)", (t0,))
+    assert conn.execute("SELECT castle.is_valid(%s)", (t0,)).fetchone()[0] is False
+    # and, being a reuse, it revoked the family: the thief has nothing left
+    wait_revoked(conn, t1)
+
+
+def test_the_password_change_recipe_leaves_a_thiefs_copy_nothing(conn):
+    t0 = create(conn, "pw-victim", "1 hour")
+    t1 = conn.execute("SELECT castle.rotate(%s)", (t0,)).fetchone()[0]
+    other_device = create(conn, "pw-victim", "1 hour")
+    # the recipe (docs/security.md): rotate the device that changed the
+    # password, then revoke every other device and every older token
+    t2 = conn.execute("SELECT castle.rotate(%s)", (t1,)).fetchone()[0]
+    assert conn.execute("SELECT castle.revoke_all('pw-victim'::text, (castle.verify(%s)).id)",
+                        (t2,)).fetchone()[0] == 1
+    assert conn.execute("SELECT castle.is_valid(%s)", (other_device,)).fetchone()[0] is False
+    assert conn.execute("SELECT castle.is_valid(%s)", (t2,)).fetchone()[0] is True
+    # the thief's T0 and T1, both within their grace before, now refuse and follow nowhere
+    for copy in (t0, t1):
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+            conn.execute("SELECT castle.rotate(%s)", (copy,))

@@ -51,7 +51,7 @@ def old_session(conn, user):
     return seed_algorithm.token(session_id, secret)
 
 
-@pytest.mark.parametrize("release", ["0.1.0", "0.2.0", "0.3.0", "0.4.0"])
+@pytest.mark.parametrize("release", ["0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0"])
 def test_update_keeps_tokens_and_matches_a_fresh_install(conn, release):
     fresh_database(conn, "castle_old")
     fresh_database(conn, "castle_new")

@@ -1,0 +1,23 @@
+-- castle_sessions 0.5.0 -> 0.6.0: one successor per rotation (a key that
+-- derives it, so a token rotated again hands back the same successor), and
+-- the incident switch castle.revoke_everything. No row is rewritten, and
+-- every token valid before is valid after.
+\echo Use "ALTER EXTENSION castle_sessions UPDATE TO '0.6.0'" to load this file. \quit
+
+-- sql/bootstrap.sql
+CREATE TABLE castle.rotation_key (
+    key bytea NOT NULL CHECK (pg_catalog.octet_length(key) = 32),
+    one boolean PRIMARY KEY DEFAULT true CHECK (one)
+);
+SELECT pg_catalog.pg_extension_config_dump('castle.rotation_key', '');
+REVOKE ALL ON TABLE castle.rotation_key FROM PUBLIC;
+
+-- src/lifecycle.rs
+CREATE FUNCTION castle."revoke_everything"(
+	"issued_before" timestamp with time zone DEFAULT NULL
+) RETURNS bigint
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'revoke_everything_wrapper';
+REVOKE ALL ON FUNCTION castle.revoke_everything(timestamp with time zone) FROM PUBLIC;
