@@ -110,7 +110,7 @@ pub fn find(token: Option<&[u8]>) -> Result<Found, Refusal> {
             store::find_successor(named.family).ok_or(Refusal::UnknownId)?
         }
         Some(_) => {
-            families::reuse(decoded.id);
+            families::reuse(named.family, decoded.id);
             return Err(Refusal::Reuse);
         }
     };

@@ -2,8 +2,10 @@
 //! (family_id: the first session's id, NULL on that one). castle.rotate
 //! keeps the session it replaces, marked rotated_at: for castle.rotate_grace
 //! its token stands for the family's newest session, so requests in flight
-//! during a rotation succeed; after that the token is a reuse — a copy of it
-//! is being replayed — and the whole family is revoked.
+//! during a rotation succeed, and rotating it again hands back that same
+//! successor (its secret is derived, `token::successor_secret`); after the
+//! grace the token is a reuse — a copy of it is being replayed — and the
+//! whole family is revoked.
 //!
 //! A family keeps its newest ROTATED_KEPT tokens rotated away; older ones
 //! are forgotten at the next rotation (then refused as unknown), so a
@@ -11,11 +13,12 @@
 //!
 //! A reuse is always refused, and authenticate refuses by raising, which
 //! rolls back the caller's transaction and with it any revocation made
-//! there. So the family is revoked by a background worker, in a transaction
-//! of its own, started here and not waited for; the caller sees the same
-//! refusal, in the same time, as for any bad token, and nothing is written,
-//! waited for or raised in its transaction. Without a free worker slot, the
-//! backend starts the worker at its next check, and the server log says so.
+//! there. So the family is revoked in a transaction of its own: queued in
+//! shared memory for castle's standing workers when the library is
+//! preloaded (`revocations`, whose contract says what that guarantees), else
+//! by a worker the call starts. Either way the caller sees the same refusal
+//! as for any bad token, and nothing is written, waited for or raised in its
+//! transaction.
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::pg_sys;
@@ -28,7 +31,7 @@ use pgrx::spi::SpiClient;
 use crate::events;
 use crate::issue;
 use crate::plans::{self, Statement, BYTEA, INT4, INT8, TEXT};
-use crate::{settings, store, token};
+use crate::{revocations, settings, store, token};
 use rand::RngCore;
 
 static USER_OF_SESSION: Statement = Statement {
@@ -147,11 +150,11 @@ pub fn within_grace(rotated_at: i64, now: i64) -> bool {
 }
 
 /// A rotated token came back after its grace: revoke every session of its
-/// family (`presented` is the session the token names), by a worker. On a
-/// standby nothing can be written: the token is refused there, and its
-/// family is revoked when the token next reaches the primary. Nothing here
-/// writes, waits or raises in the caller.
-pub fn reuse(presented: i64) {
+/// family (`family`, the first session's id; `presented` is the session the
+/// token names). On a standby nothing can be written: the token is refused
+/// there, and its family is revoked when the token next reaches the primary.
+/// Nothing here writes, waits or raises in the caller.
+pub fn reuse(family: i64, presented: i64) {
     if unsafe { pg_sys::RecoveryInProgress() } {
         events::log_server_only(&format!(
             "reuse of a rotated token on a standby: family of session {presented} \
@@ -159,13 +162,17 @@ pub fn reuse(presented: i64) {
         ));
         return;
     }
-    if started_lately(presented) {
+    if revocations::enqueue(family, presented) || started_lately(family) {
         return;
     }
-    if !start_worker(presented) {
+    // not preloaded: a worker of this backend's own
+    if start_worker(presented) {
+        let now = unsafe { pg_sys::GetCurrentTimestamp() };
+        STARTED.with(|started| started.borrow_mut().push((family, now)));
+    } else {
         events::log_server_only(&format!(
             "no background worker free (max_worker_processes): family of session {presented} \
-             is revoked when one is"
+             is revoked when one is (preload castle_sessions to have it queued)"
         ));
         PENDING.with(|pending| {
             let mut pending = pending.borrow_mut();
@@ -176,9 +183,10 @@ pub fn reuse(presented: i64) {
     }
 }
 
-/// Families this backend owes a worker, and the workers it started in the
-/// last STARTED_FOR microseconds, so that one statement presenting a token
-/// a thousand times starts one worker, not a thousand.
+/// Without preloading only: the families this backend owes a worker, and
+/// the workers it started in the last STARTED_FOR microseconds, so that one
+/// statement presenting a family's tokens a thousand times starts one
+/// worker, not a thousand.
 const MOST_PENDING: usize = 64;
 const STARTED_FOR: i64 = 5_000_000;
 thread_local! {
@@ -186,12 +194,12 @@ thread_local! {
     static STARTED: RefCell<Vec<(i64, i64)>> = const { RefCell::new(Vec::new()) };
 }
 
-fn started_lately(presented: i64) -> bool {
+fn started_lately(family: i64) -> bool {
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
     STARTED.with(|started| {
         let mut started = started.borrow_mut();
         started.retain(|&(_, at)| at > now - STARTED_FOR);
-        started.iter().any(|&(id, _)| id == presented)
+        started.iter().any(|&(id, _)| id == family)
     })
 }
 
@@ -208,7 +216,7 @@ pub fn retry_pending() {
 }
 
 fn start_worker(presented: i64) -> bool {
-    let started = BackgroundWorkerBuilder::new("castle_sessions revocation")
+    BackgroundWorkerBuilder::new("castle_sessions revocation")
         .set_type("castle_sessions revocation")
         .set_library("castle_sessions")
         .set_function("castle_sessions_revoke_family")
@@ -222,12 +230,7 @@ fn start_worker(presented: i64) -> bool {
         .enable_spi_access()
         .set_restart_time(None)
         .load_dynamic()
-        .is_ok();
-    if started {
-        let now = unsafe { pg_sys::GetCurrentTimestamp() };
-        STARTED.with(|started| started.borrow_mut().push((presented, now)));
-    }
-    started
+        .is_ok()
 }
 
 /// The user whose session `id` is, if it exists.
@@ -256,14 +259,15 @@ pub fn delete(client: &mut SpiClient<'_>, id: i64, only_user: Option<&[u8]>) -> 
     issue::lock_user(client, &user_id, store::call_time());
     let delete = plans::kept(client, &DELETE_FAMILY);
     let args = [id.into(), plans::text(&user_id)];
-    plans::returned_ids(plans::or_raise(client.update(delete, None, &args)))
+    let ids = plans::returned_ids(plans::or_raise(client.update(delete, None, &args)));
+    crate::lifecycle::forget_user_lock(client, &user_id);
+    ids
 }
 
-/// The background worker: connects to the caller's database as the
-/// bootstrap superuser (the table's owner may not be allowed to log in) and
-/// revokes the family as the table's owner, with the caller's log and
-/// notify settings. A failure (a deadlock, a serialization failure) is
-/// retried; after the last attempt the log says the family was not revoked.
+/// The worker a backend starts when the library is not preloaded: connects
+/// to the caller's database as the bootstrap superuser (the table's owner
+/// may not be allowed to log in) and revokes the family, retrying a failure
+/// a few times, each logged with its cause.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn castle_sessions_revoke_family(argument: pg_sys::Datum) {
@@ -279,27 +283,52 @@ pub extern "C-unwind" fn castle_sessions_revoke_family(argument: pg_sys::Datum) 
     // pg_terminate_backend ends the worker even while it waits for a lock
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::empty());
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(database)), None);
+    settings_for_a_revocation(c"5s");
     for attempt in 1..=WORKER_ATTEMPTS {
-        let revoked = BackgroundWorker::transaction(|| {
-            settings::set_for_worker(c"castle.log_events", log_events == 1);
-            settings::set_for_worker(c"castle.notify_revocations", notify == 1);
-            // a database's timeouts are for clients, not for this
-            settings::set_for_worker_value(c"lock_timeout", c"0");
-            settings::set_for_worker_value(c"statement_timeout", c"0");
-            plans::in_subtransaction(|| revoke_family(presented)).is_some()
-        });
-        if revoked {
-            return;
+        match revoke_in_a_transaction(presented, log_events == 1, notify == 1) {
+            Ok(()) => return,
+            Err(cause) => events::log_server_only(&format!(
+                "family of session {presented} not revoked yet (attempt {attempt} of \
+                 {WORKER_ATTEMPTS}): {cause}"
+            )),
         }
         std::thread::sleep(std::time::Duration::from_millis(100 * attempt));
     }
     events::log_server_only(&format!(
-        "reuse of a rotated token: family of session {presented} NOT revoked \
-         after {WORKER_ATTEMPTS} attempts; see the errors above"
+        "reuse of a rotated token: family of session {presented} NOT revoked after \
+         {WORKER_ATTEMPTS} attempts (their causes are above); it is revoked when the token \
+         is presented again"
     ));
 }
 
 const WORKER_ATTEMPTS: u64 = 5;
+
+/// In a revocation worker, once connected: what the database's defaults
+/// (for its clients) must not decide. READ COMMITTED whatever
+/// default_transaction_isolation says, so that a concurrent rotation is a
+/// wait, not a serialization failure; writable; no statement timeout; a
+/// lock waited for at most `lock_wait`, then retried.
+pub fn settings_for_a_revocation(lock_wait: &std::ffi::CStr) {
+    settings::set_for_worker_value(c"default_transaction_isolation", c"read committed");
+    settings::set_for_worker_value(c"default_transaction_read_only", c"off");
+    settings::set_for_worker_value(c"statement_timeout", c"0");
+    settings::set_for_worker_value(c"lock_timeout", lock_wait);
+}
+
+/// Revokes the family of session `presented` as the table's owner, in a
+/// transaction of its own, with the presenting caller's log and notify
+/// settings: Err with the cause (SQLSTATE and message) when it failed.
+pub fn revoke_in_a_transaction(
+    presented: i64,
+    log_events: bool,
+    notify: bool,
+) -> Result<(), String> {
+    BackgroundWorker::transaction(|| {
+        settings::set_for_worker(c"castle.log_events", log_events);
+        settings::set_for_worker(c"castle.notify_revocations", notify);
+        plans::attempt(|| revoke_family(presented))
+    })
+}
 
 fn revoke_family(presented: i64) {
     let ids = plans::as_owner(store::table_owner(), || {

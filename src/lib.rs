@@ -4,7 +4,8 @@
 //! one module per area: `issue` (create_session), `auth` (authenticate,
 //! verify, is_valid), `lifecycle` (revoke, rotate, device lists, pruning),
 //! `context` (login and who is asking), `stats` (castle.stats); `families`
-//! rotation's grace and reuse; `events` what is counted, logged and notified; `catalog` the verified objects the
+//! rotation's grace and reuse; `revocations` the queue and standing
+//! workers that revoke a family after a reuse; `events` what is counted, logged and notified; `catalog` the verified objects the
 //! direct reads rely on (its contract is at its top); `compat` the only
 //! module that names a PostgreSQL major; `store` the hot paths'
 //! reads, direct or in SQL; `session_row` the rows they return; `raw_text`
@@ -24,6 +25,7 @@ mod lifecycle;
 mod plans;
 mod raw_jsonb;
 mod raw_text;
+mod revocations;
 mod session_row;
 mod settings;
 mod stats;
@@ -39,6 +41,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
     stats::register();
+    revocations::register();
     context::register_callbacks();
     catalog::register_invalidation();
 }

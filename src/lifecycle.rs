@@ -48,6 +48,16 @@ static REVOKE_EVERYTHING: Statement = Statement {
     args: &[TIMESTAMPTZ],
     mutating: true,
 };
+static FORGET_USER_LOCK: Statement = Statement {
+    sql: include_str!("queries/forget_user_lock.sql"),
+    args: &[TEXT],
+    mutating: true,
+};
+static PRUNE_USER_LOCKS: Statement = Statement {
+    sql: include_str!("queries/prune_user_locks.sql"),
+    args: &[INT4],
+    mutating: true,
+};
 static PRUNE_SESSIONS: Statement = Statement {
     sql: include_str!("queries/prune_sessions.sql"),
     args: &[INT4, INT4],
@@ -207,6 +217,7 @@ fn rotate(token: Option<RawText>, ttl: default!(Option<Interval>, "NULL")) -> St
         let row = rotated.first();
         let rotated_at = plans::or_raise(row.get::<TimestampWithTimeZone>(3))
             .map_or(found.now, |at| at.into_inner());
+        let family = plans::or_raise(row.get::<i64>(2)).unwrap_or(found.presented);
         // rotated before this call: already when we read it, or by another
         // request while we waited for the lock
         let rotated_before = found.presented != found.id || rotated_at != found.now;
@@ -216,11 +227,10 @@ fn rotate(token: Option<RawText>, ttl: default!(Option<Interval>, "NULL")) -> St
             if found.presented == found.id {
                 auth::refuse(Refusal::UnknownId);
             }
-            families::reuse(found.presented);
+            families::reuse(family, found.presented);
             auth::refuse(Refusal::Reuse);
         }
         let data = plans::or_raise(row.get::<RawJsonb>(1));
-        let family = plans::or_raise(row.get::<i64>(2)).unwrap_or(found.presented);
         if !rotated_before {
             families::forget_old_rotations(client, family);
         }
@@ -264,6 +274,8 @@ fn prune(batch_size: default!(i32, 10000)) -> i64 {
             &[batch_size.into(), settings::idle_timeout_seconds().into()],
         )));
         events::pruned(&deleted);
+        let locks = plans::kept(client, &PRUNE_USER_LOCKS);
+        plans::or_raise(client.update(locks, None, &[batch_size.into()]));
         deleted.len() as i64
     })
 }
@@ -315,10 +327,18 @@ fn revoke_all(user_id: Vec<u8>, except_session: Option<i64>, kind: Revocation) -
             let end = plans::kept(client, &END_GRACES);
             plans::or_raise(client.update(end, None, &[spared.into()]));
         }
+        forget_user_lock(client, &user_id);
         deleted
     });
     events::revoked(kind, &deleted, Some(&user_id));
     deleted.len() as i64
+}
+
+/// Deletes the lock row of `user_id`, whose lock the caller holds, if the
+/// user has no session left.
+pub fn forget_user_lock(client: &mut pgrx::spi::SpiClient<'_>, user_id: &[u8]) {
+    let forget = plans::kept(client, &FORGET_USER_LOCK);
+    plans::or_raise(client.update(forget, None, &[plans::text(user_id)]));
 }
 
 /// A castle.session row as SPI hands it over (the device list is not a hot path).

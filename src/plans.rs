@@ -139,14 +139,28 @@ pub fn without_detail<R>(f: impl FnOnce() -> R) -> R {
 /// None when it raised, after rolling the subtransaction back (the caller's
 /// transaction goes on either way).
 pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Option<R> {
+    attempt(f).ok()
+}
+
+/// `in_subtransaction`, with what went wrong: the error's SQLSTATE and
+/// message (never its detail, which may quote a row).
+pub fn attempt<R>(f: impl FnOnce() -> R) -> Result<R, String> {
     unsafe {
         let memory = pg_sys::CurrentMemoryContext;
         let owner = pg_sys::CurrentResourceOwner;
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| Some(f())))
-            .catch_others(|_| None)
+        let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| Ok(f())))
+            .catch_others(|caught| match caught {
+                pg_sys::panic::CaughtError::PostgresError(report)
+                | pg_sys::panic::CaughtError::ErrorReport(report) => Err(format!(
+                    "{}: {}",
+                    report.sql_error_code(),
+                    report.message()
+                )),
+                _ => Err("an internal error (see above)".to_owned()),
+            })
             .execute();
-        if result.is_some() {
+        if result.is_ok() {
             pg_sys::ReleaseCurrentSubTransaction();
         } else {
             pg_sys::RollbackAndReleaseCurrentSubTransaction();

@@ -42,11 +42,13 @@ pub enum Counter {
     TouchesSkipped,
 }
 const COUNTERS: usize = Counter::TouchesSkipped as usize + 1;
-/// Databases counted at once; a database beyond them is not counted.
+/// Databases counted at once; a database beyond them is counted once one of
+/// them is dropped.
 const DATABASES: usize = 64;
 
 struct Database {
-    /// 0 while the row is free; claimed once, never given back
+    /// 0 while the row is free; claimed once, and taken over only when
+    /// its database is gone and every row is taken
     oid: AtomicU32,
     /// when counting started or castle.stats_reset() ran (PostgreSQL's time)
     reset_at: AtomicI64,
@@ -137,6 +139,40 @@ fn claim() -> Option<&'static Database> {
                 }
             }
             _ => {}
+        }
+    }
+    reclaim(oid)
+}
+
+/// Every row taken: takes over the row of a database that was dropped
+/// (the rows' databases are looked up only now, when a new one needs room).
+fn reclaim(oid: u32) -> Option<&'static Database> {
+    let databases = &STATS.get().databases;
+    for database in databases {
+        let held = database.oid.load(Relaxed);
+        let dropped = held != 0
+            && !unsafe {
+                pg_sys::SearchSysCacheExists(
+                    pg_sys::SysCacheIdentifier::DATABASEOID as _,
+                    pg_sys::Datum::from(held),
+                    pg_sys::Datum::from(0),
+                    pg_sys::Datum::from(0),
+                    pg_sys::Datum::from(0),
+                )
+            };
+        if dropped
+            && database
+                .oid
+                .compare_exchange(held, oid, Relaxed, Relaxed)
+                .is_ok()
+        {
+            for count in &database.counts {
+                count.store(0, Relaxed);
+            }
+            database
+                .reset_at
+                .store(unsafe { pg_sys::GetCurrentTimestamp() }, Relaxed);
+            return Some(database);
         }
     }
     None

@@ -1,0 +1,322 @@
+//! The revocation of a family after a reuse, off the caller's path.
+//!
+//! Contract: `enqueue(family, presented)` is all a presenting backend does.
+//! It records the family in a table in shared memory — once: a family queued
+//! and not yet revoked is not queued again — and wakes the launcher. It
+//! writes, waits for and raises nothing, and costs a lock held for a scan of
+//! the table, so a reuse is refused in the time of any other refusal.
+//!
+//! The launcher, a standing background worker registered when the library is
+//! preloaded, starts one drain worker per database with work due, at most
+//! DRAINERS at once: however many reuses clients present, castle never takes
+//! more than 1 + DRAINERS worker slots. A drain worker revokes its database's
+//! families one at a time, each in a READ COMMITTED transaction of its own,
+//! waiting at most LOCK_WAIT for a lock (a request holding its user's lock
+//! row cannot stall it); a failure is logged with its cause and retried after
+//! a backoff, until the family is revoked. An entry leaves the table only
+//! then, so neither the presenting backend's exit, nor a drain worker's
+//! termination, nor a full worker table loses it; a terminated launcher is
+//! restarted by the postmaster within a second.
+//!
+//! A server crash or restart empties the table. What is lost is the
+//! revocation of a reuse presented in the moments before, never a session:
+//! the rotated-away token stays stored, so presenting it again queues the
+//! family again. A full table (QUEUED families waiting) is logged, and the
+//! family is likewise queued the next time its token comes back.
+//!
+//! Without preloading there is no shared memory and no launcher; `enqueue`
+//! says so, and the caller starts a worker of its own (families.rs).
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker,
+    SignalWakeFlags,
+};
+use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, pg_sys, PGRXSharedMemory, PgLwLock};
+
+use crate::events;
+use crate::families;
+use crate::settings;
+
+/// Families waiting to be revoked, in every database.
+const QUEUED: usize = 1024;
+/// Drain workers running at once, each for one database.
+const DRAINERS: usize = 2;
+/// The longest a drain worker waits for a lock before it retries later.
+const LOCK_WAIT: &std::ffi::CStr = c"1s";
+/// The longest backoff between two attempts at one family (microseconds).
+const MOST_BACKOFF: i64 = 10_000_000;
+
+const LOG_EVENTS: u8 = 1;
+const NOTIFY: u8 = 2;
+
+#[derive(Clone, Copy)]
+struct Entry {
+    /// 0: the entry is free
+    database: u32,
+    /// the family's first session's id
+    family: i64,
+    /// the session whose token came back (what the log names)
+    presented: i64,
+    /// the presenting caller's castle.log_events and notify_revocations
+    flags: u8,
+    /// the drain worker revoking it now (0: none)
+    drainer: i32,
+    attempts: u32,
+    /// not before this time (PostgreSQL's microseconds)
+    due: i64,
+}
+
+const FREE: Entry = Entry {
+    database: 0,
+    family: 0,
+    presented: 0,
+    flags: 0,
+    drainer: 0,
+    attempts: 0,
+    due: 0,
+};
+
+pub struct Queue {
+    entries: [Entry; QUEUED],
+    /// the launcher's latch (in shared memory, at the same address in every
+    /// process of this postmaster), 0 while no launcher runs
+    launcher_latch: usize,
+}
+
+// SAFETY: plain values; the one address is of shared memory, mapped at the
+// same place in every process forked from this postmaster.
+unsafe impl PGRXSharedMemory for Queue {}
+
+static QUEUE: PgLwLock<Queue> = unsafe { PgLwLock::new(c"castle_sessions revocations") };
+/// Set in the postmaster when preloaded; every backend forked after has it.
+static STANDING: AtomicBool = AtomicBool::new(false);
+
+/// From _PG_init: the queue's shared memory and the launcher, when loaded by
+/// shared_preload_libraries, the only time either can be had.
+pub fn register() {
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        return;
+    }
+    pg_shmem_init!(
+        QUEUE = Queue {
+            entries: [FREE; QUEUED],
+            launcher_latch: 0,
+        }
+    );
+    // on a primary only: a standby cannot write (and queues nothing)
+    BackgroundWorkerBuilder::new("castle_sessions launcher")
+        .set_type("castle_sessions launcher")
+        .set_library("castle_sessions")
+        .set_function("castle_sessions_launcher")
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(1)))
+        .enable_spi_access()
+        .load();
+    STANDING.store(true, Relaxed);
+}
+
+/// Queues the revocation of `family`, whose token rotated away (session
+/// `presented`'s) came back after its grace. False without preloading: then
+/// nothing was queued.
+pub fn enqueue(family: i64, presented: i64) -> bool {
+    if !STANDING.load(Relaxed) {
+        return false;
+    }
+    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let flags = if settings::log_events() { LOG_EVENTS } else { 0 }
+        | if settings::notify_revocations() { NOTIFY } else { 0 };
+    let (full, latch) = {
+        let mut queue = QUEUE.exclusive();
+        let queued = queue
+            .entries
+            .iter()
+            .any(|e| e.database == database && e.family == family);
+        let mut full = false;
+        if !queued {
+            match queue.entries.iter_mut().find(|e| e.database == 0) {
+                Some(free) => {
+                    *free = Entry {
+                        database,
+                        family,
+                        presented,
+                        flags,
+                        ..FREE
+                    }
+                }
+                None => full = true,
+            }
+        }
+        (full, queue.launcher_latch)
+    };
+    if latch != 0 {
+        unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+    }
+    if full {
+        events::log_server_only(&format!(
+            "{QUEUED} families wait for revocation: family of session {presented} is queued \
+             when its token rotated away is presented again"
+        ));
+    }
+    true
+}
+
+/// The launcher: starts drain workers for the databases with work due, and
+/// notices the ones that stopped.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn castle_sessions_launcher(_argument: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    // to no database: only to be seen in pg_stat_activity (and ended there)
+    BackgroundWorker::connect_worker_to_spi(None, None);
+    QUEUE.exclusive().launcher_latch = unsafe { pg_sys::MyLatch } as usize;
+    let mut drainers: Vec<(u32, DynamicBackgroundWorker)> = Vec::new();
+    let mut told_no_slot = 0i64;
+    // woken by enqueue and by its drainers' start and exit; the timeout
+    // serves entries waiting out a backoff
+    while BackgroundWorker::wait_latch(Some(Duration::from_millis(200))) {
+        release_entries_of_stopped_drainers();
+        drainers.retain(|(_, worker)| {
+            !matches!(
+                worker.pid(),
+                Err(pgrx::bgworkers::BackgroundWorkerStatus::Stopped
+                    | pgrx::bgworkers::BackgroundWorkerStatus::PostmasterDied)
+            )
+        });
+        for database in databases_due() {
+            if drainers.len() >= DRAINERS {
+                break;
+            }
+            if drainers.iter().any(|(d, _)| *d == database) {
+                continue;
+            }
+            match start_drainer(database) {
+                Some(worker) => drainers.push((database, worker)),
+                None => {
+                    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+                    if now - told_no_slot > 60_000_000 {
+                        told_no_slot = now;
+                        events::log_server_only(
+                            "no background worker free (max_worker_processes) for a family's \
+                             revocation: retrying",
+                        );
+                    }
+                }
+            }
+        }
+    }
+    QUEUE.exclusive().launcher_latch = 0;
+    // not 0, which would unregister it: terminated, it is started again
+    // (a shutdown starts nothing)
+    unsafe { pg_sys::proc_exit(1) };
+}
+
+fn start_drainer(database: u32) -> Option<DynamicBackgroundWorker> {
+    BackgroundWorkerBuilder::new("castle_sessions revocation")
+        .set_type("castle_sessions revocation")
+        .set_library("castle_sessions")
+        .set_function("castle_sessions_drain")
+        .set_argument(Some(pg_sys::Datum::from(database)))
+        .set_notify_pid(unsafe { pg_sys::MyProcPid })
+        .enable_spi_access()
+        .set_restart_time(None)
+        .load_dynamic()
+        .ok()
+}
+
+/// The databases with entries due that no drain worker is revoking.
+fn databases_due() -> Vec<u32> {
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let queue = QUEUE.share();
+    let mut due: Vec<u32> = Vec::new();
+    for entry in &queue.entries {
+        if entry.database != 0
+            && entry.drainer == 0
+            && entry.due <= now
+            && !due.contains(&entry.database)
+        {
+            due.push(entry.database);
+        }
+    }
+    due
+}
+
+/// Entries a drain worker took and did not finish (it was terminated, or
+/// failed hard): due again.
+fn release_entries_of_stopped_drainers() {
+    let mut queue = QUEUE.exclusive();
+    for entry in queue.entries.iter_mut() {
+        if entry.drainer != 0 && unsafe { pg_sys::BackendPidGetProc(entry.drainer) }.is_null() {
+            entry.drainer = 0;
+        }
+    }
+}
+
+/// A drain worker: revokes its database's families due, one at a time, and
+/// exits when none is left due (the launcher starts another when one is).
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn castle_sessions_drain(argument: pg_sys::Datum) {
+    let database = argument.value() as u32;
+    // PostgreSQL's own SIGTERM handler stays: a fast shutdown or
+    // pg_terminate_backend ends it even while it waits for a lock; what it
+    // had taken is released by the launcher
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::empty());
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(database)), None);
+    families::settings_for_a_revocation(LOCK_WAIT);
+    let me = unsafe { pg_sys::MyProcPid };
+    while let Some((at, entry)) = take(database, me) {
+        let outcome = families::revoke_in_a_transaction(
+            entry.presented,
+            entry.flags & LOG_EVENTS != 0,
+            entry.flags & NOTIFY != 0,
+        );
+        match outcome {
+            Ok(()) => finish(at, me),
+            Err(cause) => {
+                let backoff = (100_000i64 << entry.attempts.min(10)).min(MOST_BACKOFF);
+                events::log_server_only(&format!(
+                    "family of session {} not revoked yet (attempt {}): {cause}; retried in {} ms",
+                    entry.presented,
+                    entry.attempts + 1,
+                    backoff / 1000
+                ));
+                retry_later(at, me, backoff);
+            }
+        }
+    }
+}
+
+/// The first entry of `database` due, taken by drain worker `me`.
+fn take(database: u32, me: i32) -> Option<(usize, Entry)> {
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let mut queue = QUEUE.exclusive();
+    let (at, entry) = queue
+        .entries
+        .iter_mut()
+        .enumerate()
+        .find(|(_, e)| e.database == database && e.drainer == 0 && e.due <= now)?;
+    entry.drainer = me;
+    Some((at, *entry))
+}
+
+fn finish(at: usize, me: i32) {
+    let mut queue = QUEUE.exclusive();
+    if queue.entries[at].drainer == me {
+        queue.entries[at] = FREE;
+    }
+}
+
+fn retry_later(at: usize, me: i32, backoff: i64) {
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let mut queue = QUEUE.exclusive();
+    let entry = &mut queue.entries[at];
+    if entry.drainer == me {
+        entry.drainer = 0;
+        entry.attempts = entry.attempts.saturating_add(1);
+        entry.due = now + backoff;
+    }
+}

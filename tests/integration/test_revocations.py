@@ -1,0 +1,174 @@
+"""Revocations after a reuse are never lost and never pile up (issue #19,
+items 1 and 2), with the library preloaded, as the README recommends: a
+request role cannot fill the worker table or stall a revocation for good; a
+revocation survives the presenting backend's exit, a worker's termination, a
+burst, and a database whose default isolation is REPEATABLE READ.
+
+On 0.5.0 every one of these failed: one worker per presented token waited
+forever on the request's lock, a pending revocation lived in the presenting
+backend's memory, and a terminated worker was never retried."""
+import threading
+import time
+
+import psycopg
+import pytest
+
+from conftest import create, dsn
+
+REQUEST_ROLE = "castle_revocation_request"
+
+
+def backdate_all_rotations(conn, user):
+    conn.execute("UPDATE castle.sessions SET rotated_at = now() - interval '1 hour' "
+                 "WHERE user_id = %s AND rotated_at IS NOT NULL", (user,))
+
+
+def family_of(conn, user, rotations=1):
+    """(the tokens rotated away, oldest first, the newest token) of a new sign-in of `user`."""
+    tokens = [create(conn, user, "1 hour")]
+    for _ in range(rotations):
+        tokens.append(conn.execute("SELECT castle.rotate(%s)", (tokens[-1],)).fetchone()[0])
+    return tokens[:-1], tokens[-1]
+
+
+def is_valid(conn, token):
+    return conn.execute("SELECT castle.is_valid(%s)", (token,)).fetchone()[0]
+
+
+def present(conn, token):
+    """A request presenting a token: refused, as any bad token."""
+    with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+        conn.execute("SELECT castle.authenticate(%s)", (token,))
+
+
+def castle_workers(conn):
+    return conn.execute("SELECT count(*) FROM pg_stat_activity "
+                        "WHERE backend_type IN ('castle_sessions revocation', 'castle_sessions launcher')"
+                        ).fetchone()[0]
+
+
+def wait_until(condition, seconds=20, what="condition"):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def request_role(conn):
+    conn.execute(f"DROP ROLE IF EXISTS {REQUEST_ROLE}")
+    conn.execute(f"CREATE ROLE {REQUEST_ROLE} LOGIN")
+    conn.execute(f"SELECT castle.grant_request_role('{REQUEST_ROLE}')")
+    yield REQUEST_ROLE
+    conn.execute(f"REVOKE ALL ON ALL ROUTINES IN SCHEMA castle FROM {REQUEST_ROLE}")
+    conn.execute(f"REVOKE ALL ON SCHEMA castle FROM {REQUEST_ROLE}")
+    conn.execute(f"DROP ROLE {REQUEST_ROLE}")
+
+
+def hold_users_lock(token):
+    """The hostile request: signs out the user's other devices in a
+    transaction left open, holding the user's lock row."""
+    holder = psycopg.connect(dsn(user=REQUEST_ROLE))
+    holder.execute("SELECT castle.login(%s)", (token,))
+    holder.execute("SELECT castle.revoke_other_sessions()")
+    return holder
+
+
+def test_a_request_role_holding_a_users_lock_neither_fills_the_worker_table_nor_stalls_others(
+        conn, request_role):
+    held_old, held_new = family_of(conn, "held-user", rotations=8)
+    device = create(conn, "held-user", "1 hour")
+    backdate_all_rotations(conn, "held-user")
+    holder = hold_users_lock(device)
+    try:
+        # the request role presents the family's 8 rotated-away tokens, again and again, from two connections
+        with psycopg.connect(dsn(user=request_role), autocommit=True) as a, \
+                psycopg.connect(dsn(user=request_role), autocommit=True) as b:
+            most = 0
+            for _ in range(10):
+                for c in (a, b):
+                    assert c.execute("SELECT bool_or(castle.is_valid(t)) FROM unnest(%s::text[]) AS t",
+                                     (held_old,)).fetchone()[0] is False
+                most = max(most, castle_workers(conn))
+                time.sleep(0.05)
+        # the launcher and at most two drain workers, whatever was presented
+        assert most <= 3, most
+        # another user's reuse is revoked meanwhile: the held family waits its turn, not the queue
+        other_old, other_new = family_of(conn, "other-user")
+        backdate_all_rotations(conn, "other-user")
+        present(conn, other_old[0])
+        wait_until(lambda: not is_valid(conn, other_new), what="another user's family was not revoked")
+        assert is_valid(conn, held_new)
+    finally:
+        holder.rollback()
+        holder.close()
+    # once the lock is free, the held family's revocation is retried and done
+    wait_until(lambda: not is_valid(conn, held_new), what="the held family was never revoked")
+    assert conn.execute("SELECT count(*) FROM castle.sessions WHERE user_id = 'held-user' "
+                        "AND (family_id IS NOT NULL OR rotated_at IS NOT NULL)").fetchone()[0] == 0
+
+
+def test_a_revocation_outlives_the_backend_that_presented_the_reuse_and_its_worker(conn, request_role):
+    old, new = family_of(conn, "orphan-user")
+    device = create(conn, "orphan-user", "1 hour")
+    backdate_all_rotations(conn, "orphan-user")
+    holder = hold_users_lock(device)
+    try:
+        with psycopg.connect(dsn(), autocommit=True) as presenter:
+            present(presenter, old[0])
+        # the presenting backend is gone; the drain worker waits for the lock,
+        # and is terminated
+        wait_until(lambda: conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'castle_sessions revocation' "
+            "AND wait_event_type = 'Lock'").fetchone()[0] > 0, what="no drain worker waited for the lock")
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE backend_type = 'castle_sessions revocation'")
+        # and so is the launcher: the postmaster restarts it
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE backend_type = 'castle_sessions launcher'")
+        assert is_valid(conn, new)
+    finally:
+        holder.rollback()
+        holder.close()
+    wait_until(lambda: not is_valid(conn, new), what="the revocation was lost")
+    wait_until(lambda: conn.execute("SELECT count(*) FROM pg_stat_activity "
+                                    "WHERE backend_type = 'castle_sessions launcher'").fetchone()[0] == 1,
+               what="the launcher was not restarted")
+
+
+def test_a_burst_of_reuses_in_one_backend_revokes_every_family(conn):
+    families = [family_of(conn, f"burst-user-{n}") for n in range(100)]
+    for n in range(100):
+        backdate_all_rotations(conn, f"burst-user-{n}")
+    tokens = [old[0] for old, _ in families]
+    # one statement presents them all
+    assert conn.execute("SELECT bool_or(castle.is_valid(t)) FROM unnest(%s::text[]) AS t",
+                        (tokens,)).fetchone()[0] is False
+    wait_until(lambda: conn.execute("SELECT count(*) FROM castle.sessions WHERE user_id LIKE 'burst-user-%'"
+                                    ).fetchone()[0] == 0, seconds=60, what="a family of the burst was not revoked")
+
+
+def test_a_repeatable_read_default_neither_fails_nor_misses_a_concurrent_rotation(conn):
+    db = conn.execute("SELECT current_database()").fetchone()[0]
+    conn.execute(f"ALTER DATABASE {db} SET default_transaction_isolation = 'repeatable read'")
+    try:
+        with psycopg.connect(dsn(), autocommit=True) as device:
+            old, current = family_of(device, "rr-user")
+            backdate_all_rotations(device, "rr-user")
+            # another device rotates the family's newest token, in a transaction held open
+            rotating = psycopg.connect(dsn())
+            try:
+                newest = rotating.execute("SELECT castle.rotate(%s)", (current,)).fetchone()[0]
+                present(device, old[0])
+                wait_until(lambda: conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'castle_sessions revocation' "
+                    "AND wait_event_type = 'Lock'").fetchone()[0] > 0, what="the worker did not wait")
+                rotating.commit()
+            finally:
+                rotating.close()
+            # the worker saw the rotation it waited for: its new session is revoked too
+            wait_until(lambda: not is_valid(device, newest), what="the rotation's session survived the reuse")
+            assert device.execute("SELECT count(*) FROM castle.sessions WHERE user_id = 'rr-user'"
+                                  ).fetchone()[0] == 0
+    finally:
+        conn.execute(f"ALTER DATABASE {db} RESET default_transaction_isolation")
