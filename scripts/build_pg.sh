@@ -38,10 +38,21 @@ LIB=$STAGE/usr/lib/postgresql/$MAJOR/lib
 
 # what the build is made with: a cached one made otherwise is redone
 CONFIGURED="${FLAGS[*]} --with-icu --with-openssl --without-readline"
+# the isolation tester (tests/isolation), which `make install` leaves out
+# (15) or links to the machine's older libpq (18); rebuilt, it finds the
+# libpq beside the server's binaries, four levels up
+install_isolation() {
+    local dir=$CACHE/src/postgresql/src/test/isolation
+    { make -C "$dir" clean && make -C "$dir" install rpathdir='$$ORIGIN/../../../..' DESTDIR="$STAGE"
+    } >"$CACHE/isolation.log" 2>&1 && touch "$CACHE/isolation-installed"
+}
 if [ -x "$BIN/postgres" ] && [ -f "$LIB/pgaudit.so" ] && [ -f "$LIB/pgcrypto.so" ] &&
     [ "$(cat "$CACHE/configured" 2>/dev/null)" = "$CONFIGURED" ]; then
-    echo "$BIN"
-    exit 0
+    # a build cached before the isolation tester was installed gets it now
+    if [ -f "$CACHE/isolation-installed" ] || { install_isolation && chmod -R a+rX "$STAGE"; }; then
+        echo "$BIN"
+        exit 0
+    fi
 fi
 
 need=(dpkg-dev libicu-dev zlib1g-dev libssl-dev pkg-config bison flex)
@@ -95,7 +106,8 @@ rm -rf "$STAGE"
     for module in pgcrypto pg_prewarm; do
         make -C "contrib/$module" install DESTDIR="$STAGE" >>"$CACHE/install.log" 2>&1
     done
-) || { tail -30 "$CACHE"/make.log >&2; exit 1; }
+    install_isolation
+) || { tail -30 "$CACHE"/make.log "$CACHE"/isolation.log 2>/dev/null >&2; exit 1; }
 # never anything outside the stage
 case "$("$BIN/pg_config" --pkglibdir)" in
     "$STAGE"/*) ;;

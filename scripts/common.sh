@@ -113,6 +113,38 @@ psql_at() {
     "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -d "$db" "$@"
 }
 
+# place_package OUT PG_CONFIG: the library and SQL files of a `cargo pgrx
+# package` output folder moved into the PostgreSQL of PG_CONFIG, each by
+# rename(2) within its directory. Overwriting castle_sessions.so in place (as
+# `cargo pgrx install` does) crashes every server that has it mapped; a
+# rename leaves them the file they mapped, and no moment exists at which the
+# library is missing or half-written.
+place_package() {
+    local out=$1 pg_config=$2 libdir extdir so file
+    libdir=$("$pg_config" --pkglibdir)
+    extdir=$("$pg_config" --sharedir)/extension
+    mkdir -p "$libdir" "$extdir"
+    so=$(find "$out" -name castle_sessions.so)
+    [ -n "$so" ] && [ "$(echo "$so" | wc -l)" = 1 ] ||
+        { echo "no single castle_sessions.so in $out" >&2; return 1; }
+    place_by_rename "$so" "$libdir"
+    while IFS= read -r file; do
+        place_by_rename "$file" "$extdir"
+    done < <(find "$out" -path '*/extension/*' \( -name 'castle_sessions.control' -o -name 'castle_sessions--*.sql' \))
+    # the scripts of earlier releases, kept for upgrades
+    for file in "$REPO"/sql/castle_sessions--[0-9]*.[0-9]*.[0-9]*.sql; do
+        place_by_rename "$file" "$extdir"
+    done
+}
+# place_by_rename FILE DIR: FILE becomes DIR/its name
+place_by_rename() {
+    local name
+    name=$(basename "$1")
+    cp "$1" "$2/.$name.castle-new"
+    chmod 0644 "$2/.$name.castle-new"
+    mv -f "$2/.$name.castle-new" "$2/$name"
+}
+
 # Builds the release library and installs it into the PostgreSQL of
 # PG_CONFIG, by rename (scripts/install.sh): a cluster running from that
 # installation, the tour's say, survives it.

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole suite against one server, CASTLE_TARGET (see common.sh): the
-# codec's unit tests and #[pg_test]s (cargo pgrx test), the pg_regress golden
-# files, and the psycopg 3 integration suite against fresh clusters of our
-# own. scripts/test.sh runs it for every target. Exits non-zero on any
+# codec's unit tests and #[pg_test]s (cargo pgrx test), reinstalling under a
+# running server, the pg_regress golden files, the isolation specs, and the
+# psycopg 3 integration suite against fresh clusters of our own. scripts/test.sh runs it for every target. Exits non-zero on any
 # failure, and on any backend crash or failed assertion in the servers' logs.
 source "$(dirname "$0")/common.sh"
 
@@ -39,13 +39,11 @@ trap 'cluster_stop test; cluster_stop audit' EXIT
 say "cargo pgrx test (unit tests and #[pg_test]) on $("$PG_BIN/postgres" --version), then the release reinstalled, under the running test cluster"
 test_data=${CARGO_TARGET_DIR:-$REPO/target}/pgrx-test-data-$CASTLE_TARGET
 mkdir -p "$test_data" && chown postgres "$test_data"
-# cargo pgrx test copies its test build over the installed library in place;
-# unlinked first, the file it writes is a new one, and a server running from
-# this installation keeps the one it mapped
-libdir=$("$PG_CONFIG" --pkglibdir)
+# pgrx's test harness would copy its test build over the installed library
+# in place: given CARGO_PGRX, it installs through cargo-pgrx-by-rename.
 "$VENV/bin/python" tests/install/reinstall_under_server.py "$PGDIR/server.log" bash -c "
-    rm -f '$libdir/castle_sessions.so'
-    cargo pgrx test 'pg$PG_MAJOR' --runas postgres --pgdata '$test_data'
+    CARGO_PGRX='$REPO/scripts/cargo-pgrx-by-rename' \
+        cargo pgrx test 'pg$PG_MAJOR' --runas postgres --pgdata '$test_data'
     '$REPO/scripts/install.sh' >/dev/null"
 
 say "pg_regress (tests/pg_regress)"
@@ -56,6 +54,17 @@ if ! "$("$PG_CONFIG" --pkglibdir)/pgxs/src/test/regress/pg_regress" \
         --host="$PGHOST" --port="$PGPORT" --user=postgres \
         --dbname=castle_regress --load-extension=castle_sessions $tests; then
     cat target/regress/regression.diffs
+    exit 1
+fi
+
+say "pg_isolation_regress (tests/isolation)"
+specs=$(cd tests/isolation/specs && ls -1 *.spec | sed 's/\.spec$//' | sort)
+rm -rf target/isolation && mkdir -p target/isolation
+if ! "$("$PG_CONFIG" --pkglibdir)/pgxs/src/test/isolation/pg_isolation_regress" \
+        --bindir="$PG_BIN" --inputdir=tests/isolation --outputdir=target/isolation \
+        --host="$PGHOST" --port="$PGPORT" --user=postgres \
+        --dbname=castle_isolation --load-extension=castle_sessions $specs; then
+    cat target/isolation/regression.diffs
     exit 1
 fi
 

@@ -2,12 +2,15 @@
 //!
 //! Contract: `enqueue(family, presented)` is all a presenting backend does.
 //! It records the family in a table in shared memory — once: a family queued
-//! and not yet revoked is not queued again — and wakes the launcher. It
-//! writes, waits for and raises nothing, and costs a lock held for a scan of
-//! the table, so a reuse is refused in the time of any other refusal.
+//! and not yet revoked is not queued again — and returns. It writes, waits
+//! for, wakes and raises nothing, and costs a lock held for a scan of the
+//! table, so a reuse is refused in the time of any other refusal. (Waking the
+//! launcher would not be: the worker it starts at once competes with the
+//! caller for the CPU, and that was enough to tell a reuse apart.)
 //!
 //! The launcher, a standing background worker registered when the library is
-//! preloaded, starts one drain worker per database with work due, at most
+//! preloaded, looks every LAUNCHER_NAP and starts one drain worker per
+//! database with work due, at most
 //! DRAINERS at once: however many reuses clients present, castle never takes
 //! more than 1 + DRAINERS worker slots. A drain worker revokes its database's
 //! families one at a time, each in a READ COMMITTED transaction of its own,
@@ -47,6 +50,9 @@ const QUEUED: usize = 1024;
 const DRAINERS: usize = 2;
 /// The longest a drain worker waits for a lock before it retries later.
 const LOCK_WAIT: &std::ffi::CStr = c"1s";
+/// How often the launcher looks at the queue: what a revocation may wait
+/// before its worker starts.
+const LAUNCHER_NAP: Duration = Duration::from_millis(200);
 /// The longest backoff between two attempts at one family (microseconds).
 const MOST_BACKOFF: i64 = 10_000_000;
 
@@ -82,13 +88,9 @@ const FREE: Entry = Entry {
 
 pub struct Queue {
     entries: [Entry; QUEUED],
-    /// the launcher's latch (in shared memory, at the same address in every
-    /// process of this postmaster), 0 while no launcher runs
-    launcher_latch: usize,
 }
 
-// SAFETY: plain values; the one address is of shared memory, mapped at the
-// same place in every process forked from this postmaster.
+// SAFETY: plain values, no pointers: valid in every process that maps it.
 unsafe impl PGRXSharedMemory for Queue {}
 
 static QUEUE: PgLwLock<Queue> = unsafe { PgLwLock::new(c"castle_sessions revocations") };
@@ -104,7 +106,6 @@ pub fn register() {
     pg_shmem_init!(
         QUEUE = Queue {
             entries: [FREE; QUEUED],
-            launcher_latch: 0,
         }
     );
     // on a primary only: a standby cannot write (and queues nothing)
@@ -129,7 +130,7 @@ pub fn enqueue(family: i64, presented: i64) -> bool {
     let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
     let flags = if settings::log_events() { LOG_EVENTS } else { 0 }
         | if settings::notify_revocations() { NOTIFY } else { 0 };
-    let (full, latch) = {
+    let full = {
         let mut queue = QUEUE.exclusive();
         let queued = queue
             .entries
@@ -150,11 +151,8 @@ pub fn enqueue(family: i64, presented: i64) -> bool {
                 None => full = true,
             }
         }
-        (full, queue.launcher_latch)
+        full
     };
-    if latch != 0 {
-        unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
-    }
     if full {
         events::log_server_only(&format!(
             "{QUEUED} families wait for revocation: family of session {presented} is queued \
@@ -165,19 +163,17 @@ pub fn enqueue(family: i64, presented: i64) -> bool {
 }
 
 /// The launcher: starts drain workers for the databases with work due, and
-/// notices the ones that stopped.
+/// gives back what the ones that stopped left unfinished.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn castle_sessions_launcher(_argument: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     // to no database: only to be seen in pg_stat_activity (and ended there)
     BackgroundWorker::connect_worker_to_spi(None, None);
-    QUEUE.exclusive().launcher_latch = unsafe { pg_sys::MyLatch } as usize;
     let mut drainers: Vec<(u32, DynamicBackgroundWorker)> = Vec::new();
     let mut told_no_slot = 0i64;
-    // woken by enqueue and by its drainers' start and exit; the timeout
-    // serves entries waiting out a backoff
-    while BackgroundWorker::wait_latch(Some(Duration::from_millis(200))) {
+    // woken by its drainers' start and exit, else every LAUNCHER_NAP
+    while BackgroundWorker::wait_latch(Some(LAUNCHER_NAP)) {
         release_entries_of_stopped_drainers();
         drainers.retain(|(_, worker)| {
             !matches!(
@@ -208,7 +204,6 @@ pub extern "C-unwind" fn castle_sessions_launcher(_argument: pg_sys::Datum) {
             }
         }
     }
-    QUEUE.exclusive().launcher_latch = 0;
     // not 0, which would unregister it: terminated, it is started again
     // (a shutdown starts nothing)
     unsafe { pg_sys::proc_exit(1) };
