@@ -49,10 +49,13 @@ install_isolation() {
 if [ -x "$BIN/postgres" ] && [ -f "$LIB/pgaudit.so" ] && [ -f "$LIB/pgcrypto.so" ] &&
     [ "$(cat "$CACHE/configured" 2>/dev/null)" = "$CONFIGURED" ]; then
     # a build cached before the isolation tester was installed gets it now
-    if [ -f "$CACHE/isolation-installed" ] || { install_isolation && chmod -R a+rX "$STAGE"; }; then
-        echo "$BIN"
-        exit 0
+    # (never a rebuild, which would empty a stage a server may run from)
+    if [ ! -f "$CACHE/isolation-installed" ]; then
+        install_isolation || { tail -30 "$CACHE/isolation.log" >&2; exit 1; }
+        chmod -R a+rX "$STAGE"
     fi
+    echo "$BIN"
+    exit 0
 fi
 
 need=(dpkg-dev libicu-dev zlib1g-dev libssl-dev pkg-config bison flex)

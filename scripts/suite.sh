@@ -42,6 +42,7 @@ mkdir -p "$test_data" && chown postgres "$test_data"
 # pgrx's test harness would copy its test build over the installed library
 # in place: given CARGO_PGRX, it installs through cargo-pgrx-by-rename.
 "$VENV/bin/python" tests/install/reinstall_under_server.py "$PGDIR/server.log" bash -c "
+    set -e
     CARGO_PGRX='$REPO/scripts/cargo-pgrx-by-rename' \
         cargo pgrx test 'pg$PG_MAJOR' --runas postgres --pgdata '$test_data'
     '$REPO/scripts/install.sh' >/dev/null"

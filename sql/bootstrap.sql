@@ -45,16 +45,18 @@ CREATE TABLE castle.user_locks (
     locked_at timestamptz NOT NULL
 );
 
--- The key a rotation derives its successor's secret with (token.rs,
--- successor_secret), so that rotating a token again hands back the same
--- successor with no secret stored. Only the owner reads it; made on the first
--- rotation (not here, so that a restore's own row is the only one); pg_dump
--- carries it, so a restored database hands back the same successors.
-CREATE TABLE castle.rotation_key (
-    key bytea NOT NULL CHECK (pg_catalog.octet_length(key) = 32),
-    one boolean PRIMARY KEY DEFAULT true CHECK (one)
+-- The keys a rotation derives its successor's secret with (token.rs,
+-- successor_secret), so that rotating a token again within its grace hands
+-- back the same successor with no token stored: one per minute a rotation
+-- happened in, made then, and deleted once no token rotated in that minute
+-- is within its grace. A key outlives no grace, so a copy of the table (a
+-- backup, a replica) and an old token never derive a token that is still
+-- live; for the same reason pg_dump leaves them out. Only the owner reads
+-- them.
+CREATE TABLE castle.rotation_keys (
+    epoch bigint PRIMARY KEY,
+    key   bytea NOT NULL CHECK (pg_catalog.octet_length(key) = 32)
 );
-SELECT pg_catalog.pg_extension_config_dump('castle.rotation_key', '');
 
 -- What authenticate and verify return: the row without its hash.
 CREATE TYPE castle.session AS (

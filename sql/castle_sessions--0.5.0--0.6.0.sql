@@ -1,16 +1,16 @@
--- castle_sessions 0.5.0 -> 0.6.0: one successor per rotation (a key that
--- derives it, so a token rotated again hands back the same successor), and
+-- castle_sessions 0.5.0 -> 0.6.0: one successor per rotation (short-lived
+-- keys that derive it, so a token rotated again hands back the same
+-- successor), and
 -- the incident switch castle.revoke_everything. No row is rewritten, and
 -- every token valid before is valid after.
 \echo Use "ALTER EXTENSION castle_sessions UPDATE TO '0.6.0'" to load this file. \quit
 
 -- sql/bootstrap.sql
-CREATE TABLE castle.rotation_key (
-    key bytea NOT NULL CHECK (pg_catalog.octet_length(key) = 32),
-    one boolean PRIMARY KEY DEFAULT true CHECK (one)
+CREATE TABLE castle.rotation_keys (
+    epoch bigint PRIMARY KEY,
+    key   bytea NOT NULL CHECK (pg_catalog.octet_length(key) = 32)
 );
-SELECT pg_catalog.pg_extension_config_dump('castle.rotation_key', '');
-REVOKE ALL ON TABLE castle.rotation_key FROM PUBLIC;
+REVOKE ALL ON TABLE castle.rotation_keys FROM PUBLIC;
 
 -- src/lifecycle.rs
 CREATE FUNCTION castle."revoke_everything"(

@@ -117,7 +117,7 @@ SELECT d.datname, c.collecting, c.stats_reset,
 -- Privileges. Nobody but the owner reads or writes the table directly: the
 -- functions that touch it are SECURITY DEFINER with a pinned search_path.
 -- EXECUTE is granted by the DBA (see docs/security.md).
-REVOKE ALL ON TABLE castle.sessions, castle.user_locks, castle.rotation_key FROM PUBLIC;
+REVOKE ALL ON TABLE castle.sessions, castle.user_locks, castle.rotation_keys FROM PUBLIC;
 REVOKE ALL ON ALL ROUTINES IN SCHEMA castle FROM PUBLIC;
 GRANT USAGE ON SCHEMA castle TO PUBLIC;
 -- The auth-context accessors only read this backend's own binding; every role

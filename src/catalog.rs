@@ -79,7 +79,7 @@ pub struct Catalog {
     pub primary_key: Option<Oid>,
     /// verified (user_id, …) index, when direct reads of the table are safe
     pub user_index: Option<(Oid, Oid)>,
-    /// castle.user_locks, castle.rotation_key and the family columns exist:
+    /// castle.user_locks, castle.rotation_keys and the family columns exist:
     /// the SQL objects are this version's
     pub current_objects: bool,
     /// the columns a read of a session takes: COLUMNS, or
@@ -268,7 +268,7 @@ fn resolve() -> Catalog {
             user_index,
             current_objects: families
                 && pg_sys::get_relname_relid(c"user_locks".as_ptr(), schema) != pg_sys::InvalidOid
-                && pg_sys::get_relname_relid(c"rotation_key".as_ptr(), schema)
+                && pg_sys::get_relname_relid(c"rotation_keys".as_ptr(), schema)
                     != pg_sys::InvalidOid,
             columns,
             has_dba_code,

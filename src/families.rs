@@ -39,20 +39,36 @@ static USER_OF_SESSION: Statement = Statement {
     args: &[INT8],
     mutating: true,
 };
+static USER_OF_FAMILY: Statement = Statement {
+    sql: "SELECT s.user_id FROM castle.sessions AS s WHERE s.id = $1 OR s.family_id = $1 LIMIT 1",
+    args: &[INT8],
+    mutating: true,
+};
+static DELETE_WHOLE_FAMILY: Statement = Statement {
+    sql: include_str!("queries/delete_whole_family.sql"),
+    args: &[INT8, TEXT],
+    mutating: true,
+};
 static DELETE_FAMILY: Statement = Statement {
     sql: include_str!("queries/delete_family.sql"),
     args: &[INT8, TEXT],
     mutating: true,
 };
 
-static ROTATION_KEY: Statement = Statement {
-    sql: "SELECT k.key FROM castle.rotation_key AS k",
-    args: &[],
+static KEY_OF_MINUTE: Statement = Statement {
+    sql: "SELECT k.key FROM castle.rotation_keys AS k WHERE k.epoch = $1",
+    args: &[INT8],
     mutating: false,
 };
-static MAKE_ROTATION_KEY: Statement = Statement {
-    sql: "INSERT INTO castle.rotation_key AS k (key) VALUES ($1) ON CONFLICT DO NOTHING RETURNING k.key",
-    args: &[BYTEA],
+static MAKE_KEY: Statement = Statement {
+    sql: "INSERT INTO castle.rotation_keys AS k (epoch, key) VALUES ($1, $2) \
+          ON CONFLICT DO NOTHING RETURNING k.key",
+    args: &[INT8, BYTEA],
+    mutating: true,
+};
+static FORGET_KEYS: Statement = Statement {
+    sql: "DELETE FROM castle.rotation_keys AS k WHERE k.epoch < $1",
+    args: &[INT8],
     mutating: true,
 };
 static NEXT_IN_FAMILY: Statement = Statement {
@@ -61,27 +77,49 @@ static NEXT_IN_FAMILY: Statement = Statement {
     mutating: false,
 };
 
-/// The database's rotation key (castle.rotation_key, the owner's alone),
-/// made from the operating system's CSPRNG on first use. Made lazily, not at
-/// CREATE EXTENSION, so that a restore's own row (pg_dump carries it) is the
-/// only one.
-pub fn rotation_key(client: &mut SpiClient<'_>) -> Vec<u8> {
-    let read = plans::kept(client, &ROTATION_KEY);
-    if let Some(key) = first_bytes(client.select(read, Some(1), &[])) {
-        return key;
+/// A rotation key serves the rotations of one minute (its epoch).
+const KEY_EPOCH: i64 = 60_000_000;
+
+fn epoch_of(at: i64) -> i64 {
+    at.div_euclid(KEY_EPOCH)
+}
+
+/// The key for a rotation at `rotated_at` (PostgreSQL's microseconds): made
+/// from the operating system's CSPRNG for a new minute, when `make`. Keys of
+/// minutes whose rotations are all past their grace are deleted here: none
+/// is kept longer than it is needed.
+pub fn rotation_key(client: &mut SpiClient<'_>, rotated_at: i64, make: bool) -> Option<Vec<u8>> {
+    let epoch = epoch_of(rotated_at);
+    let read = plans::kept(client, &KEY_OF_MINUTE);
+    if let Some(key) = first_bytes(client.select(read, Some(1), &[epoch.into()])) {
+        return Some(key);
     }
+    if !make {
+        return None;
+    }
+    let grace = i64::from(settings::rotate_grace_seconds()) * 1_000_000;
+    let forget = plans::kept(client, &FORGET_KEYS);
+    let oldest_needed = epoch_of(rotated_at.saturating_sub(grace));
+    plans::or_raise(client.update(forget, None, &[oldest_needed.into()]));
     let mut fresh = vec![0u8; 32];
     if rand::rngs::OsRng.try_fill_bytes(&mut fresh).is_err() {
         error!("castle_sessions: the operating system's random source failed");
     }
-    let make = plans::kept(client, &MAKE_ROTATION_KEY);
-    if let Some(key) = first_bytes(client.update(make, Some(1), &[fresh.as_slice().into()])) {
-        return key;
+    let make = plans::kept(client, &MAKE_KEY);
+    let args = [epoch.into(), fresh.as_slice().into()];
+    if let Some(key) = first_bytes(client.update(make, Some(1), &args)) {
+        return Some(key);
     }
     // another transaction made it meanwhile: a new statement sees it
-    let read = plans::kept(client, &ROTATION_KEY);
-    first_bytes(client.select(read, Some(1), &[]))
-        .unwrap_or_else(|| error!("castle_sessions: castle.rotation_key holds no key"))
+    let read = plans::kept(client, &KEY_OF_MINUTE);
+    first_bytes(client.select(read, Some(1), &[epoch.into()]))
+}
+
+/// Forgets every rotation key: castle.revoke_everything's, so that nothing
+/// rotated before it can be derived after.
+pub fn forget_all_keys(client: &mut SpiClient<'_>) {
+    let forget = plans::kept(client, &FORGET_KEYS);
+    plans::or_raise(client.update(forget, None, &[i64::MAX.into()]));
 }
 
 fn first_bytes(rows: pgrx::spi::SpiResult<pgrx::spi::SpiTupleTable<'_>>) -> Option<Vec<u8>> {
@@ -92,21 +130,23 @@ fn first_bytes(rows: pgrx::spi::SpiResult<pgrx::spi::SpiTupleTable<'_>>) -> Opti
     plans::or_raise(rows.first().get::<Vec<u8>>(1))
 }
 
-/// The token a rotation of session `id` (whose secret is `secret`) in
-/// `family` made, or, if that successor was rotated on in turn, the
-/// family's newest: each step's secret derived from the one before and
-/// proved against the stored hash. None when the chain is broken — the
-/// successor gone, or made otherwise (by 0.5.0, or under another
-/// castle.secret_size).
+/// The token a rotation of session `id` (whose secret is `secret`, rotated
+/// at `rotated_at`) in `family` made, or, if that successor was rotated on
+/// in turn, the family's newest: each step's secret derived from the one
+/// before with the key of its rotation's minute, and proved against the
+/// stored hash. None when the chain is broken — the successor gone, a key
+/// gone (its grace is over), or a successor made otherwise (by 0.5.0, or
+/// under another castle.secret_size).
 pub fn follow_successors(
     client: &mut SpiClient<'_>,
-    key: &[u8],
     family: i64,
     mut id: i64,
     mut secret: Vec<u8>,
+    mut rotated_at: i64,
 ) -> Option<(i64, String)> {
     // a family keeps at most ROTATED_KEPT tokens rotated away, and its newest
     for _ in 0..=ROTATED_KEPT {
+        let key = rotation_key(client, rotated_at, false)?;
         let next = plans::kept(client, &NEXT_IN_FAMILY);
         let rows = plans::or_raise(client.select(next, Some(1), &[family.into(), id.into()]));
         if rows.is_empty() {
@@ -115,15 +155,16 @@ pub fn follow_successors(
         let row = rows.first();
         let next_id = plans::or_raise(row.get::<i64>(1))?;
         let stored = plans::or_raise(row.get::<String>(2))?;
-        let rotated_on = plans::or_raise(row.get::<bool>(3))?;
-        let next_secret = token::successor_secret(key, id, &secret, settings::secret_size());
+        let next_rotated_at = plans::or_raise(row.get::<pgrx::datum::TimestampWithTimeZone>(3))
+            .map(|at| at.into_inner());
+        let next_secret = token::successor_secret(&key, id, &secret, settings::secret_size());
         if !token::hashes_equal(&token::hash_secret(next_secret.as_bytes()), stored.as_bytes()) {
             return None;
         }
-        if !rotated_on {
+        let Some(next_rotated_at) = next_rotated_at else {
             return Some((next_id, next_secret));
-        }
-        (id, secret) = (next_id, next_secret.into_bytes());
+        };
+        (id, secret, rotated_at) = (next_id, next_secret.into_bytes(), next_rotated_at);
     }
     None
 }
@@ -166,7 +207,7 @@ pub fn reuse(family: i64, presented: i64) {
         return;
     }
     // not preloaded: a worker of this backend's own
-    if start_worker(presented) {
+    if start_worker(family, presented) {
         let now = unsafe { pg_sys::GetCurrentTimestamp() };
         STARTED.with(|started| started.borrow_mut().push((family, now)));
     } else {
@@ -176,8 +217,8 @@ pub fn reuse(family: i64, presented: i64) {
         ));
         PENDING.with(|pending| {
             let mut pending = pending.borrow_mut();
-            if !pending.contains(&presented) && pending.len() < MOST_PENDING {
-                pending.push(presented);
+            if !pending.contains(&(family, presented)) && pending.len() < MOST_PENDING {
+                pending.push((family, presented));
             }
         });
     }
@@ -190,7 +231,7 @@ pub fn reuse(family: i64, presented: i64) {
 const MOST_PENDING: usize = 64;
 const STARTED_FOR: i64 = 5_000_000;
 thread_local! {
-    static PENDING: RefCell<Vec<i64>> = const { RefCell::new(Vec::new()) };
+    static PENDING: RefCell<Vec<(i64, i64)>> = const { RefCell::new(Vec::new()) };
     static STARTED: RefCell<Vec<(i64, i64)>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -211,18 +252,21 @@ pub fn retry_pending() {
         return;
     }
     let owed = PENDING.with(|pending| std::mem::take(&mut *pending.borrow_mut()));
-    let still: Vec<i64> = owed.into_iter().filter(|&id| !start_worker(id)).collect();
+    let still: Vec<(i64, i64)> = owed
+        .into_iter()
+        .filter(|&(family, presented)| !start_worker(family, presented))
+        .collect();
     PENDING.with(|pending| pending.borrow_mut().extend(still));
 }
 
-fn start_worker(presented: i64) -> bool {
+fn start_worker(family: i64, presented: i64) -> bool {
     BackgroundWorkerBuilder::new("castle_sessions revocation")
         .set_type("castle_sessions revocation")
         .set_library("castle_sessions")
         .set_function("castle_sessions_revoke_family")
         .set_argument(Some(pg_sys::Datum::from(presented)))
         .set_extra(&format!(
-            "{} {} {}",
+            "{} {} {} {family}",
             unsafe { pg_sys::MyDatabaseId }.to_u32(),
             u8::from(settings::log_events()),
             u8::from(settings::notify_revocations())
@@ -264,6 +308,28 @@ pub fn delete(client: &mut SpiClient<'_>, id: i64, only_user: Option<&[u8]>) -> 
     ids
 }
 
+/// Deletes every session of `family` (its first session's id, stored or
+/// not: a reuse's revocation, by a worker that may come after the presented
+/// token was forgotten), under its user's lock. Returns the ids.
+fn delete_whole_family(client: &mut SpiClient<'_>, family: i64) -> Vec<i64> {
+    let read = plans::kept(client, &USER_OF_FAMILY);
+    let rows = plans::or_raise(client.select(read, Some(1), &[family.into()]));
+    if rows.is_empty() {
+        return Vec::new();
+    }
+    let Some(user_id) = plans::or_raise(rows.first().get_datum_by_ordinal(1))
+        .map(|user| unsafe { store::text_bytes(user) }.to_vec())
+    else {
+        return Vec::new();
+    };
+    issue::lock_user(client, &user_id, store::call_time());
+    let delete = plans::kept(client, &DELETE_WHOLE_FAMILY);
+    let args = [family.into(), plans::text(&user_id)];
+    let ids = plans::returned_ids(plans::or_raise(client.update(delete, None, &args)));
+    crate::lifecycle::forget_user_lock(client, &user_id);
+    ids
+}
+
 /// The worker a backend starts when the library is not preloaded: connects
 /// to the caller's database as the bootstrap superuser (the table's owner
 /// may not be allowed to log in) and revokes the family, retrying a failure
@@ -272,22 +338,26 @@ pub fn delete(client: &mut SpiClient<'_>, id: i64, only_user: Option<&[u8]>) -> 
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn castle_sessions_revoke_family(argument: pg_sys::Datum) {
     let presented = argument.value() as i64;
-    let extra: Vec<u32> = BackgroundWorker::get_extra()
+    let extra: Vec<i64> = BackgroundWorker::get_extra()
         .split(' ')
         .filter_map(|field| field.parse().ok())
         .collect();
-    let [database, log_events, notify] = extra[..] else {
+    let [database, log_events, notify, family] = extra[..] else {
         error!("castle_sessions revocation worker: bad arguments");
     };
-    // PostgreSQL's own SIGTERM handler stays: a fast shutdown or
-    // pg_terminate_backend ends the worker even while it waits for a lock
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::empty());
+    let database = u32::try_from(database).unwrap_or_default();
+    // SIGTERM only sets a flag, read between two attempts: never an exit
+    // from inside the signal handler
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(database)), None);
     settings_for_a_revocation(c"5s");
     for attempt in 1..=WORKER_ATTEMPTS {
-        match revoke_in_a_transaction(presented, log_events == 1, notify == 1) {
+        if BackgroundWorker::sigterm_received() {
+            return;
+        }
+        match revoke_in_a_transaction(family, presented, log_events == 1, notify == 1) {
             Ok(()) => return,
-            Err(cause) => events::log_server_only(&format!(
+            Err((_, cause)) => events::log_server_only(&format!(
                 "family of session {presented} not revoked yet (attempt {attempt} of \
                  {WORKER_ATTEMPTS}): {cause}"
             )),
@@ -315,24 +385,24 @@ pub fn settings_for_a_revocation(lock_wait: &std::ffi::CStr) {
     settings::set_for_worker_value(c"lock_timeout", lock_wait);
 }
 
-/// Revokes the family of session `presented` as the table's owner, in a
-/// transaction of its own, with the presenting caller's log and notify
-/// settings: Err with the cause (SQLSTATE and message) when it failed.
+/// Revokes `family` (whose token rotated away, session `presented`'s, came
+/// back) as the table's owner, in a transaction of its own, with the
+/// presenting caller's log and notify settings: Err with the error's code
+/// and its cause (SQLSTATE and message) when it failed.
 pub fn revoke_in_a_transaction(
+    family: i64,
     presented: i64,
     log_events: bool,
     notify: bool,
-) -> Result<(), String> {
+) -> Result<(), (PgSqlErrorCode, String)> {
     BackgroundWorker::transaction(|| {
         settings::set_for_worker(c"castle.log_events", log_events);
         settings::set_for_worker(c"castle.notify_revocations", notify);
-        plans::attempt(|| revoke_family(presented))
+        plans::attempt(|| {
+            let ids = plans::as_owner(store::table_owner(), || {
+                Spi::connect_mut(|client| delete_whole_family(client, family))
+            });
+            events::reuse_revoked(presented, &ids);
+        })
     })
-}
-
-fn revoke_family(presented: i64) {
-    let ids = plans::as_owner(store::table_owner(), || {
-        Spi::connect_mut(|client| delete(client, presented, None))
-    });
-    events::reuse_revoked(presented, &ids);
 }

@@ -4,6 +4,7 @@
 use pgrx::datum::Interval;
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::iter::SetOfIterator;
+use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::auth;
@@ -30,7 +31,7 @@ static DELETE_USER_SESSIONS: Statement = Statement {
 };
 static END_GRACES: Statement = Statement {
     sql: include_str!("queries/end_graces.sql"),
-    args: &[INT8],
+    args: &[INT8, TEXT],
     mutating: true,
 };
 static LIVE_SESSIONS: Statement = Statement {
@@ -205,7 +206,7 @@ fn rotate(token: Option<RawText>, ttl: default!(Option<Interval>, "NULL")) -> St
         }
         None => found.expires_at,
     };
-    let (data, family, key, rotated_before) = Spi::connect_mut(|client| {
+    let (data, family, successor) = Spi::connect_mut(|client| {
         issue::lock_user(client, &user_id, found.now);
         let rotate = plans::kept(client, &ROTATE_SESSION);
         let args = [found.presented.into(), plans::timestamptz(found.now)];
@@ -220,34 +221,47 @@ fn rotate(token: Option<RawText>, ttl: default!(Option<Interval>, "NULL")) -> St
         let family = plans::or_raise(row.get::<i64>(2)).unwrap_or(found.presented);
         // rotated before this call: already when we read it, or by another
         // request while we waited for the lock
-        let rotated_before = found.presented != found.id || rotated_at != found.now;
-        // past the grace: refused; a reuse only if the token was already
-        // rotated away when we read it (else two requests raced)
-        if rotated_before && !families::within_grace(rotated_at, found.now) {
-            if found.presented == found.id {
-                auth::refuse(Refusal::UnknownId);
+        let rotated_before = !plans::or_raise(row.get::<bool>(4)).unwrap_or(false);
+        if rotated_before {
+            // past the grace: refused; a reuse only if the token was already
+            // rotated away when we read it (else two requests raced)
+            if !families::within_grace(rotated_at, found.now) {
+                if found.presented == found.id {
+                    auth::refuse(Refusal::UnknownId);
+                }
+                families::reuse(family, found.presented);
+                auth::refuse(Refusal::Reuse);
             }
-            families::reuse(family, found.presented);
-            auth::refuse(Refusal::Reuse);
+            // within it: the successor that rotation made, handed back
+            let Some((id, secret)) =
+                families::follow_successors(client, family, found.presented, secret, rotated_at)
+            else {
+                auth::refuse(Refusal::UnknownId)
+            };
+            return (None, family, Err((id, secret)));
         }
         let data = plans::or_raise(row.get::<RawJsonb>(1));
-        if !rotated_before {
-            families::forget_old_rotations(client, family);
-        }
-        (data, family, families::rotation_key(client), rotated_before)
+        families::forget_old_rotations(client, family);
+        let key = families::rotation_key(client, rotated_at, true)
+            .unwrap_or_else(|| error!("castle_sessions: no rotation key could be made"));
+        let successor =
+            token::successor_secret(&key, found.presented, &secret, settings::secret_size());
+        (data, family, Ok(successor))
     });
-    if rotated_before {
-        let successor = Spi::connect_mut(|client| {
-            families::follow_successors(client, &key, family, found.presented, secret)
-        });
-        let Some((id, secret)) = successor else {
-            auth::refuse(Refusal::UnknownId)
-        };
-        return settings::with_token_prefix(|prefix| token::encode(prefix, id, &secret));
-    }
-    let successor = token::successor_secret(&key, found.presented, &secret, settings::secret_size());
-    let (id, token) =
-        issue::create_with_secret(&user_id, found.now, expires_at, data, Some(family), successor);
+    let successor = match successor {
+        Ok(successor) => successor,
+        Err((id, secret)) => {
+            return settings::with_token_prefix(|prefix| token::encode(prefix, id, &secret));
+        }
+    };
+    let (id, token) = issue::create_with_secret(
+        &user_id,
+        found.now,
+        expires_at,
+        data,
+        Some(family),
+        successor,
+    );
     events::rotated(found.presented, id, &user_id);
     token
 }
@@ -293,11 +307,22 @@ fn prune(batch_size: default!(i32, 10000)) -> i64 {
 #[search_path(pg_catalog, pg_temp)]
 fn revoke_everything(issued_before: default!(Option<TimestampWithTimeZone>, "NULL")) -> i64 {
     refuse_on_standby("revoke_everything");
+    if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+        // its snapshot would predate the lock, and miss what committed meanwhile
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_INVALID_TRANSACTION_STATE,
+            "castle.revoke_everything must run at READ COMMITTED",
+            "A snapshot taken before it waited for sign-ins in flight would miss their sessions."
+        );
+    }
     let count = Spi::connect_mut(|client| {
         let lock = plans::kept(client, &LOCK_OUT_WRITERS);
         plans::or_raise(client.update(lock, None, &[]));
         let revoke = plans::kept(client, &REVOKE_EVERYTHING);
         let rows = plans::or_raise(client.update(revoke, Some(1), &[issued_before.into()]));
+        // nothing rotated before it derives a token after it
+        families::forget_all_keys(client);
         plans::or_raise(rows.first().get::<i64>(1)).unwrap_or(0)
     });
     events::revoked_everything(count);
@@ -325,7 +350,7 @@ fn revoke_all(user_id: Vec<u8>, except_session: Option<i64>, kind: Revocation) -
         )));
         if let Some(spared) = except_session {
             let end = plans::kept(client, &END_GRACES);
-            plans::or_raise(client.update(end, None, &[spared.into()]));
+            plans::or_raise(client.update(end, None, &[spared.into(), plans::text(&user_id)]));
         }
         forget_user_lock(client, &user_id);
         deleted

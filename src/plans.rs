@@ -142,9 +142,9 @@ pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Option<R> {
     attempt(f).ok()
 }
 
-/// `in_subtransaction`, with what went wrong: the error's SQLSTATE and
-/// message (never its detail, which may quote a row).
-pub fn attempt<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+/// `in_subtransaction`, with what went wrong: the error's code, and its
+/// SQLSTATE and message (never its detail, which may quote a row).
+pub fn attempt<R>(f: impl FnOnce() -> R) -> Result<R, (PgSqlErrorCode, String)> {
     unsafe {
         let memory = pg_sys::CurrentMemoryContext;
         let owner = pg_sys::CurrentResourceOwner;
@@ -152,12 +152,14 @@ pub fn attempt<R>(f: impl FnOnce() -> R) -> Result<R, String> {
         let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| Ok(f())))
             .catch_others(|caught| match caught {
                 pg_sys::panic::CaughtError::PostgresError(report)
-                | pg_sys::panic::CaughtError::ErrorReport(report) => Err(format!(
-                    "{}: {}",
+                | pg_sys::panic::CaughtError::ErrorReport(report) => Err((
                     report.sql_error_code(),
-                    report.message()
+                    format!("{}: {}", report.sql_error_code(), report.message()),
                 )),
-                _ => Err("an internal error (see above)".to_owned()),
+                _ => Err((
+                    PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                    "an internal error (see above)".to_owned(),
+                )),
             })
             .execute();
         if result.is_ok() {

@@ -49,7 +49,15 @@ const QUEUED: usize = 1024;
 /// Drain workers running at once, each for one database.
 const DRAINERS: usize = 2;
 /// The longest a drain worker waits for a lock before it retries later.
-const LOCK_WAIT: &std::ffi::CStr = c"1s";
+const LOCK_WAIT: &std::ffi::CStr = c"500ms";
+/// Attempts at one family before it is given up (about ten minutes, the
+/// backoff at its longest), logged; it is queued again when its token comes
+/// back.
+const MOST_ATTEMPTS: u32 = 64;
+/// How recently the launcher must have looked for a reuse to be queued:
+/// else (it could not be registered, or is being restarted) the presenting
+/// backend starts a worker of its own.
+const LAUNCHER_ALIVE: i64 = 5_000_000;
 /// How often the launcher looks at the queue: what a revocation may wait
 /// before its worker starts.
 const LAUNCHER_NAP: Duration = Duration::from_millis(200);
@@ -88,6 +96,8 @@ const FREE: Entry = Entry {
 
 pub struct Queue {
     entries: [Entry; QUEUED],
+    /// when the launcher last looked (PostgreSQL's microseconds)
+    launcher_seen: i64,
 }
 
 // SAFETY: plain values, no pointers: valid in every process that maps it.
@@ -106,6 +116,7 @@ pub fn register() {
     pg_shmem_init!(
         QUEUE = Queue {
             entries: [FREE; QUEUED],
+            launcher_seen: 0,
         }
     );
     // on a primary only: a standby cannot write (and queues nothing)
@@ -121,17 +132,28 @@ pub fn register() {
 }
 
 /// Queues the revocation of `family`, whose token rotated away (session
-/// `presented`'s) came back after its grace. False without preloading: then
-/// nothing was queued.
+/// `presented`'s) came back after its grace. False without preloading, or
+/// while no launcher runs: then nothing was queued.
 pub fn enqueue(family: i64, presented: i64) -> bool {
     if !STANDING.load(Relaxed) {
         return false;
     }
     let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    let flags = if settings::log_events() { LOG_EVENTS } else { 0 }
-        | if settings::notify_revocations() { NOTIFY } else { 0 };
+    let flags = if settings::log_events() {
+        LOG_EVENTS
+    } else {
+        0
+    } | if settings::notify_revocations() {
+        NOTIFY
+    } else {
+        0
+    };
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
     let full = {
         let mut queue = QUEUE.exclusive();
+        if now - queue.launcher_seen > LAUNCHER_ALIVE {
+            return false;
+        }
         let queued = queue
             .entries
             .iter()
@@ -173,7 +195,11 @@ pub extern "C-unwind" fn castle_sessions_launcher(_argument: pg_sys::Datum) {
     let mut drainers: Vec<(u32, DynamicBackgroundWorker)> = Vec::new();
     let mut told_no_slot = 0i64;
     // woken by its drainers' start and exit, else every LAUNCHER_NAP
-    while BackgroundWorker::wait_latch(Some(LAUNCHER_NAP)) {
+    loop {
+        QUEUE.exclusive().launcher_seen = unsafe { pg_sys::GetCurrentTimestamp() };
+        if !BackgroundWorker::wait_latch(Some(LAUNCHER_NAP)) {
+            break;
+        }
         release_entries_of_stopped_drainers();
         drainers.retain(|(_, worker)| {
             !matches!(
@@ -187,6 +213,10 @@ pub extern "C-unwind" fn castle_sessions_launcher(_argument: pg_sys::Datum) {
                 break;
             }
             if drainers.iter().any(|(d, _)| *d == database) {
+                continue;
+            }
+            if !accepts_connections(database) {
+                drop_entries_of(database);
                 continue;
             }
             match start_drainer(database) {
@@ -222,21 +252,66 @@ fn start_drainer(database: u32) -> Option<DynamicBackgroundWorker> {
         .ok()
 }
 
-/// The databases with entries due that no drain worker is revoking.
+/// The databases with entries due that no drain worker is revoking, the one
+/// whose entry has waited longest first.
 fn databases_due() -> Vec<u32> {
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    let queue = QUEUE.share();
-    let mut due: Vec<u32> = Vec::new();
-    for entry in &queue.entries {
-        if entry.database != 0
-            && entry.drainer == 0
-            && entry.due <= now
-            && !due.contains(&entry.database)
-        {
-            due.push(entry.database);
+    let mut due: Vec<(i64, u32)> = Vec::with_capacity(QUEUED);
+    {
+        let queue = QUEUE.share();
+        for entry in &queue.entries {
+            if entry.database != 0 && entry.drainer == 0 && entry.due <= now {
+                due.push((entry.due, entry.database));
+            }
         }
     }
-    due
+    due.sort_unstable();
+    let mut databases: Vec<u32> = Vec::new();
+    for (_, database) in due {
+        if !databases.contains(&database) {
+            databases.push(database);
+        }
+    }
+    databases
+}
+
+/// Whether `database` still exists and takes connections (a worker could
+/// not connect to it, and would be started again and again).
+fn accepts_connections(database: u32) -> bool {
+    BackgroundWorker::transaction(|| unsafe {
+        let tuple = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::DATABASEOID as _,
+            pg_sys::Datum::from(database),
+        );
+        if tuple.is_null() {
+            return false;
+        }
+        let allows =
+            (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple)).datallowconn;
+        pg_sys::ReleaseSysCache(tuple);
+        allows
+    })
+}
+
+/// A database dropped, or closed to connections, since its entries were
+/// queued: its sessions are gone, or out of reach until it opens again,
+/// when a token presented again queues its family again.
+fn drop_entries_of(database: u32) {
+    let dropped = {
+        let mut queue = QUEUE.exclusive();
+        let mut dropped = 0;
+        for entry in queue.entries.iter_mut() {
+            if entry.database == database && entry.drainer == 0 {
+                *entry = FREE;
+                dropped += 1;
+            }
+        }
+        dropped
+    };
+    events::log_server_only(&format!(
+        "database {database} is gone or takes no connections: {dropped} families' revocations \
+         dropped (queued again when their tokens are presented again)"
+    ));
 }
 
 /// Entries a drain worker took and did not finish (it was terminated, or
@@ -256,22 +331,35 @@ fn release_entries_of_stopped_drainers() {
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn castle_sessions_drain(argument: pg_sys::Datum) {
     let database = argument.value() as u32;
-    // PostgreSQL's own SIGTERM handler stays: a fast shutdown or
-    // pg_terminate_backend ends it even while it waits for a lock; what it
-    // had taken is released by the launcher
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::empty());
+    // SIGTERM (a fast shutdown, pg_terminate_backend) only sets a flag, read
+    // between two families: never an exit from inside the signal handler, and
+    // an attempt lasts at most about LOCK_WAIT
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(database)), None);
     families::settings_for_a_revocation(LOCK_WAIT);
     let me = unsafe { pg_sys::MyProcPid };
-    while let Some((at, entry)) = take(database, me) {
+    while !BackgroundWorker::sigterm_received() {
+        let Some((at, entry)) = take(database, me) else {
+            break;
+        };
         let outcome = families::revoke_in_a_transaction(
+            entry.family,
             entry.presented,
             entry.flags & LOG_EVENTS != 0,
             entry.flags & NOTIFY != 0,
         );
         match outcome {
             Ok(()) => finish(at, me),
-            Err(cause) => {
+            Err((code, cause)) if gone(code) || entry.attempts + 1 >= MOST_ATTEMPTS => {
+                events::log_server_only(&format!(
+                    "reuse of a rotated token: family of session {} NOT revoked after {} \
+                     attempts ({cause}); it is queued again when its token is presented again",
+                    entry.presented,
+                    entry.attempts + 1
+                ));
+                finish(at, me);
+            }
+            Err((_, cause)) => {
                 let backoff = (100_000i64 << entry.attempts.min(10)).min(MOST_BACKOFF);
                 events::log_server_only(&format!(
                     "family of session {} not revoked yet (attempt {}): {cause}; retried in {} ms",
@@ -285,7 +373,19 @@ pub extern "C-unwind" fn castle_sessions_drain(argument: pg_sys::Datum) {
     }
 }
 
-/// The first entry of `database` due, taken by drain worker `me`.
+/// Errors no retry can mend: the extension or its table is gone.
+fn gone(code: PgSqlErrorCode) -> bool {
+    matches!(
+        code,
+        PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE
+            | PgSqlErrorCode::ERRCODE_INVALID_SCHEMA_NAME
+            | PgSqlErrorCode::ERRCODE_UNDEFINED_FUNCTION
+            | PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+    )
+}
+
+/// The entry of `database` due that has waited longest (a new one before
+/// one held back by its backoff), taken by drain worker `me`.
 fn take(database: u32, me: i32) -> Option<(usize, Entry)> {
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
     let mut queue = QUEUE.exclusive();
@@ -293,7 +393,8 @@ fn take(database: u32, me: i32) -> Option<(usize, Entry)> {
         .entries
         .iter_mut()
         .enumerate()
-        .find(|(_, e)| e.database == database && e.drainer == 0 && e.due <= now)?;
+        .filter(|(_, e)| e.database == database && e.drainer == 0 && e.due <= now)
+        .min_by_key(|(_, e)| e.due)?;
     entry.drainer = me;
     Some((at, *entry))
 }

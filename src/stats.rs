@@ -101,6 +101,8 @@ pub fn add(counter: Counter, n: u64) {
 thread_local! {
     /// This backend's row, once found: a backend never changes database.
     static MINE: std::cell::Cell<Option<&'static Database>> = const { std::cell::Cell::new(None) };
+    /// When this backend last found no row free, if it did.
+    static LAST_MISS: std::cell::Cell<Option<i64>> = const { std::cell::Cell::new(None) };
 }
 
 /// This database's row, claimed on first use and then kept by the backend;
@@ -112,8 +114,17 @@ fn this_database() -> Option<&'static Database> {
     if let Some(mine) = MINE.with(std::cell::Cell::get) {
         return Some(mine);
     }
+    // every row taken: look again (catalog look-ups) at most once a minute
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    if LAST_MISS
+        .with(std::cell::Cell::get)
+        .is_some_and(|at| now - at < 60_000_000)
+    {
+        return None;
+    }
     let found = claim();
     MINE.with(|mine| mine.set(found));
+    LAST_MISS.with(|miss| miss.set(found.is_none().then_some(now)));
     found
 }
 
@@ -160,20 +171,22 @@ fn reclaim(oid: u32) -> Option<&'static Database> {
                     pg_sys::Datum::from(0),
                 )
             };
-        if dropped
-            && database
-                .oid
-                .compare_exchange(held, oid, Relaxed, Relaxed)
-                .is_ok()
-        {
-            for count in &database.counts {
-                count.store(0, Relaxed);
-            }
-            database
-                .reset_at
-                .store(unsafe { pg_sys::GetCurrentTimestamp() }, Relaxed);
-            return Some(database);
+        if !dropped {
+            continue;
         }
+        match database.oid.compare_exchange(held, oid, Relaxed, Relaxed) {
+            Ok(_) => {}
+            // another backend of this database took it first
+            Err(now) if now == oid => return Some(database),
+            Err(_) => continue,
+        }
+        for count in &database.counts {
+            count.store(0, Relaxed);
+        }
+        database
+            .reset_at
+            .store(unsafe { pg_sys::GetCurrentTimestamp() }, Relaxed);
+        return Some(database);
     }
     None
 }

@@ -309,15 +309,24 @@ mod tests {
         let old = secret_from_random(&[1u8; 64]);
         let successor = successor_secret(&key, 42, old.as_bytes(), 64);
         assert_eq!(successor, successor_secret(&key, 42, old.as_bytes(), 64));
-        assert_ne!(successor, successor_secret(&[8u8; 32], 42, old.as_bytes(), 64));
+        assert_ne!(
+            successor,
+            successor_secret(&[8u8; 32], 42, old.as_bytes(), 64)
+        );
         assert_ne!(successor, successor_secret(&key, 43, old.as_bytes(), 64));
         assert_ne!(successor, old);
         // a secret like any other: it decodes, at any size
         for size in [MIN_SECRET_SIZE, 64, 100, MAX_SECRET_SIZE] {
             let secret = successor_secret(&key, 42, old.as_bytes(), size);
             let token = encode("oat_", 43, &secret);
-            assert_eq!(decode("oat_", token.as_bytes()).unwrap().hash, hash_secret(secret.as_bytes()));
-            assert_eq!(id_and_secret("oat_", token.as_bytes()), Some((43, secret.into_bytes())));
+            assert_eq!(
+                decode("oat_", token.as_bytes()).unwrap().hash,
+                hash_secret(secret.as_bytes())
+            );
+            assert_eq!(
+                id_and_secret("oat_", token.as_bytes()),
+                Some((43, secret.into_bytes()))
+            );
         }
         assert_eq!(id_and_secret("oat_", b"oat_x.y"), None);
     }
