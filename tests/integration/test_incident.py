@@ -111,3 +111,14 @@ def test_caches_hear_it_as_one_notification(conn):
             conn.execute("RESET castle.notify_revocations")
         payloads = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
     assert payloads == [f'{{"event":"revoke_everything","count":{count},"all":true}}']
+
+
+def test_it_refuses_to_run_on_a_transaction_snapshot(conn):
+    """Under REPEATABLE READ its snapshot would predate the lock it waits
+    for, and miss the sessions of sign-ins that committed meanwhile."""
+    token = create(conn, "incident-rr", "1 hour")
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        with pytest.raises(psycopg.errors.InvalidTransactionState):
+            conn.execute("SELECT castle.revoke_everything()")
+    assert not refused(conn, token)

@@ -7,7 +7,7 @@ burst, and a database whose default isolation is REPEATABLE READ.
 On 0.5.0 every one of these failed: one worker per presented token waited
 forever on the request's lock, a pending revocation lived in the presenting
 backend's memory, and a terminated worker was never retried."""
-import threading
+import os
 import time
 
 import psycopg
@@ -172,3 +172,37 @@ def test_a_repeatable_read_default_neither_fails_nor_misses_a_concurrent_rotatio
                                   ).fetchone()[0] == 0
     finally:
         conn.execute(f"ALTER DATABASE {db} RESET default_transaction_isolation")
+
+
+def test_a_queued_revocation_of_a_dropped_database_is_given_up_not_retried_forever(conn, request_role):
+    conn.execute("DROP DATABASE IF EXISTS castle_dropped")
+    conn.execute("CREATE DATABASE castle_dropped")
+    log_path = os.path.join(os.environ["CASTLE_CLUSTER_DIR"], "server.log")
+    with open(log_path, "rb") as log:
+        log.seek(0, 2)
+        start = log.tell()
+    try:
+        with psycopg.connect(dsn("castle_dropped"), autocommit=True) as db:
+            db.execute("CREATE EXTENSION castle_sessions")
+            db.execute(f"SELECT castle.grant_request_role('{request_role}')")
+            old, new = family_of(db, "dropped-user")
+            device = create(db, "dropped-user", "1 hour")
+            backdate_all_rotations(db, "dropped-user")
+            holder = psycopg.connect(dsn("castle_dropped", user=request_role))
+            holder.execute("SELECT castle.login(%s)", (device,))
+            holder.execute("SELECT castle.revoke_other_sessions()")
+            present(db, old[0])
+        # the database goes while its revocation waits
+        conn.execute("DROP DATABASE castle_dropped WITH (FORCE)")
+        holder.close()
+
+        def said():
+            with open(log_path, "rb") as log:
+                log.seek(start)
+                return b"is gone or takes no connections" in log.read()
+        wait_until(said, what="the launcher did not give up the dropped database's revocation")
+        time.sleep(1)
+        # and does not start workers for it again and again
+        assert castle_workers(conn) <= 1
+    finally:
+        conn.execute("DROP DATABASE IF EXISTS castle_dropped WITH (FORCE)")

@@ -271,3 +271,13 @@ def test_the_password_change_recipe_leaves_a_thiefs_copy_nothing(conn):
     for copy in (t0, t1):
         with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
             conn.execute("SELECT castle.rotate(%s)", (copy,))
+
+
+def test_revoke_all_ends_only_the_spared_users_graces(conn):
+    """except_session names another user's session: that family's copies keep their grace."""
+    old, = [create(conn, "grace-owner", "1 hour")]
+    conn.execute("SELECT castle.rotate(%s)", (old,))
+    stranger = create(conn, "grace-stranger", "1 hour")
+    conn.execute("SELECT castle.revoke_all('grace-stranger'::text, (castle.verify(%s)).id)", (old,))
+    assert conn.execute("SELECT castle.is_valid(%s)", (old,)).fetchone()[0] is True
+    assert conn.execute("SELECT castle.is_valid(%s)", (stranger,)).fetchone()[0] is False
