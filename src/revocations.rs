@@ -373,14 +373,14 @@ pub extern "C-unwind" fn castle_sessions_drain(argument: pg_sys::Datum) {
     }
 }
 
-/// Errors no retry can mend: the extension or its table is gone.
+/// Errors no retry can mend: the extension or its table is gone. (Objects
+/// older than the library are retried: ALTER EXTENSION … UPDATE mends them.)
 fn gone(code: PgSqlErrorCode) -> bool {
     matches!(
         code,
         PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE
             | PgSqlErrorCode::ERRCODE_INVALID_SCHEMA_NAME
             | PgSqlErrorCode::ERRCODE_UNDEFINED_FUNCTION
-            | PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
     )
 }
 
