@@ -47,27 +47,28 @@ mkdir -p "$test_data" && chown postgres "$test_data"
         cargo pgrx test 'pg$PG_MAJOR' --runas postgres --pgdata '$test_data'
     '$REPO/scripts/install.sh' >/dev/null"
 
+# golden_files DRIVER DIR SUBDIR EXTENSION DATABASE: PostgreSQL's regression
+# driver (pgxs's pg_regress or pg_isolation_regress) on every
+# DIR/SUBDIR/*.EXTENSION, in DATABASE with the extension; prints the diffs on
+# a failure
+golden_files() {
+    local driver=$1 dir=$2 subdir=$3 extension=$4 database=$5 out tests
+    out=target/$(basename "$dir")
+    tests=$(cd "$dir/$subdir" && ls -1 *."$extension" | sed "s/\.$extension\$//" | sort)
+    rm -rf "$out" && mkdir -p "$out"
+    # shellcheck disable=SC2086 # one word a test
+    if ! "$("$PG_CONFIG" --pkglibdir)/pgxs/src/test/$driver" \
+            --bindir="$PG_BIN" --inputdir="$dir" --outputdir="$out" \
+            --host="$PGHOST" --port="$PGPORT" --user=postgres \
+            --dbname="$database" --load-extension=castle_sessions $tests; then
+        cat "$out/regression.diffs"
+        exit 1
+    fi
+}
 say "pg_regress (tests/pg_regress)"
-tests=$(cd tests/pg_regress/sql && ls -1 *.sql | sed 's/\.sql$//' | sort)
-rm -rf target/regress && mkdir -p target/regress
-if ! "$("$PG_CONFIG" --pkglibdir)/pgxs/src/test/regress/pg_regress" \
-        --bindir="$PG_BIN" --inputdir=tests/pg_regress --outputdir=target/regress \
-        --host="$PGHOST" --port="$PGPORT" --user=postgres \
-        --dbname=castle_regress --load-extension=castle_sessions $tests; then
-    cat target/regress/regression.diffs
-    exit 1
-fi
-
+golden_files regress/pg_regress tests/pg_regress sql sql castle_regress
 say "pg_isolation_regress (tests/isolation)"
-specs=$(cd tests/isolation/specs && ls -1 *.spec | sed 's/\.spec$//' | sort)
-rm -rf target/isolation && mkdir -p target/isolation
-if ! "$("$PG_CONFIG" --pkglibdir)/pgxs/src/test/isolation/pg_isolation_regress" \
-        --bindir="$PG_BIN" --inputdir=tests/isolation --outputdir=target/isolation \
-        --host="$PGHOST" --port="$PGPORT" --user=postgres \
-        --dbname=castle_isolation --load-extension=castle_sessions $specs; then
-    cat target/isolation/regression.diffs
-    exit 1
-fi
+golden_files isolation/pg_isolation_regress tests/isolation specs spec castle_isolation
 
 say "integration suite: psycopg 3 (tests/integration)"
 psql_at postgres -c "DROP DATABASE IF EXISTS castle_py" -c "CREATE DATABASE castle_py"
