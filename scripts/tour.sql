@@ -39,10 +39,18 @@ SELECT (castle.verify('oat_MQ.bm90LWEtcmVhbC1zZWNyZXQ')).id IS NULL AS refused;
 SELECT castle.create_session('bob', '1 hour', '{"device": "phone"}') AS old_token \gset
 SELECT castle.rotate(:'old_token') AS new_token \gset
 SELECT (castle.verify(:'old_token')).id = (castle.verify(:'new_token')).id AS old_stands_for_new;
-\echo '   ... and after it, the old token is a reuse: refused, and the whole sign-in revoked'
+\echo '   ... rotating it again (a second tab, or a thief who copied it) hands back the same token ...'
+SELECT castle.rotate(:'old_token') = :'new_token' AS same_successor;
+\echo '   ... and after the grace, the old token is a reuse: refused, and the whole sign-in revoked'
 UPDATE castle.sessions SET rotated_at = now() - interval '1 minute' WHERE rotated_at IS NOT NULL;
 SELECT castle.is_valid(:'old_token') AS old_valid;
-SELECT pg_sleep(0.5);
+-- the revocation is done by castle's background worker, in a moment
+DO $$ BEGIN
+    FOR i IN 1..100 LOOP
+        EXIT WHEN NOT EXISTS (SELECT FROM castle.sessions WHERE user_id = 'bob');
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END $$;
 SELECT castle.is_valid(:'new_token') AS new_valid_after_reuse;
 \echo
 \echo '7. What the DBA sees: castle.stats (pg_monitor) and castle.overview()'
