@@ -7,9 +7,13 @@
 //! grace the token is a reuse — a copy of it is being replayed — and the
 //! whole family is revoked.
 //!
-//! A family keeps its newest ROTATED_KEPT tokens rotated away; older ones
-//! are forgotten at the next rotation (then refused as unknown), so a
-//! session rotated every few minutes for months keeps a few rows.
+//! A family remembers every token it rotated away in the last hour
+//! (REMEMBERED_FOR), and always its ROTATED_KEPT newest; older ones are
+//! forgotten at the next rotation (then refused as unknown), so a session
+//! rotated every few minutes for months keeps a few rows, while a copy
+//! rotated away lately stays a reuse however fast the family is refreshed:
+//! a family that rotates more than MOST_REMEMBERED times an hour is being
+//! flushed, and is revoked.
 //!
 //! A reuse is always refused, and authenticate refuses by raising, which
 //! rolls back the caller's transaction and with it any revocation made
@@ -30,7 +34,7 @@ use pgrx::spi::SpiClient;
 
 use crate::events;
 use crate::issue;
-use crate::plans::{self, Statement, BYTEA, INT4, INT8, TEXT};
+use crate::plans::{self, Statement, BYTEA, INT4, INT8, TEXT, TIMESTAMPTZ};
 use crate::{revocations, settings, store, token};
 use rand::RngCore;
 
@@ -144,8 +148,8 @@ pub fn follow_successors(
     mut secret: Vec<u8>,
     mut rotated_at: i64,
 ) -> Option<(i64, String)> {
-    // a family keeps at most ROTATED_KEPT tokens rotated away, and its newest
-    for _ in 0..=ROTATED_KEPT {
+    // a family's rotations within a grace are at most MOST_REMEMBERED
+    for _ in 0..=MOST_REMEMBERED {
         let key = rotation_key(client, rotated_at, false)?;
         let next = plans::kept(client, &NEXT_IN_FAMILY);
         let rows = plans::or_raise(client.select(next, Some(1), &[family.into(), id.into()]));
@@ -158,7 +162,10 @@ pub fn follow_successors(
         let next_rotated_at = plans::or_raise(row.get::<pgrx::datum::TimestampWithTimeZone>(3))
             .map(|at| at.into_inner());
         let next_secret = token::successor_secret(&key, id, &secret, settings::secret_size());
-        if !token::hashes_equal(&token::hash_secret(next_secret.as_bytes()), stored.as_bytes()) {
+        if !token::hashes_equal(
+            &token::hash_secret(next_secret.as_bytes()),
+            stored.as_bytes(),
+        ) {
             return None;
         }
         let Some(next_rotated_at) = next_rotated_at else {
@@ -169,19 +176,40 @@ pub fn follow_successors(
     None
 }
 
-/// How many tokens rotated away a family keeps for reuse detection.
+/// How many tokens rotated away a family keeps for reuse detection,
+/// however long ago they were rotated.
 pub const ROTATED_KEPT: i32 = 8;
+/// How long a token rotated away is remembered, however many rotations
+/// follow it (microseconds): a thief cannot flush a victim's copy by
+/// refreshing quickly.
+pub const REMEMBERED_FOR: i64 = 3_600_000_000;
+/// Most rotations a family may make within REMEMBERED_FOR, one a minute:
+/// more is an attempt to flush a copy out of its memory, and revokes it.
+pub const MOST_REMEMBERED: i64 = 60;
 
 static FORGET_ROTATED: Statement = Statement {
     sql: include_str!("queries/forget_rotated.sql"),
-    args: &[INT8, INT4],
+    args: &[INT8, INT4, TIMESTAMPTZ],
     mutating: true,
 };
+static RECENT_ROTATIONS: Statement = Statement {
+    sql: include_str!("queries/recent_rotations.sql"),
+    args: &[INT8, TIMESTAMPTZ],
+    mutating: false,
+};
 
-/// After a rotation in `family`: forgets its oldest tokens rotated away.
-pub fn forget_old_rotations(client: &mut pgrx::spi::SpiClient<'_>, family: i64) {
+/// After a rotation in `family` at `now`: forgets its tokens rotated away
+/// beyond the ROTATED_KEPT newest that are older than REMEMBERED_FOR.
+/// False when the family rotated more than MOST_REMEMBERED times within
+/// REMEMBERED_FOR: the caller treats it as a reuse.
+pub fn remember_rotations(client: &mut pgrx::spi::SpiClient<'_>, family: i64, now: i64) -> bool {
+    let since = plans::timestamptz(now.saturating_sub(REMEMBERED_FOR));
     let forget = plans::kept(client, &FORGET_ROTATED);
-    plans::or_raise(client.update(forget, None, &[family.into(), ROTATED_KEPT.into()]));
+    plans::or_raise(client.update(forget, None, &[family.into(), ROTATED_KEPT.into(), since]));
+    let count = plans::kept(client, &RECENT_ROTATIONS);
+    let since = plans::timestamptz(now.saturating_sub(REMEMBERED_FOR));
+    let rows = plans::or_raise(client.select(count, Some(1), &[family.into(), since]));
+    plans::or_raise(rows.first().get::<i64>(1)).unwrap_or(0) <= MOST_REMEMBERED
 }
 
 /// Whether a token rotated away at `rotated_at` still stands for its

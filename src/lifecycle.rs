@@ -241,7 +241,11 @@ fn rotate(token: Option<RawText>, ttl: default!(Option<Interval>, "NULL")) -> St
             return (None, family, Err((id, secret)));
         }
         let data = plans::or_raise(row.get::<RawJsonb>(1));
-        families::forget_old_rotations(client, family);
+        if !families::remember_rotations(client, family, found.now) {
+            // refreshed faster than any client does: a thief flushing a copy
+            families::reuse(family, found.presented);
+            auth::refuse(Refusal::Reuse);
+        }
         let key = families::rotation_key(client, rotated_at, true)
             .unwrap_or_else(|| error!("castle_sessions: no rotation key could be made"));
         let successor =

@@ -231,12 +231,13 @@ def test_a_copy_follows_only_to_the_familys_newest_and_the_family_stays_small(co
     t2 = conn.execute("SELECT castle.rotate(%s)", (t1,)).fetchone()[0]
     assert conn.execute("SELECT castle.rotate(%s)", (t0,)).fetchone()[0] == t2
     assert conn.execute("SELECT castle.rotate(%s)", (t1,)).fetchone()[0] == t2
-    # refreshing the newest over and over: one live token, at most 8 copies kept
+    # refreshing the newest over and over: one live token; every copy of the
+    # last hour remembered (at most 60 of them: more revokes the family)
     newest = t2
     for _ in range(30):
         newest = conn.execute("SELECT castle.rotate(%s)", (newest,)).fetchone()[0]
     assert live_rows(conn, "chain") == 1
-    assert conn.execute("SELECT count(*) FROM castle.sessions WHERE user_id = 'chain'").fetchone()[0] <= 9
+    assert conn.execute("SELECT count(*) FROM castle.sessions WHERE user_id = 'chain'").fetchone()[0] == 33
     assert conn.execute("SELECT count(*) FROM castle.sessions_of('chain')").fetchone()[0] == 1
 
 
@@ -281,3 +282,32 @@ def test_revoke_all_ends_only_the_spared_users_graces(conn):
     conn.execute("SELECT castle.revoke_all('grace-stranger'::text, (castle.verify(%s)).id)", (old,))
     assert conn.execute("SELECT castle.is_valid(%s)", (old,)).fetchone()[0] is True
     assert conn.execute("SELECT castle.is_valid(%s)", (stranger,)).fetchone()[0] is False
+
+
+def test_nine_quick_refreshes_do_not_flush_the_victims_copy(conn):
+    """Issue #19, item 4: on 0.5.0 a family kept only its 8 newest tokens
+    rotated away, so a thief refreshing nine times turned the victim's copy
+    into an unknown id that revoked nothing."""
+    victim = create(conn, "flush-victim", "1 hour")
+    thief = conn.execute("SELECT castle.rotate(%s)", (victim,)).fetchone()[0]
+    for _ in range(9):
+        thief = conn.execute("SELECT castle.rotate(%s)", (thief,)).fetchone()[0]
+    backdate_all = "UPDATE castle.sessions SET rotated_at = now() - interval '1 minute' " \
+                   "WHERE user_id = 'flush-victim' AND rotated_at IS NOT NULL"
+    conn.execute(backdate_all)
+    # the victim's copy is still a reuse: refused, and the thief's newest is revoked with the family
+    assert conn.execute("SELECT castle.is_valid(%s)", (victim,)).fetchone()[0] is False
+    wait_revoked(conn, thief)
+
+
+def test_a_family_refreshed_more_than_once_a_minute_for_an_hour_is_revoked(conn):
+    """Remembering every copy of the last hour is bounded: the 61st rotation
+    within an hour is taken for an attempt to flush a copy, refused like a
+    reuse, and the family revoked."""
+    token = create(conn, "flush-thief", "1 hour")
+    for _ in range(60):
+        token = conn.execute("SELECT castle.rotate(%s)", (token,)).fetchone()[0]
+    with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+        conn.execute("SELECT castle.rotate(%s)", (token,))
+    wait_revoked(conn, token)
+    assert conn.execute("SELECT count(*) FROM castle.sessions WHERE user_id = 'flush-thief'").fetchone()[0] == 0

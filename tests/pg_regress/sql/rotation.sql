@@ -104,8 +104,8 @@ UPDATE castle.sessions SET expires_at = now() - interval '1 second' WHERE id = (
 SELECT castle.prune() >= 1 AS pruned_successor, castle.prune() >= 1 AS pruned_rotated;
 SELECT count(*) AS wes_rows FROM castle.sessions WHERE user_id = 'wes';
 
--- a family keeps its 8 newest tokens rotated away; an older one is
--- refused as unknown, and revokes nothing
+-- a family remembers every token it rotated away in the last hour, however
+-- many rotations follow: nine quick refreshes do not flush the first
 SELECT castle.create_session('xia') AS x0 \gset
 SELECT castle.rotate(:'x0') AS x \gset
 SELECT castle.rotate(:'x') AS x \gset
@@ -119,7 +119,13 @@ SELECT castle.rotate(:'x') AS x \gset
 SELECT count(*) FILTER (WHERE rotated_at IS NOT NULL) AS rotated_kept,
        count(*) FILTER (WHERE rotated_at IS NULL) AS current
   FROM castle.sessions WHERE user_id = 'xia';
-UPDATE castle.sessions SET rotated_at = now() - interval '1 hour' WHERE user_id = 'xia' AND rotated_at IS NOT NULL;
+-- past the hour it keeps its 8 newest: an older one is forgotten at the
+-- next rotation, then refused as unknown, and revokes nothing
+UPDATE castle.sessions SET rotated_at = now() - interval '2 hours' WHERE user_id = 'xia' AND rotated_at IS NOT NULL;
+SELECT castle.rotate(:'x') AS x \gset
+SELECT count(*) FILTER (WHERE rotated_at IS NOT NULL) AS rotated_kept_past_the_hour
+  FROM castle.sessions WHERE user_id = 'xia';
+UPDATE castle.sessions SET rotated_at = now() - interval '2 hours' WHERE user_id = 'xia' AND rotated_at IS NOT NULL;
 SELECT castle.is_valid(:'x0') AS forgotten_token, castle.is_valid(:'x') AS newest_still_valid;
 
 -- the counters moved by what this file did (this database, this backend and
