@@ -21,10 +21,15 @@
 //! termination, nor a full worker table loses it; a terminated launcher is
 //! restarted by the postmaster within a second.
 //!
-//! A server crash or restart empties the table. What is lost is the
-//! revocation of a reuse presented in the moments before, never a session:
-//! the rotated-away token stays stored, so presenting it again queues the
-//! family again. A full table (QUEUED families waiting) is logged, and the
+//! The launcher also keeps the queue in a file of the data directory
+//! (SAVED_QUEUE, written beside and renamed, as pg_prewarm keeps its block
+//! list), whenever it changed, at most every LAUNCHER_NAP, and when it is
+//! told to stop; a new launcher — after a restart, a fast shutdown or a
+//! crash — queues what it finds there again. So what a crash can lose is the
+//! revocation of a reuse presented in the last LAUNCHER_NAP, never a
+//! session: the rotated-away token stays stored, and presenting it again
+//! queues the family again. A revocation done twice deletes nothing the
+//! second time. A full table (QUEUED families waiting) is logged, and the
 //! family is likewise queued the next time its token comes back.
 //!
 //! Without preloading there is no shared memory and no launcher; `enqueue`
@@ -61,6 +66,8 @@ const LAUNCHER_ALIVE: i64 = 5_000_000;
 /// How often the launcher looks at the queue: what a revocation may wait
 /// before its worker starts.
 const LAUNCHER_NAP: Duration = Duration::from_millis(200);
+/// The queue as the launcher last saved it, in the data directory.
+const SAVED_QUEUE: &str = "castle_sessions.revocations";
 /// The longest backoff between two attempts at one family (microseconds).
 const MOST_BACKOFF: i64 = 10_000_000;
 
@@ -192,12 +199,15 @@ pub extern "C-unwind" fn castle_sessions_launcher(_argument: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     // to no database: only to be seen in pg_stat_activity (and ended there)
     BackgroundWorker::connect_worker_to_spi(None, None);
+    let mut saved = load_saved_queue();
     let mut drainers: Vec<(u32, DynamicBackgroundWorker)> = Vec::new();
     let mut told_no_slot = 0i64;
     // woken by its drainers' start and exit, else every LAUNCHER_NAP
     loop {
         QUEUE.exclusive().launcher_seen = unsafe { pg_sys::GetCurrentTimestamp() };
+        save_queue(&mut saved);
         if !BackgroundWorker::wait_latch(Some(LAUNCHER_NAP)) {
+            save_queue(&mut saved);
             break;
         }
         release_entries_of_stopped_drainers();
@@ -237,6 +247,81 @@ pub extern "C-unwind" fn castle_sessions_launcher(_argument: pg_sys::Datum) {
     // not 0, which would unregister it: terminated, it is started again
     // (a shutdown starts nothing)
     unsafe { pg_sys::proc_exit(1) };
+}
+
+/// What the queue holds that a new launcher needs: database, family,
+/// session presented and flags of every entry, one a line.
+fn queue_lines() -> String {
+    let mut lines = Vec::new();
+    {
+        let queue = QUEUE.share();
+        for e in queue.entries.iter().filter(|e| e.database != 0) {
+            lines.push((e.database, e.family, e.presented, e.flags));
+        }
+    }
+    lines.sort_unstable();
+    lines
+        .iter()
+        .map(|(database, family, presented, flags)| {
+            format!("{database} {family} {presented} {flags}\n")
+        })
+        .collect()
+}
+
+/// Writes the queue to SAVED_QUEUE if it changed since `saved`, written
+/// beside and renamed, so a reader never sees half of it. A failure is
+/// logged once, and the queue goes on in shared memory.
+fn save_queue(saved: &mut String) {
+    let lines = queue_lines();
+    if lines == *saved {
+        return;
+    }
+    let written = std::fs::write(format!("{SAVED_QUEUE}.tmp"), &lines)
+        .and_then(|()| std::fs::rename(format!("{SAVED_QUEUE}.tmp"), SAVED_QUEUE));
+    match written {
+        Ok(()) => *saved = lines,
+        Err(error) => {
+            if !saved.starts_with("failed") {
+                events::log_server_only(&format!("could not save the revocation queue: {error}"));
+            }
+            *saved = "failed".to_owned();
+        }
+    }
+}
+
+/// Queues again what the last launcher saved (a restart, a shutdown or a
+/// crash came between) and returns it as saved.
+fn load_saved_queue() -> String {
+    let Ok(text) = std::fs::read_to_string(SAVED_QUEUE) else {
+        return String::new();
+    };
+    let mut queue = QUEUE.exclusive();
+    for line in text.lines() {
+        let fields: Vec<i64> = line.split(' ').filter_map(|f| f.parse().ok()).collect();
+        let [database, family, presented, flags] = fields[..] else {
+            continue;
+        };
+        let (Ok(database), Ok(flags)) = (u32::try_from(database), u8::try_from(flags)) else {
+            continue;
+        };
+        if queue
+            .entries
+            .iter()
+            .any(|e| e.database == database && e.family == family)
+        {
+            continue;
+        }
+        if let Some(free) = queue.entries.iter_mut().find(|e| e.database == 0) {
+            *free = Entry {
+                database,
+                family,
+                presented,
+                flags,
+                ..FREE
+            };
+        }
+    }
+    text
 }
 
 fn start_drainer(database: u32) -> Option<DynamicBackgroundWorker> {

@@ -8,12 +8,13 @@ On 0.5.0 every one of these failed: one worker per presented token waited
 forever on the request's lock, a pending revocation lived in the presenting
 backend's memory, and a terminated worker was never retried."""
 import os
+import subprocess
 import time
 
 import psycopg
 import pytest
 
-from conftest import create, dsn
+from conftest import PG_BIN, create, dsn
 
 REQUEST_ROLE = "castle_revocation_request"
 
@@ -55,14 +56,17 @@ def wait_until(condition, seconds=20, what="condition"):
 
 
 @pytest.fixture
-def request_role(conn):
-    conn.execute(f"DROP ROLE IF EXISTS {REQUEST_ROLE}")
-    conn.execute(f"CREATE ROLE {REQUEST_ROLE} LOGIN")
-    conn.execute(f"SELECT castle.grant_request_role('{REQUEST_ROLE}')")
+def request_role():
+    # connections of its own: a test may restart the server
+    with psycopg.connect(dsn(), autocommit=True) as c:
+        c.execute(f"DROP ROLE IF EXISTS {REQUEST_ROLE}")
+        c.execute(f"CREATE ROLE {REQUEST_ROLE} LOGIN")
+        c.execute(f"SELECT castle.grant_request_role('{REQUEST_ROLE}')")
     yield REQUEST_ROLE
-    conn.execute(f"REVOKE ALL ON ALL ROUTINES IN SCHEMA castle FROM {REQUEST_ROLE}")
-    conn.execute(f"REVOKE ALL ON SCHEMA castle FROM {REQUEST_ROLE}")
-    conn.execute(f"DROP ROLE {REQUEST_ROLE}")
+    with psycopg.connect(dsn(), autocommit=True) as c:
+        c.execute(f"REVOKE ALL ON ALL ROUTINES IN SCHEMA castle FROM {REQUEST_ROLE}")
+        c.execute(f"REVOKE ALL ON SCHEMA castle FROM {REQUEST_ROLE}")
+        c.execute(f"DROP ROLE {REQUEST_ROLE}")
 
 
 def hold_users_lock(token):
@@ -206,3 +210,30 @@ def test_a_queued_revocation_of_a_dropped_database_is_given_up_not_retried_forev
         assert castle_workers(conn) <= 1
     finally:
         conn.execute("DROP DATABASE IF EXISTS castle_dropped WITH (FORCE)")
+
+
+@pytest.mark.parametrize("stop", ["fast", "immediate"])
+def test_a_queued_revocation_survives_a_restart_and_a_crash(conn, request_role, stop):
+    """The launcher keeps the queue in the data directory: a fast shutdown
+    or a crash (an immediate stop skips every shutdown step) while a
+    revocation waits loses it not."""
+    user = f"restart-{stop}"
+    old, new = family_of(conn, user)
+    device = create(conn, user, "1 hour")
+    backdate_all_rotations(conn, user)
+    holder = hold_users_lock(device)
+    try:
+        present(conn, old[0])
+        wait_until(lambda: conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'castle_sessions revocation' "
+            "AND wait_event_type = 'Lock'").fetchone()[0] > 0, what="no drain worker waited for the lock")
+        time.sleep(0.5)  # the launcher saves the queue every 0.2 s
+        cluster = os.environ["CASTLE_CLUSTER_DIR"]
+        pg_ctl = ["sudo", "-u", "postgres", f"{PG_BIN}/pg_ctl", "-D", f"{cluster}/data"]
+        subprocess.run(pg_ctl + ["-m", stop, "stop"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(pg_ctl + ["-l", f"{cluster}/server.log", "-w", "start"], check=True,
+                       stdout=subprocess.DEVNULL)
+    finally:
+        holder.close()
+    with psycopg.connect(dsn(), autocommit=True) as after:
+        wait_until(lambda: not is_valid(after, new), what=f"the revocation was lost by a {stop} stop")
