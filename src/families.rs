@@ -203,12 +203,17 @@ static RECENT_ROTATIONS: Statement = Statement {
 /// False when the family rotated more than MOST_REMEMBERED times within
 /// REMEMBERED_FOR: the caller treats it as a reuse.
 pub fn remember_rotations(client: &mut pgrx::spi::SpiClient<'_>, family: i64, now: i64) -> bool {
-    let since = plans::timestamptz(now.saturating_sub(REMEMBERED_FOR));
+    let since = now.saturating_sub(REMEMBERED_FOR);
     let forget = plans::kept(client, &FORGET_ROTATED);
-    plans::or_raise(client.update(forget, None, &[family.into(), ROTATED_KEPT.into(), since]));
+    let args = [
+        family.into(),
+        ROTATED_KEPT.into(),
+        plans::timestamptz(since),
+    ];
+    plans::or_raise(client.update(forget, None, &args));
     let count = plans::kept(client, &RECENT_ROTATIONS);
-    let since = plans::timestamptz(now.saturating_sub(REMEMBERED_FOR));
-    let rows = plans::or_raise(client.select(count, Some(1), &[family.into(), since]));
+    let args = [family.into(), plans::timestamptz(since)];
+    let rows = plans::or_raise(client.select(count, Some(1), &args));
     plans::or_raise(rows.first().get::<i64>(1)).unwrap_or(0) <= MOST_REMEMBERED
 }
 

@@ -242,7 +242,12 @@ fn rotate(token: Option<RawText>, ttl: default!(Option<Interval>, "NULL")) -> St
         }
         let data = plans::or_raise(row.get::<RawJsonb>(1));
         if !families::remember_rotations(client, family, found.now) {
-            // refreshed faster than any client does: a thief flushing a copy
+            // refreshed faster than clients do: a thief flushing a copy
+            events::log_server_only(&format!(
+                "family of session {family} rotated more than {} times within an hour: \
+                 taken for an attempt to flush a copy out of its memory, and revoked",
+                families::MOST_REMEMBERED
+            ));
             families::reuse(family, found.presented);
             auth::refuse(Refusal::Reuse);
         }

@@ -22,10 +22,12 @@
 //! restarted by the postmaster within a second.
 //!
 //! The launcher also keeps the queue in a file of the data directory
-//! (SAVED_QUEUE, written beside and renamed, as pg_prewarm keeps its block
-//! list), whenever it changed, at most every LAUNCHER_NAP, and when it is
-//! told to stop; a new launcher — after a restart, a fast shutdown or a
-//! crash — queues what it finds there again. So what a crash can lose is the
+//! (SAVED_QUEUE, written beside, flushed and renamed, as pg_prewarm keeps its
+//! block list), whenever it changed, at most every LAUNCHER_NAP, and when it
+//! is told to stop; a new launcher — after a restart, a fast shutdown or a
+//! crash — queues what it finds there again, if the file was saved by this
+//! server on this timeline (not copied by a base backup, nor left from
+//! before a promotion). So what a crash can lose is the
 //! revocation of a reuse presented in the last LAUNCHER_NAP, never a
 //! session: the rotated-away token stays stored, and presenting it again
 //! queues the family again. A revocation done twice deletes nothing the
@@ -249,35 +251,55 @@ pub extern "C-unwind" fn castle_sessions_launcher(_argument: pg_sys::Datum) {
     unsafe { pg_sys::proc_exit(1) };
 }
 
-/// What the queue holds that a new launcher needs: database, family,
-/// session presented and flags of every entry, one a line.
+/// What the queue holds that a new launcher needs: a header naming this
+/// server's system and timeline, then database, family, session presented
+/// and flags of every entry, one a line.
 fn queue_lines() -> String {
-    let mut lines = Vec::new();
+    let mut entries = Vec::with_capacity(QUEUED);
     {
         let queue = QUEUE.share();
         for e in queue.entries.iter().filter(|e| e.database != 0) {
-            lines.push((e.database, e.family, e.presented, e.flags));
+            entries.push((e.database, e.family, e.presented, e.flags));
         }
     }
-    lines.sort_unstable();
+    entries.sort_unstable();
+    let mut lines = header();
+    for (database, family, presented, flags) in entries {
+        lines.push_str(&format!("{database} {family} {presented} {flags}\n"));
+    }
     lines
-        .iter()
-        .map(|(database, family, presented, flags)| {
-            format!("{database} {family} {presented} {flags}\n")
-        })
-        .collect()
 }
 
-/// Writes the queue to SAVED_QUEUE if it changed since `saved`, written
-/// beside and renamed, so a reader never sees half of it. A failure is
-/// logged once, and the queue goes on in shared memory.
+/// The file's first line: a queue saved by another server (a base backup
+/// copies the file) or on another timeline (before a promotion or a rewind)
+/// names sessions of another history, and is not loaded.
+fn header() -> String {
+    let (system, timeline) = unsafe {
+        (
+            pg_sys::GetSystemIdentifier(),
+            pg_sys::GetWALInsertionTimeLine(),
+        )
+    };
+    format!("castle_sessions revocations {system} {timeline}\n")
+}
+
+/// Writes the queue to SAVED_QUEUE if it changed since `saved`: written
+/// beside, flushed to disk, renamed, and the directory flushed, so a reader
+/// finds the old file or the new one, whole, even after a machine crash. A
+/// failure is logged once, and the queue goes on in shared memory.
 fn save_queue(saved: &mut String) {
     let lines = queue_lines();
     if lines == *saved {
         return;
     }
-    let written = std::fs::write(format!("{SAVED_QUEUE}.tmp"), &lines)
-        .and_then(|()| std::fs::rename(format!("{SAVED_QUEUE}.tmp"), SAVED_QUEUE));
+    let temporary = format!("{SAVED_QUEUE}.tmp");
+    let written = std::fs::File::create(&temporary)
+        .and_then(|mut file| {
+            std::io::Write::write_all(&mut file, lines.as_bytes())?;
+            file.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&temporary, SAVED_QUEUE))
+        .and_then(|()| std::fs::File::open(".")?.sync_all());
     match written {
         Ok(()) => *saved = lines,
         Err(error) => {
@@ -289,36 +311,51 @@ fn save_queue(saved: &mut String) {
     }
 }
 
-/// Queues again what the last launcher saved (a restart, a shutdown or a
-/// crash came between) and returns it as saved.
+/// Queues again what the last launcher of this server and timeline saved
+/// (a restart, a shutdown or a crash came between) and returns it as saved.
 fn load_saved_queue() -> String {
     let Ok(text) = std::fs::read_to_string(SAVED_QUEUE) else {
         return String::new();
     };
-    let mut queue = QUEUE.exclusive();
-    for line in text.lines() {
-        let fields: Vec<i64> = line.split(' ').filter_map(|f| f.parse().ok()).collect();
+    let Some(entries) = text.strip_prefix(header().as_str()) else {
+        events::log_server_only(
+            "a revocation queue saved by another server or on another timeline was not loaded",
+        );
+        return String::new();
+    };
+    // parsed before the lock is taken: exactly four numbers a line
+    let mut parsed = Vec::with_capacity(QUEUED);
+    for line in entries.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
         let [database, family, presented, flags] = fields[..] else {
             continue;
         };
-        let (Ok(database), Ok(flags)) = (u32::try_from(database), u8::try_from(flags)) else {
-            continue;
-        };
-        if queue
-            .entries
-            .iter()
-            .any(|e| e.database == database && e.family == family)
-        {
-            continue;
-        }
-        if let Some(free) = queue.entries.iter_mut().find(|e| e.database == 0) {
-            *free = Entry {
+        if let (Ok(database), Ok(family), Ok(presented), Ok(flags)) = (
+            database.parse::<u32>(),
+            family.parse::<i64>(),
+            presented.parse::<i64>(),
+            flags.parse::<u8>(),
+        ) {
+            parsed.push(Entry {
                 database,
                 family,
                 presented,
                 flags,
                 ..FREE
-            };
+            });
+        }
+    }
+    let mut queue = QUEUE.exclusive();
+    for entry in parsed {
+        let queued = queue
+            .entries
+            .iter()
+            .any(|e| e.database == entry.database && e.family == entry.family);
+        if queued {
+            continue;
+        }
+        if let Some(free) = queue.entries.iter_mut().find(|e| e.database == 0) {
+            *free = entry;
         }
     }
     text
