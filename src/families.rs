@@ -38,8 +38,8 @@ use crate::plans::{self, Statement, BYTEA, INT4, INT8, TEXT, TIMESTAMPTZ};
 use crate::{revocations, settings, store, token};
 use rand::RngCore;
 
-static USER_OF_SESSION: Statement = Statement {
-    sql: "SELECT s.user_id FROM castle.sessions AS s WHERE s.id = $1",
+static FAMILY_OF_SESSION: Statement = Statement {
+    sql: "SELECT COALESCE(s.family_id, s.id), s.user_id FROM castle.sessions AS s WHERE s.id = $1",
     args: &[INT8],
     mutating: true,
 };
@@ -50,11 +50,6 @@ static USER_OF_FAMILY: Statement = Statement {
 };
 static DELETE_WHOLE_FAMILY: Statement = Statement {
     sql: include_str!("queries/delete_whole_family.sql"),
-    args: &[INT8, TEXT],
-    mutating: true,
-};
-static DELETE_FAMILY: Statement = Statement {
-    sql: include_str!("queries/delete_family.sql"),
     args: &[INT8, TEXT],
     mutating: true,
 };
@@ -310,35 +305,26 @@ fn start_worker(family: i64, presented: i64) -> bool {
         .is_ok()
 }
 
-/// The user whose session `id` is, if it exists.
-pub fn user_of(client: &mut SpiClient<'_>, id: i64) -> Option<Vec<u8>> {
-    let read = plans::kept(client, &USER_OF_SESSION);
-    let rows = plans::or_raise(client.select(read, Some(1), &[id.into()]));
-    let row = rows.first();
-    if row.is_empty() {
-        return None;
-    }
-    plans::or_raise(row.get_datum_by_ordinal(1))
-        .map(|user| unsafe { store::text_bytes(user) }.to_vec())
-}
-
 /// Deletes session `id`'s family, if `id` is `only_user`'s (when given),
-/// under the user's lock: every rotation of the family takes it too, so the
-/// delete waits for one in flight and then sees its new session, and never
-/// deadlocks with it, with trimming or with revoke_all. Returns the ids.
+/// under the user's lock (`delete_family_of`). Returns the ids.
 pub fn delete(client: &mut SpiClient<'_>, id: i64, only_user: Option<&[u8]>) -> Vec<i64> {
-    let Some(user_id) = user_of(client, id) else {
+    let read = plans::kept(client, &FAMILY_OF_SESSION);
+    let rows = plans::or_raise(client.select(read, Some(1), &[id.into()]));
+    if rows.is_empty() {
+        return Vec::new();
+    }
+    let row = rows.first();
+    let (Some(family), Some(user_id)) = (
+        plans::or_raise(row.get::<i64>(1)),
+        plans::or_raise(row.get_datum_by_ordinal(2))
+            .map(|user| unsafe { store::text_bytes(user) }.to_vec()),
+    ) else {
         return Vec::new();
     };
     if only_user.is_some_and(|only| only != user_id.as_slice()) {
         return Vec::new();
     }
-    issue::lock_user(client, &user_id, store::call_time());
-    let delete = plans::kept(client, &DELETE_FAMILY);
-    let args = [id.into(), plans::text(&user_id)];
-    let ids = plans::returned_ids(plans::or_raise(client.update(delete, None, &args)));
-    crate::lifecycle::forget_user_lock(client, &user_id);
-    ids
+    delete_family_of(client, family, &user_id)
 }
 
 /// Deletes every session of `family` (its first session's id, stored or
@@ -355,11 +341,19 @@ fn delete_whole_family(client: &mut SpiClient<'_>, family: i64) -> Vec<i64> {
     else {
         return Vec::new();
     };
-    issue::lock_user(client, &user_id, store::call_time());
+    delete_family_of(client, family, &user_id)
+}
+
+/// Deletes `family` of `user_id` under the user's lock: every rotation of
+/// the family takes it too, so the delete waits for one in flight and then
+/// sees its new session, and never deadlocks with it, with trimming or with
+/// revoke_all. The user's lock row goes too if nothing of theirs is left.
+fn delete_family_of(client: &mut SpiClient<'_>, family: i64, user_id: &[u8]) -> Vec<i64> {
+    issue::lock_user(client, user_id, store::call_time());
     let delete = plans::kept(client, &DELETE_WHOLE_FAMILY);
-    let args = [family.into(), plans::text(&user_id)];
+    let args = [family.into(), plans::text(user_id)];
     let ids = plans::returned_ids(plans::or_raise(client.update(delete, None, &args)));
-    crate::lifecycle::forget_user_lock(client, &user_id);
+    crate::lifecycle::forget_user_lock(client, user_id);
     ids
 }
 
