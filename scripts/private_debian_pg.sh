@@ -18,6 +18,7 @@ if [ ! -f "$COPY/key" ] || [ "$(cat "$COPY/key")" != "$key" ]; then
     # made beside it and renamed into place: a server running from the
     # earlier copy finds a whole installation at its paths at every moment
     # (the new one, with castle_sessions installed again by the caller)
+    mkdir -p "$REPO/.cache"
     new=$(mktemp -d "$REPO/.cache/pg15-debian.new.XXXXXX")
     mkdir -p "$new/stage/usr/lib/postgresql" "$new/stage/usr/share/postgresql" "$new/stage/usr/include"
     cp -a /usr/lib/postgresql/15 "$new/stage/usr/lib/postgresql/"
