@@ -1,33 +1,36 @@
 //! Checking tokens: `castle.authenticate` raises, `castle.verify` returns NULL.
 //! Finding the session is a read-only primary-key scan (`store`); a successful
-//! check writes used_at only when castle.touch_interval says a write is due,
-//! so most calls take no transaction id, and none does on a hot standby.
+//! check notes its use when castle.touch_interval says a write is due, and the
+//! use is queued for the standing workers when the transaction commits
+//! (`uses`): a request takes no transaction id and no lock.
 
 use pgrx::prelude::*;
 
 use std::cell::RefCell;
 
 use crate::catalog::Catalog;
-use crate::plans::{self, Statement, INT8_ARRAY, TIMESTAMPTZ_ARRAY};
+use crate::plans;
 use crate::raw_text::{self, RawText};
 use crate::session_row::{SessionRow, SessionValues};
 use crate::stats::{self, Counter};
 use crate::token::{self, Refusal};
-use crate::{events, families, settings, store};
+use crate::{events, families, settings, store, uses};
 
-static TOUCH_SESSIONS: Statement = Statement {
-    sql: include_str!("queries/touch_sessions.sql"),
-    args: &[INT8_ARRAY, TIMESTAMPTZ_ARRAY],
-    mutating: true,
-};
-
-/// Uses to record when the transaction commits: (session id, time of use).
-/// Bounded: a transaction that checks more sessions than this records the
-/// first ones; the others are recorded by a later call.
+/// Uses to record when the transaction commits. Bounded: a transaction that
+/// checks more sessions than this records the first ones; the others are
+/// recorded by a later call.
 const MOST_PENDING_USES: usize = 1024;
 
+struct Pending {
+    session: i64,
+    /// the time of use (PostgreSQL's microseconds)
+    at: i64,
+    /// the (sub)transaction of the check: its rollback drops the use
+    subxact: pg_sys::SubTransactionId,
+}
+
 thread_local! {
-    static PENDING_USES: RefCell<Vec<(i64, i64)>> = const { RefCell::new(Vec::new()) };
+    static PENDING_USES: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A live session a token names, as read before any write.
@@ -138,48 +141,70 @@ pub fn find(token: Option<&[u8]>) -> Result<Found, Refusal> {
     })
 }
 
-/// The session as read, with this use to be recorded when a write is due and
-/// possible. The write waits for the transaction's commit (`record_uses`),
-/// so a request holds no lock on its session while it runs, and a sign-in,
-/// sign-out or password change of the same user never waits for it. On a
-/// table with a DBA's trigger, rule or forced row security, whose code must
-/// not run at commit, it is
-/// written now, holding that one row until the transaction ends.
+/// The session as read, with this use noted to be recorded at commit when a
+/// write is due. On a table with a DBA's trigger, rule or forced row
+/// security, whose code must run in the request as it always did, the use is
+/// written now (READ COMMITTED only), holding that one row until the
+/// transaction ends. A hot standby records nothing: the session's next check
+/// on the primary does.
 fn touched(found: Found) -> SessionValues {
     if !found.touch_due {
         return found.session;
     }
-    if !can_write_here() {
+    if Catalog::get().has_dba_code {
+        if can_write_here() {
+            let done = uses::write(&[(found.id, found.now)]);
+            stats::add(Counter::TouchesWritten, done);
+            stats::add(Counter::TouchesSkipped, 1 - done);
+        } else {
+            stats::add(Counter::TouchesSkipped, 1);
+        }
+        return found.session;
+    }
+    if unsafe { pg_sys::RecoveryInProgress() } {
         stats::add(Counter::TouchesSkipped, 1);
         return found.session;
     }
-    if Catalog::get().has_dba_code {
-        let done = write_uses(&[(found.id, found.now)]);
-        stats::add(Counter::TouchesWritten, done);
-        stats::add(Counter::TouchesSkipped, 1 - done);
-    } else {
-        PENDING_USES.with(|pending| {
-            let mut pending = pending.borrow_mut();
-            if let Some(at) = pending.iter().position(|&(id, _)| id == found.id) {
-                pending[at].1 = found.now;
-            } else if pending.len() < MOST_PENDING_USES {
-                pending.push((found.id, found.now));
-            } else {
-                stats::add(Counter::TouchesSkipped, 1);
-            }
-        });
-    }
+    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    PENDING_USES.with(|pending| {
+        let mut pending = pending.borrow_mut();
+        if let Some(noted) = pending.iter_mut().find(|p| p.session == found.id) {
+            // the outermost check's subtransaction: the use stands if it does
+            noted.at = noted.at.max(found.now);
+            noted.subxact = noted.subxact.min(subxact);
+        } else if pending.len() < MOST_PENDING_USES {
+            pending.push(Pending {
+                session: found.id,
+                at: found.now,
+                subxact,
+            });
+        } else {
+            stats::add(Counter::TouchesSkipped, 1);
+        }
+    });
     found.session
 }
 
-/// At commit (XACT_EVENT_PRE_COMMIT): writes the uses this transaction's
-/// checks found due, in a subtransaction of its own, so that a failure to
-/// record a use never fails the commit.
+fn take_pending() -> Vec<(i64, i64)> {
+    PENDING_USES.with(|pending| {
+        pending
+            .borrow_mut()
+            .drain(..)
+            .map(|p| (p.session, p.at))
+            .collect()
+    })
+}
+
+/// At commit (XACT_EVENT_PRE_COMMIT): nothing while the standing workers
+/// record uses (`queue_uses` hands them over once the commit is done).
+/// Without them — not preloaded, or the launcher being restarted — writes
+/// the uses in a subtransaction of its own, as before 0.7.0, so that a
+/// failure to record a use never fails the commit.
 pub fn record_uses() {
-    let pending = PENDING_USES.with(|pending| std::mem::take(&mut *pending.borrow_mut()));
-    if pending.is_empty() {
+    if PENDING_USES.with(|pending| pending.borrow().is_empty()) || uses::standing() {
         return;
     }
+    let pending = take_pending();
     if !can_write_here() {
         stats::add(Counter::TouchesSkipped, pending.len() as u64);
         return;
@@ -197,7 +222,7 @@ pub fn record_uses() {
     let written = plans::in_subtransaction(|| unsafe {
         // SQL needs an outer snapshot, which a commit no longer has
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-        let written = write_uses(&pending);
+        let written = uses::write(&pending);
         pg_sys::PopActiveSnapshot();
         written
     });
@@ -207,34 +232,45 @@ pub fn record_uses() {
     stats::add(Counter::TouchesSkipped, pending.len() as u64 - done);
 }
 
+/// Once the transaction committed (XACT_EVENT_COMMIT): its uses go to the
+/// standing workers' queue. Memory only: nothing here may fail.
+pub fn queue_uses() {
+    let pending = take_pending();
+    if !pending.is_empty() {
+        uses::queue(&pending);
+    }
+}
+
 /// Forgets the uses of a transaction that aborts or is prepared.
 pub fn forget_uses() {
     PENDING_USES.with(|pending| pending.borrow_mut().clear());
 }
 
-/// Records the uses; returns how many were written.
-fn write_uses(uses: &[(i64, i64)]) -> u64 {
-    let ids: Vec<i64> = uses.iter().map(|&(id, _)| id).collect();
-    let times: Vec<pgrx::datum::TimestampWithTimeZone> = uses
-        .iter()
-        .map(|&(_, at)| unsafe {
-            pgrx::datum::TimestampWithTimeZone::from_datum(pg_sys::Datum::from(at), false)
-                .expect("a timestamp")
-        })
-        .collect();
-    plans::as_owner(store::table_owner(), || {
-        Spi::connect_mut(|client| {
-            let touch = plans::kept(client, &TOUCH_SESSIONS);
-            let touched = plans::or_raise(client.update(touch, None, &[ids.into(), times.into()]));
-            touched.len() as u64
-        })
-    })
+/// A subtransaction ended: the uses noted in an aborted one (and its
+/// children, every later id) are dropped; a committed one's go to its parent.
+pub fn subtransaction_ended(
+    aborted: bool,
+    subxact: pg_sys::SubTransactionId,
+    parent: pg_sys::SubTransactionId,
+) {
+    PENDING_USES.with(|pending| {
+        let mut pending = pending.borrow_mut();
+        if aborted {
+            pending.retain(|p| p.subxact < subxact);
+        } else {
+            pending
+                .iter_mut()
+                .filter(|p| p.subxact == subxact)
+                .for_each(|p| p.subxact = parent);
+        }
+    });
 }
 
-/// used_at is best-effort: never on a standby or in a read-only transaction,
-/// and not under REPEATABLE READ or SERIALIZABLE, where a concurrent touch of
-/// the same row would turn a good token into a serialization failure. The next
-/// call at READ COMMITTED records the use.
+/// Written in the caller's transaction (without the standing workers, or on a
+/// table with a DBA's code), used_at is best-effort: never in a read-only
+/// transaction, and not under REPEATABLE READ or SERIALIZABLE, where a
+/// concurrent touch of the same row would turn a good token into a
+/// serialization failure. The next call at READ COMMITTED records the use.
 fn can_write_here() -> bool {
     unsafe {
         !pg_sys::RecoveryInProgress()

@@ -128,6 +128,7 @@ unsafe extern "C-unwind" fn on_xact_end(
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_PRE_COMMIT => auth::record_uses(),
+        XACT_EVENT_COMMIT => auth::queue_uses(),
         XACT_EVENT_ABORT | XACT_EVENT_PRE_PREPARE | XACT_EVENT_PARALLEL_ABORT => {
             auth::forget_uses()
         }
@@ -153,6 +154,11 @@ unsafe extern "C-unwind" fn on_subxact_end(
     _arg: *mut std::ffi::c_void,
 ) {
     use pg_sys::SubXactEvent::*;
+    match event {
+        SUBXACT_EVENT_ABORT_SUB => auth::subtransaction_ended(true, my_subid, parent_subid),
+        SUBXACT_EVENT_COMMIT_SUB => auth::subtransaction_ended(false, my_subid, parent_subid),
+        _ => {}
+    }
     BINDINGS.with(|b| {
         let mut entries = b.borrow_mut();
         match event {

@@ -4,8 +4,9 @@
 //! one module per area: `issue` (create_session), `auth` (authenticate,
 //! verify, is_valid), `lifecycle` (revoke, rotate, device lists, pruning),
 //! `context` (login and who is asking), `stats` (castle.stats); `families`
-//! rotation's grace and reuse; `revocations` the queue and standing
-//! workers that revoke a family after a reuse; `events` what is counted, logged and notified; `catalog` the verified objects the
+//! rotation's grace and reuse; `revocations` the standing
+//! workers (and the queue of families they revoke after a reuse); `uses` the
+//! queue of last uses they write; `events` what is counted, logged and notified; `catalog` the verified objects the
 //! direct reads rely on (its contract is at its top); `compat` the only
 //! module that names a PostgreSQL major; `store` the hot paths'
 //! reads, direct or in SQL; `session_row` the rows they return; `raw_text`
@@ -31,6 +32,7 @@ mod settings;
 mod stats;
 mod store;
 pub mod token;
+mod uses;
 
 ::pgrx::pg_module_magic!(name, version);
 

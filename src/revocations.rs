@@ -72,6 +72,10 @@ const LAUNCHER_NAP: Duration = Duration::from_millis(200);
 const SAVED_QUEUE: &str = "castle_sessions.revocations";
 /// The longest backoff between two attempts at one family (microseconds).
 const MOST_BACKOFF: i64 = 10_000_000;
+/// A database's worker exits after this long with nothing to do (microseconds).
+const IDLE_EXIT: i64 = 2_000_000;
+/// ... or after this long when another database waits for a worker slot.
+const TURN: i64 = 10_000_000;
 
 const LOG_EVENTS: u8 = 1;
 const NOTIFY: u8 = 2;
@@ -107,6 +111,8 @@ pub struct Queue {
     entries: [Entry; QUEUED],
     /// when the launcher last looked (PostgreSQL's microseconds)
     launcher_seen: i64,
+    /// a database has work and no worker: the workers give up their turn
+    waiting: bool,
 }
 
 // SAFETY: plain values, no pointers: valid in every process that maps it.
@@ -126,8 +132,10 @@ pub fn register() {
         QUEUE = Queue {
             entries: [FREE; QUEUED],
             launcher_seen: 0,
+            waiting: false,
         }
     );
+    crate::uses::register();
     // on a primary only: a standby cannot write (and queues nothing)
     BackgroundWorkerBuilder::new("castle_sessions launcher")
         .set_type("castle_sessions launcher")
@@ -138,6 +146,12 @@ pub fn register() {
         .enable_spi_access()
         .load();
     STANDING.store(true, Relaxed);
+}
+
+/// Whether the launcher looked lately: preloaded, and not being restarted.
+pub fn launcher_alive() -> bool {
+    STANDING.load(Relaxed)
+        && unsafe { pg_sys::GetCurrentTimestamp() } - QUEUE.share().launcher_seen <= LAUNCHER_ALIVE
 }
 
 /// Queues the revocation of `family`, whose token rotated away (session
@@ -220,12 +234,14 @@ pub extern "C-unwind" fn castle_sessions_launcher(_argument: pg_sys::Datum) {
                     | pgrx::bgworkers::BackgroundWorkerStatus::PostmasterDied)
             )
         });
+        let mut waiting = false;
         for database in databases_due() {
-            if drainers.len() >= DRAINERS {
-                break;
-            }
             if drainers.iter().any(|(d, _)| *d == database) {
                 continue;
+            }
+            if drainers.len() >= DRAINERS {
+                waiting = true;
+                break;
             }
             if !accepts_connections(database) {
                 drop_entries_of(database);
@@ -245,6 +261,7 @@ pub extern "C-unwind" fn castle_sessions_launcher(_argument: pg_sys::Datum) {
                 }
             }
         }
+        QUEUE.exclusive().waiting = waiting;
     }
     // not 0, which would unregister it: terminated, it is started again
     // (a shutdown starts nothing)
@@ -362,8 +379,8 @@ fn load_saved_queue() -> String {
 }
 
 fn start_drainer(database: u32) -> Option<DynamicBackgroundWorker> {
-    BackgroundWorkerBuilder::new("castle_sessions revocation")
-        .set_type("castle_sessions revocation")
+    BackgroundWorkerBuilder::new("castle_sessions worker")
+        .set_type("castle_sessions worker")
         .set_library("castle_sessions")
         .set_function("castle_sessions_drain")
         .set_argument(Some(pg_sys::Datum::from(database)))
@@ -374,8 +391,8 @@ fn start_drainer(database: u32) -> Option<DynamicBackgroundWorker> {
         .ok()
 }
 
-/// The databases with entries due that no drain worker is revoking, the one
-/// whose entry has waited longest first.
+/// The databases with work: entries due that no worker is revoking, the one
+/// whose entry has waited longest first, then those with uses queued.
 fn databases_due() -> Vec<u32> {
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
     let mut due: Vec<(i64, u32)> = Vec::with_capacity(QUEUED);
@@ -390,6 +407,11 @@ fn databases_due() -> Vec<u32> {
     due.sort_unstable();
     let mut databases: Vec<u32> = Vec::new();
     for (_, database) in due {
+        if !databases.contains(&database) {
+            databases.push(database);
+        }
+    }
+    for database in crate::uses::databases() {
         if !databases.contains(&database) {
             databases.push(database);
         }
@@ -419,6 +441,7 @@ fn accepts_connections(database: u32) -> bool {
 /// queued: its sessions are gone, or out of reach until it opens again,
 /// when a token presented again queues its family again.
 fn drop_entries_of(database: u32) {
+    crate::uses::forget(database);
     let dropped = {
         let mut queue = QUEUE.exclusive();
         let mut dropped = 0;
@@ -447,50 +470,74 @@ fn release_entries_of_stopped_drainers() {
     }
 }
 
-/// A drain worker: revokes its database's families due, one at a time, and
-/// exits when none is left due (the launcher starts another when one is).
+/// A database's worker: revokes its families due, one at a time, and writes
+/// its queued uses, a batch at a time. It stays while work keeps coming —
+/// starting a worker costs more than a batch — and exits after IDLE_EXIT
+/// with nothing to do, or after TURN when another database waits for a
+/// worker slot (the launcher starts another when work comes).
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn castle_sessions_drain(argument: pg_sys::Datum) {
     let database = argument.value() as u32;
     // SIGTERM (a fast shutdown, pg_terminate_backend) only sets a flag, read
-    // between two families: never an exit from inside the signal handler, and
-    // an attempt lasts at most about LOCK_WAIT
+    // between two pieces of work: never an exit from inside the signal
+    // handler, and an attempt lasts at most about LOCK_WAIT
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(database)), None);
     families::settings_for_a_revocation(LOCK_WAIT);
     let me = unsafe { pg_sys::MyProcPid };
+    let started = unsafe { pg_sys::GetCurrentTimestamp() };
+    let mut busy_at = started;
     while !BackgroundWorker::sigterm_received() {
-        let Some((at, entry)) = take(database, me) else {
-            break;
-        };
-        let outcome = families::revoke_in_a_transaction(
-            entry.family,
-            entry.presented,
-            entry.flags & LOG_EVENTS != 0,
-            entry.flags & NOTIFY != 0,
-        );
-        match outcome {
-            Ok(()) => finish(at, me),
-            Err((code, cause)) if gone(code) || entry.attempts + 1 >= MOST_ATTEMPTS => {
-                events::log_server_only(&format!(
-                    "reuse of a rotated token: family of session {} NOT revoked after {} \
-                     attempts ({cause}); it is queued again when its token is presented again",
-                    entry.presented,
-                    entry.attempts + 1
-                ));
-                finish(at, me);
+        let now = unsafe { pg_sys::GetCurrentTimestamp() };
+        if let Some((at, entry)) = take(database, me) {
+            revoke(at, me, entry);
+        } else {
+            let uses = crate::uses::take(database);
+            if uses.is_empty() {
+                let turn_over = now - started > TURN && QUEUE.share().waiting;
+                if now - busy_at > IDLE_EXIT || turn_over {
+                    break;
+                }
+                BackgroundWorker::wait_latch(Some(LAUNCHER_NAP));
+                continue;
             }
-            Err((_, cause)) => {
-                let backoff = (100_000i64 << entry.attempts.min(10)).min(MOST_BACKOFF);
-                events::log_server_only(&format!(
-                    "family of session {} not revoked yet (attempt {}): {cause}; retried in {} ms",
-                    entry.presented,
-                    entry.attempts + 1,
-                    backoff / 1000
-                ));
-                retry_later(at, me, backoff);
-            }
+            crate::uses::write_in_a_transaction(&uses);
+        }
+        // what this worker wrote, in pg_stat_user_tables now, not at its exit
+        unsafe { pg_sys::pgstat_report_stat(true) };
+        busy_at = now;
+    }
+}
+
+/// One attempt at the family of entry `at`: done, given up, or due again later.
+fn revoke(at: usize, me: i32, entry: Entry) {
+    let outcome = families::revoke_in_a_transaction(
+        entry.family,
+        entry.presented,
+        entry.flags & LOG_EVENTS != 0,
+        entry.flags & NOTIFY != 0,
+    );
+    match outcome {
+        Ok(()) => finish(at, me),
+        Err((code, cause)) if gone(code) || entry.attempts + 1 >= MOST_ATTEMPTS => {
+            events::log_server_only(&format!(
+                "reuse of a rotated token: family of session {} NOT revoked after {} \
+                 attempts ({cause}); it is queued again when its token is presented again",
+                entry.presented,
+                entry.attempts + 1
+            ));
+            finish(at, me);
+        }
+        Err((_, cause)) => {
+            let backoff = (100_000i64 << entry.attempts.min(10)).min(MOST_BACKOFF);
+            events::log_server_only(&format!(
+                "family of session {} not revoked yet (attempt {}): {cause}; retried in {} ms",
+                entry.presented,
+                entry.attempts + 1,
+                backoff / 1000
+            ));
+            retry_later(at, me, backoff);
         }
     }
 }

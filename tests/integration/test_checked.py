@@ -105,21 +105,6 @@ def test_a_request_never_holds_up_its_users_sign_in_sign_out_or_password_change(
     conn.execute("SELECT castle.revoke_all('busy-user')")
 
 
-def test_a_use_is_recorded_when_the_request_commits_and_not_if_it_aborts(conn):
-    tok = create(conn, "recorded-user")
-    with psycopg.connect(dsn()) as request:
-        request.execute("SELECT castle.login(%s)", (tok,))
-        request.rollback()
-    assert conn.execute("SELECT used_at FROM castle.sessions WHERE user_id = 'recorded-user'").fetchone()[0] is None
-    with psycopg.connect(dsn()) as request:
-        request.execute("SELECT castle.login(%s)", (tok,))
-        assert conn.execute("SELECT used_at FROM castle.sessions WHERE user_id = 'recorded-user'"
-                            ).fetchone()[0] is None
-        request.commit()
-    assert conn.execute("SELECT used_at FROM castle.sessions WHERE user_id = 'recorded-user'").fetchone()[0]
-    conn.execute("SELECT castle.revoke_all('recorded-user')")
-
-
 def test_each_check_sees_a_revoke_committed_before_it(conn):
     """A statement that runs while a revoke commits stops accepting the token
     from the next call on, as a VOLATILE SQL function's query would."""

@@ -35,8 +35,12 @@ def test_round_trip_for_each_user_id_type(conn):
         assert row[1] == expected
         assert row[2] == {"device": "test"}
         assert row[3] is True and row[4] is None, "live, and returned as read, before this use"
-        stored = conn.execute("SELECT used_at FROM castle.sessions WHERE id = %s", (row[0],)).fetchone()[0]
-        assert stored is not None, "this use was recorded when the statement committed"
+        for _ in range(500):
+            stored = conn.execute("SELECT used_at FROM castle.sessions WHERE id = %s", (row[0],)).fetchone()[0]
+            if stored is not None:
+                break
+            time.sleep(0.02)
+        assert stored is not None, "this use was recorded after the statement committed"
         assert seed.split(tok)[0] == row[0], "the token carries the session id"
 
 

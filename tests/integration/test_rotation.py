@@ -121,7 +121,7 @@ def wait_family_revoked_and_workers_gone(conn, user, seconds=20):
     while conn.execute("""
             SELECT (SELECT count(*) FROM castle.sessions WHERE user_id = %s)
                  + (SELECT count(*) FROM pg_stat_activity
-                     WHERE backend_type = 'castle_sessions revocation')""", (user,)).fetchone()[0]:
+                     WHERE backend_type = 'castle_sessions worker')""", (user,)).fetchone()[0]:
         assert time.monotonic() < deadline, f"family of {user} not revoked"
         conn.execute("SELECT castle.is_valid(NULL)")  # a check: starts what is owed
         time.sleep(0.02)

@@ -15,6 +15,20 @@ EXCEPTION WHEN OTHERS THEN
         || CASE WHEN detail <> '' THEN ' DETAIL: ' || detail ELSE '' END
         || CASE WHEN hint <> '' THEN ' HINT: ' || hint ELSE '' END;
 END $$;
+-- wait_until(): polls (up to 10 s) for what a standing worker does in a
+-- transaction of its own (a family's revocation, a use recorded).
+CREATE FUNCTION public.wait_until(condition text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    done boolean;
+BEGIN
+    FOR i IN 1..200 LOOP
+        EXECUTE 'SELECT ' || condition INTO done;
+        IF done THEN RETURN true; END IF;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+    RETURN false;
+END $$;
 SELECT extname, extversion, nspname AS schema
   FROM pg_extension JOIN pg_namespace n ON n.oid = extnamespace
  WHERE extname = 'castle_sessions';

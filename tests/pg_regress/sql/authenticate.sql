@@ -2,8 +2,10 @@
 -- Every refusal is SQLSTATE 28000 with castle.invalid_message and nothing else.
 SELECT castle.create_session('alice', '1 hour', '{"ua": "curl"}') AS good \gset
 SELECT user_id, data, expires_at > now() AS live, used_at IS NULL AS first_use FROM castle.authenticate(:'good');
--- the use is recorded when that statement's transaction commits
-SELECT used_at IS NOT NULL AS use_recorded FROM castle.sessions WHERE id = (castle.verify(:'good')).id;
+-- the use is recorded after that statement's transaction commits, by a
+-- standing worker (the request itself writes nothing)
+SELECT (castle.verify(:'good')).id AS good_id \gset
+SELECT wait_until(format('used_at IS NOT NULL FROM castle.sessions WHERE id = %s', :good_id)) AS use_recorded;
 SELECT (castle.verify(:'good')).user_id AS verified_user;
 -- the returned row never carries the hash
 SELECT attname FROM pg_attribute WHERE attrelid = 'castle.session'::regclass AND attnum > 0 ORDER BY attnum;

@@ -1,18 +1,6 @@
 -- Rotation with a grace window, reuse detection, and what a DBA sees of it.
--- The reuse worker revokes a family in a transaction of its own; wait_until
--- polls (up to 10 s) for what it did.
-CREATE FUNCTION public.wait_until(condition text) RETURNS boolean
-LANGUAGE plpgsql AS $$
-DECLARE
-    done boolean;
-BEGIN
-    FOR i IN 1..200 LOOP
-        EXECUTE 'SELECT ' || condition INTO done;
-        IF done THEN RETURN true; END IF;
-        PERFORM pg_sleep(0.05);
-    END LOOP;
-    RETURN false;
-END $$;
+-- The reuse worker revokes a family in a transaction of its own: wait_until
+-- (00_setup.sql) polls for what it did.
 CREATE TEMP TABLE counted AS SELECT * FROM castle.stats WHERE datname = current_database();
 SELECT collecting FROM counted;
 SHOW castle.rotate_grace;

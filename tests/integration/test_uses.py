@@ -1,0 +1,199 @@
+"""Last use, recorded off the request path (0.7.0): a successful check queues
+its use when its transaction commits, and a standing worker writes it. The
+request takes no transaction id and no lock, so the use of a READ ONLY or
+REPEATABLE READ request is recorded too; a rollback records nothing; a
+session in use never goes idle; castle.idle_timeout holds to its stated
+precision (castle.touch_interval plus the flush delay, about a second)."""
+import os
+import time
+
+import psycopg
+import pytest
+
+import seed_algorithm as seed
+from conftest import create, dsn
+
+
+
+def used_at(conn, token):
+    return conn.execute("SELECT used_at FROM castle.sessions WHERE id = %s",
+                        (seed.split(token)[0],)).fetchone()[0]
+
+
+def wait_for(what, seconds=10):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = what()
+        if value:
+            return value
+        time.sleep(0.02)
+    return what()
+
+
+def recorded_so_far(conn):
+    """Waits until every use queued before this call is written: a marker
+    session's use, queued after them, is written in the same batch or a
+    later one by the database's one worker."""
+    with psycopg.connect(dsn(options="'-c castle.touch_interval=0'"), autocommit=True) as marking:
+        marker = create(marking, "use-marker", "1 hour")
+        marking.execute("SELECT castle.authenticate(%s)", (marker,))
+        assert wait_for(lambda: used_at(marking, marker)), "the worker wrote no use within 10 s"
+        marking.execute("SELECT castle.revoke(%s)", (marker,))
+
+
+def test_a_request_takes_no_transaction_id_and_no_lock_and_its_use_is_recorded_after_commit(conn):
+    token = create(conn, "use-after-commit", "1 hour")
+    sid = seed.split(token)[0]
+    with psycopg.connect(dsn()) as request, psycopg.connect(dsn(), autocommit=True) as other:
+        before = time.time()
+        request.execute("SELECT castle.login(%s)", (token,))
+        pid = request.info.backend_pid
+        assert request.execute("SELECT pg_current_xact_id_if_assigned()").fetchone()[0] is None
+        held = other.execute("""SELECT locktype, mode FROM pg_locks
+                                 WHERE pid = %s AND locktype IN ('tuple', 'transactionid')""",
+                             (pid,)).fetchall()
+        assert held == [], f"the request holds {held}"
+        # the row is free: a sign-out need not wait for the request
+        other.execute("BEGIN")
+        other.execute("SELECT 1 FROM castle.sessions WHERE id = %s FOR UPDATE NOWAIT", (sid,))
+        other.execute("ROLLBACK")
+        time.sleep(0.5)
+        assert used_at(conn, token) is None, "nothing is recorded before the commit"
+        request.commit()
+    recorded = wait_for(lambda: used_at(conn, token))
+    assert recorded is not None, "the use was recorded after the commit"
+    assert recorded.timestamp() >= before - 1
+    conn.execute("SELECT castle.revoke(%s)", (token,))
+
+
+@pytest.mark.parametrize("begin", ["BEGIN READ ONLY", "BEGIN ISOLATION LEVEL REPEATABLE READ",
+                                   "BEGIN ISOLATION LEVEL SERIALIZABLE"])
+def test_the_use_of_a_read_only_or_repeatable_read_request_is_recorded(conn, begin):
+    """Before 0.7.0 these requests could not write used_at, and their uses
+    were lost; now nothing is written in them."""
+    token = create(conn, "use-read-only", "1 hour")
+    with psycopg.connect(dsn(), autocommit=True) as request:
+        request.execute(begin)
+        request.execute("SELECT castle.authenticate(%s)", (token,))
+        request.execute("COMMIT")
+    assert wait_for(lambda: used_at(conn, token)), f"the use in {begin} was recorded"
+    conn.execute("SELECT castle.revoke(%s)", (token,))
+
+
+def test_a_rolled_back_request_or_savepoint_records_nothing(conn):
+    rolled_back, in_savepoint, kept = (create(conn, f"use-rollback-{i}", "1 hour") for i in range(3))
+    with psycopg.connect(dsn(), autocommit=True) as request:
+        request.execute("BEGIN")
+        request.execute("SELECT castle.authenticate(%s)", (rolled_back,))
+        request.execute("ROLLBACK")
+        request.execute("BEGIN")
+        request.execute("SELECT castle.authenticate(%s)", (kept,))
+        request.execute("SAVEPOINT s")
+        request.execute("SELECT castle.authenticate(%s)", (in_savepoint,))
+        request.execute("ROLLBACK TO SAVEPOINT s")
+        request.execute("COMMIT")
+    recorded_so_far(conn)
+    assert used_at(conn, rolled_back) is None
+    assert used_at(conn, in_savepoint) is None
+    assert used_at(conn, kept) is not None
+    for token in (rolled_back, in_savepoint, kept):
+        conn.execute("SELECT castle.revoke(%s)", (token,))
+
+
+def test_touch_interval_throttles_and_every_due_use_is_recorded(conn):
+    token = create(conn, "use-throttled", "1 hour")
+    conn.execute("SET castle.touch_interval = '1h'")
+    for _ in range(50):
+        conn.execute("SELECT castle.authenticate(%s)", (token,))
+    first = wait_for(lambda: used_at(conn, token))
+    assert first is not None
+    for _ in range(50):
+        conn.execute("SELECT castle.authenticate(%s)", (token,))
+    recorded_so_far(conn)
+    assert used_at(conn, token) == first, "no write due within castle.touch_interval"
+
+    conn.execute("SET castle.touch_interval = 0")
+    for _ in range(20):
+        last = time.time()
+        conn.execute("SELECT castle.authenticate(%s)", (token,))
+    recorded_so_far(conn)
+    assert used_at(conn, token).timestamp() >= last - 0.01, "touch_interval = 0 records the latest use"
+
+    conn.execute("SET castle.touch_interval = -1")
+    before = used_at(conn, token)
+    time.sleep(0.01)
+    conn.execute("SELECT castle.authenticate(%s)", (token,))
+    recorded_so_far(conn)
+    assert used_at(conn, token) == before, "touch_interval = -1 never records"
+    conn.execute("SELECT castle.revoke(%s)", (token,))
+
+
+def test_the_worker_writes_uses_in_hot_batches(conn):
+    """20 sessions, each used in 10 successive batches: every use written,
+    by one UPDATE per batch, and HOT (used_at is in no index)."""
+    users = [f"use-batch-{i}" for i in range(20)]
+    tokens = [create(conn, user, "1 hour") for user in users]
+    stats = """SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
+                WHERE relid = 'castle.sessions'::regclass"""
+    recorded_so_far(conn)
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    before = conn.execute(stats).fetchone()
+    with psycopg.connect(dsn(options="'-c castle.touch_interval=0'")) as request:
+        for _ in range(10):
+            for token in tokens:
+                request.execute("SELECT castle.authenticate(%s)", (token,))
+            request.commit()   # 20 uses queued at one commit
+            recorded_so_far(conn)
+    time.sleep(0.2)
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    after = conn.execute(stats).fetchone()
+    assert all(used_at(conn, t) is not None for t in tokens)
+    updates, hot = after[0] - before[0], after[1] - before[1]
+    # 10 markers (recorded_so_far) besides
+    assert 200 <= updates <= 220, f"{updates} updates for 200 uses in 10 batches"
+    assert hot >= 0.9 * updates, f"used_at is in no index, so updates stay HOT ({hot} of {updates})"
+    workers = conn.execute("""SELECT count(*) FROM pg_stat_activity
+                               WHERE backend_type = 'castle_sessions worker'""").fetchone()[0]
+    assert workers <= 2
+    conn.execute("SELECT castle.revoke_all(u) FROM unnest(%s::text[]) AS u", (users,))
+
+
+def test_a_session_in_use_never_idles_and_an_idle_one_is_refused_within_the_stated_precision(conn):
+    """idle_timeout 4 s, touch_interval 1 s: used every 0.3 s for 6 s the
+    session stays live; left alone, it stays live until at least
+    idle_timeout - touch_interval - 1 s after its last use, and is refused
+    once idle_timeout has passed."""
+    settings = "-c castle.idle_timeout=4s -c castle.touch_interval=1s"
+    with psycopg.connect(dsn(options=f"'{settings}'"), autocommit=True) as request:
+        token = create(request, "use-idle", "1 hour")
+        start = time.monotonic()
+        while time.monotonic() - start < 6:
+            last = time.monotonic()
+            assert request.execute("SELECT castle.is_valid(%s)", (token,)).fetchone()[0] is True
+            request.execute("SELECT castle.authenticate(%s)", (token,))
+            time.sleep(0.3)
+        time.sleep(max(0.0, last + 4 - 1 - 1 - time.monotonic()))
+        assert request.execute("SELECT castle.is_valid(%s)", (token,)).fetchone()[0] is True, \
+            "live until idle_timeout - touch_interval - the flush delay"
+        time.sleep(max(0.0, last + 4.2 - time.monotonic()))
+        assert request.execute("SELECT castle.is_valid(%s)", (token,)).fetchone()[0] is False, \
+            "refused once idle_timeout has passed since the last use"
+
+
+def test_without_preloading_the_request_writes_its_use_at_commit():
+    """No shared memory, no worker: the documented rule is 0.6.0's — the use
+    is written in the request's own transaction as it commits."""
+    AUDIT_PORT = os.environ["CASTLE_AUDIT_PORT"]  # a cluster that preloads pgaudit only
+    with psycopg.connect(f"host=127.0.0.1 port={AUDIT_PORT} user=postgres dbname=postgres",
+                         autocommit=True) as admin:
+        if not admin.execute("SELECT 1 FROM pg_database WHERE datname = 'castle_unpreloaded'").fetchone():
+            admin.execute("CREATE DATABASE castle_unpreloaded")
+    with psycopg.connect(f"host=127.0.0.1 port={AUDIT_PORT} user=postgres dbname=castle_unpreloaded",
+                         autocommit=True) as db:
+        db.execute("CREATE EXTENSION IF NOT EXISTS castle_sessions")
+        assert db.execute("SELECT collecting FROM castle.stats WHERE datname = current_database()"
+                          ).fetchone()[0] is False, "castle_sessions is not preloaded here"
+        token = create(db, "unpreloaded", "1 hour")
+        db.execute("SELECT castle.authenticate(%s)", (token,))
+        assert used_at(db, token) is not None, "written by the request's commit"
+        db.execute("SELECT castle.revoke(%s)", (token,))
