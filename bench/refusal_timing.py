@@ -10,8 +10,9 @@ connection, times `SELECT castle.authenticate($1)` for each cause in
 interleaved rounds (reuse, wrong secret, unknown id, expired), so that load
 and caches weigh on every cause alike. Prints each cause's median and 90th
 percentile, the ratio of the reuse's median to the others', and the balanced
-accuracy of the best one-sample threshold classifier telling a reuse from the
-other causes (0.5: no better than a coin).
+accuracy of a one-sample threshold classifier telling a reuse from the other
+causes, its threshold chosen on half the samples and judged on the other half
+(0.5: no better than a coin).
 """
 import statistics
 import sys
@@ -63,14 +64,21 @@ def measure(dsn, samples=300):
         return times
 
 
+def accuracy_of(t, reuse, others):
+    """Balanced accuracy of the rule 'slower than t means a reuse'."""
+    hit = sum(x > t for x in reuse) / len(reuse)
+    reject = sum(x <= t for x in others) / len(others)
+    return (hit + reject) / 2
+
+
 def balanced_accuracy(reuse, others):
-    """The best threshold rule 'slower than t means a reuse', on these samples."""
-    best = 0.5
-    for t in sorted(set(reuse + others)):
-        hit = sum(x > t for x in reuse) / len(reuse)
-        reject = sum(x <= t for x in others) / len(others)
-        best = max(best, (hit + reject) / 2)
-    return best
+    """What an attacker's threshold rule achieves: the threshold is chosen
+    on every other sample and judged on the rest. (The best threshold judged
+    on the samples it was chosen on flatters itself: with identical
+    distributions it scores about 0.6.)"""
+    fit_reuse, fit_others = reuse[::2], others[::2]
+    best = max(sorted(set(fit_reuse + fit_others)), key=lambda t: accuracy_of(t, fit_reuse, fit_others))
+    return max(0.5, accuracy_of(best, reuse[1::2], others[1::2]))
 
 
 def report(times):
@@ -85,4 +93,4 @@ if __name__ == "__main__":
     for cause, (median, p90) in rows.items():
         print(f"{cause:>13}: median {median:.3f} ms, p90 {p90:.3f} ms")
     print(f"reuse / other refusals (medians): {ratio:.2f}x")
-    print(f"best one-sample classifier, balanced accuracy: {accuracy:.2f}")
+    print(f"one-sample classifier, balanced accuracy on held-out samples: {accuracy:.2f}")

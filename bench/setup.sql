@@ -34,3 +34,15 @@ BEGIN
         COMMIT;
     END LOOP;
 END $$;
+
+-- Sign `total` users (limit-1 .. limit-N) in three times each, so that each
+-- is at castle.max_sessions (3) and every later sign-in trims the oldest.
+CREATE PROCEDURE bench.load_users_at_limit(total int)
+LANGUAGE plpgsql AS $$
+BEGIN
+    FOR batch IN 1 .. total BY 1000 LOOP
+        PERFORM castle.create_session('limit-' || n)
+           FROM generate_series(batch, least(batch + 999, total)) AS n, generate_series(1, 3);
+        COMMIT;
+    END LOOP;
+END $$;

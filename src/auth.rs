@@ -198,7 +198,7 @@ fn take_pending() -> Vec<(i64, i64)> {
 /// At commit (XACT_EVENT_PRE_COMMIT): nothing while the standing workers
 /// record uses (`queue_uses` hands them over once the commit is done).
 /// Without them — not preloaded, or the launcher being restarted — writes
-/// the uses in a subtransaction of its own, as before 0.7.0, so that a
+/// the uses in a subtransaction of its own, as 0.5.0 did, so that a
 /// failure to record a use never fails the commit.
 pub fn record_uses() {
     if PENDING_USES.with(|pending| pending.borrow().is_empty()) || uses::standing() {

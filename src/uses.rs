@@ -19,7 +19,7 @@
 //! again.
 //!
 //! Without preloading, or while the launcher is down, `standing()` is false
-//! and the caller writes at its own commit, as before 0.7.0 (auth.rs). A hot
+//! and the caller writes at its own commit, as 0.5.0 did (auth.rs). A hot
 //! standby cannot write, and has no launcher: its uses are not recorded; a
 //! session's use is recorded when it is next checked on the primary.
 

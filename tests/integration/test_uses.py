@@ -1,4 +1,4 @@
-"""Last use, recorded off the request path (0.7.0): a successful check queues
+"""Last use, recorded off the request path (issue #24): a successful check queues
 its use when its transaction commits, and a standing worker writes it. The
 request takes no transaction id and no lock, so the use of a READ ONLY or
 REPEATABLE READ request is recorded too; a rollback records nothing; a
@@ -69,7 +69,7 @@ def test_a_request_takes_no_transaction_id_and_no_lock_and_its_use_is_recorded_a
 @pytest.mark.parametrize("begin", ["BEGIN READ ONLY", "BEGIN ISOLATION LEVEL REPEATABLE READ",
                                    "BEGIN ISOLATION LEVEL SERIALIZABLE"])
 def test_the_use_of_a_read_only_or_repeatable_read_request_is_recorded(conn, begin):
-    """Before 0.7.0 these requests could not write used_at, and their uses
+    """On 0.5.0 these requests could not write used_at, and their uses
     were lost; now nothing is written in them."""
     token = create(conn, "use-read-only", "1 hour")
     with psycopg.connect(dsn(), autocommit=True) as request:
@@ -181,7 +181,7 @@ def test_a_session_in_use_never_idles_and_an_idle_one_is_refused_within_the_stat
 
 
 def test_without_preloading_the_request_writes_its_use_at_commit():
-    """No shared memory, no worker: the documented rule is 0.6.0's — the use
+    """No shared memory, no worker: the documented rule is 0.5.0's — the use
     is written in the request's own transaction as it commits."""
     AUDIT_PORT = os.environ["CASTLE_AUDIT_PORT"]  # a cluster that preloads pgaudit only
     with psycopg.connect(f"host=127.0.0.1 port={AUDIT_PORT} user=postgres dbname=postgres",
