@@ -82,6 +82,9 @@ pub struct Catalog {
     /// castle.user_locks, castle.rotation_keys and the family columns exist:
     /// the SQL objects are this version's
     pub current_objects: bool,
+    /// castle.user_locks, whose table lock stands for every user's lock
+    /// (user_lock.rs); InvalidOid on objects older than 0.4.0
+    pub user_locks: Oid,
     /// the columns a read of a session takes: COLUMNS, or
     /// COLUMNS_BEFORE_FAMILIES on 0.4.0's objects (no family, never rotated)
     pub columns: usize,
@@ -259,6 +262,7 @@ fn resolve() -> Catalog {
             pg_sys::list_free(indexes);
         }
         pg_sys::table_close(rel, pg_sys::NoLock as _);
+        let user_locks = pg_sys::get_relname_relid(c"user_locks".as_ptr(), schema);
         Catalog {
             table,
             owner,
@@ -267,9 +271,10 @@ fn resolve() -> Catalog {
             primary_key,
             user_index,
             current_objects: families
-                && pg_sys::get_relname_relid(c"user_locks".as_ptr(), schema) != pg_sys::InvalidOid
+                && user_locks != pg_sys::InvalidOid
                 && pg_sys::get_relname_relid(c"rotation_keys".as_ptr(), schema)
                     != pg_sys::InvalidOid,
+            user_locks,
             columns,
             has_dba_code,
         }

@@ -143,6 +143,7 @@ unsafe extern "C-unwind" fn on_xact_end(
             | XACT_EVENT_PARALLEL_ABORT
     ) {
         BINDINGS.with(|b| b.borrow_mut().clear());
+        crate::user_lock::transaction_ended();
     }
 }
 

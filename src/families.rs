@@ -33,7 +33,6 @@ use std::cell::RefCell;
 use pgrx::spi::SpiClient;
 
 use crate::events;
-use crate::issue;
 use crate::plans::{self, Statement, BYTEA, INT4, INT8, TEXT, TIMESTAMPTZ};
 use crate::{revocations, settings, store, token};
 use rand::RngCore;
@@ -347,13 +346,12 @@ fn delete_whole_family(client: &mut SpiClient<'_>, family: i64) -> Vec<i64> {
 /// Deletes `family` of `user_id` under the user's lock: every rotation of
 /// the family takes it too, so the delete waits for one in flight and then
 /// sees its new session, and never deadlocks with it, with trimming or with
-/// revoke_all. The user's lock row goes too if nothing of theirs is left.
+/// revoke_all.
 fn delete_family_of(client: &mut SpiClient<'_>, family: i64, user_id: &[u8]) -> Vec<i64> {
-    issue::lock_user(client, user_id, store::call_time());
+    crate::user_lock::lock_user(user_id);
     let delete = plans::kept(client, &DELETE_WHOLE_FAMILY);
     let args = [family.into(), plans::text(user_id)];
     let ids = plans::returned_ids(plans::or_raise(client.update(delete, None, &args)));
-    crate::lifecycle::forget_user_lock(client, user_id);
     ids
 }
 

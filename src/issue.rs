@@ -10,11 +10,6 @@ use crate::raw_jsonb::RawJsonb;
 use crate::raw_text::RawText;
 use crate::{events, settings, store, token};
 
-static LOCK_USER: Statement = Statement {
-    sql: include_str!("queries/lock_user.sql"),
-    args: &[TEXT, TIMESTAMPTZ],
-    mutating: true,
-};
 static TRIM_SESSIONS: Statement = Statement {
     sql: include_str!("queries/trim_sessions.sql"),
     args: &[TEXT, INT8, INT4, TIMESTAMPTZ],
@@ -144,7 +139,7 @@ pub fn create_with_secret(
     let id = plans::as_owner(store::table_owner(), || {
         Spi::connect_mut(|client| {
             if max_sessions > 0 {
-                lock_user(client, user_id, now);
+                crate::user_lock::lock_user(user_id);
                 // Most sign-ins find the user under the limit from the index
                 // alone: then no row is read or deleted.
                 let under_limit = store::entries_of(user_id, max_sessions)
@@ -204,22 +199,6 @@ pub fn expiry(now: i64, ttl: Interval) -> i64 {
     expires_at
         .expect("timestamptz + interval is never NULL")
         .value() as i64
-}
-
-/// Serializes, until the transaction ends, everything that adds sessions of
-/// one user or deletes all of them: a row lock on the user's row in
-/// castle.user_locks, made on first use. A row lock lives in the row, not in
-/// the shared lock table, so a statement may sign in any number of users;
-/// only the table's owner can take it or see it, and each user has a row of
-/// their own. Under REPEATABLE READ and SERIALIZABLE the upsert fails with
-/// 40001 when another sign-in of the user committed after the transaction's
-/// snapshot was taken, which trimming by that snapshot would miss. Takes the
-/// lock before touching any of the user's sessions, so trimming cannot
-/// deadlock with a concurrent revoke_all or rotate. Call as the owner.
-pub fn lock_user(client: &mut pgrx::spi::SpiClient<'_>, user_id: &[u8], now: i64) {
-    crate::catalog::require_current_objects();
-    let lock = plans::kept(client, &LOCK_USER);
-    plans::or_raise(client.update(lock, None, &[plans::text(user_id), plans::timestamptz(now)]));
 }
 
 /// `size` characters from the operating system's CSPRNG, on every call: a

@@ -6,7 +6,8 @@
 //! `context` (login and who is asking), `stats` (castle.stats); `families`
 //! rotation's grace and reuse; `revocations` the standing
 //! workers (and the queue of families they revoke after a reuse); `uses` the
-//! queue of last uses they write; `events` what is counted, logged and notified; `catalog` the verified objects the
+//! queue of last uses they write; `user_lock` what serializes a user's
+//! sign-ins and sign-outs; `events` what is counted, logged and notified; `catalog` the verified objects the
 //! direct reads rely on (its contract is at its top); `compat` the only
 //! module that names a PostgreSQL major; `store` the hot paths'
 //! reads, direct or in SQL; `session_row` the rows they return; `raw_text`
@@ -32,6 +33,7 @@ mod settings;
 mod stats;
 mod store;
 pub mod token;
+mod user_lock;
 mod uses;
 
 ::pgrx::pg_module_magic!(name, version);

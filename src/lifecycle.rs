@@ -49,16 +49,6 @@ static REVOKE_EVERYTHING: Statement = Statement {
     args: &[TIMESTAMPTZ],
     mutating: true,
 };
-static FORGET_USER_LOCK: Statement = Statement {
-    sql: include_str!("queries/forget_user_lock.sql"),
-    args: &[TEXT],
-    mutating: true,
-};
-static PRUNE_USER_LOCKS: Statement = Statement {
-    sql: include_str!("queries/prune_user_locks.sql"),
-    args: &[INT4],
-    mutating: true,
-};
 static PRUNE_SESSIONS: Statement = Statement {
     sql: include_str!("queries/prune_sessions.sql"),
     args: &[INT4, INT4],
@@ -207,7 +197,7 @@ fn rotate(token: Option<RawText>, ttl: default!(Option<Interval>, "NULL")) -> St
         None => found.expires_at,
     };
     let (data, family, successor) = Spi::connect_mut(|client| {
-        issue::lock_user(client, &user_id, found.now);
+        crate::user_lock::lock_user(&user_id);
         let rotate = plans::kept(client, &ROTATE_SESSION);
         let args = [found.presented.into(), plans::timestamptz(found.now)];
         let rotated = plans::or_raise(client.update(rotate, Some(1), &args));
@@ -297,8 +287,6 @@ fn prune(batch_size: default!(i32, 10000)) -> i64 {
             &[batch_size.into(), settings::idle_timeout_seconds().into()],
         )));
         events::pruned(&deleted);
-        let locks = plans::kept(client, &PRUNE_USER_LOCKS);
-        plans::or_raise(client.update(locks, None, &[batch_size.into()]));
         deleted.len() as i64
     })
 }
@@ -350,7 +338,7 @@ fn revoke_all(user_id: Vec<u8>, except_session: Option<i64>, kind: Revocation) -
     refuse_on_standby("revoke_all");
     let deleted = Spi::connect_mut(|client| {
         // after any sign-in of the user in progress, so that it is revoked too
-        issue::lock_user(client, &user_id, store::call_time());
+        crate::user_lock::lock_user(&user_id);
         let delete = plans::kept(client, &DELETE_USER_SESSIONS);
         let deleted = plans::returned_ids(plans::or_raise(client.update(
             delete,
@@ -361,18 +349,10 @@ fn revoke_all(user_id: Vec<u8>, except_session: Option<i64>, kind: Revocation) -
             let end = plans::kept(client, &END_GRACES);
             plans::or_raise(client.update(end, None, &[spared.into(), plans::text(&user_id)]));
         }
-        forget_user_lock(client, &user_id);
         deleted
     });
     events::revoked(kind, &deleted, Some(&user_id));
     deleted.len() as i64
-}
-
-/// Deletes the lock row of `user_id`, whose lock the caller holds, if the
-/// user has no session left.
-pub fn forget_user_lock(client: &mut pgrx::spi::SpiClient<'_>, user_id: &[u8]) {
-    let forget = plans::kept(client, &FORGET_USER_LOCK);
-    plans::or_raise(client.update(forget, None, &[plans::text(user_id)]));
 }
 
 /// A castle.session row as SPI hands it over (the device list is not a hot path).

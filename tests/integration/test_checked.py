@@ -54,6 +54,9 @@ def test_concurrent_sign_ins_of_one_user_keep_max_sessions_exactly():
 
 
 def test_no_other_role_can_take_or_see_what_a_sign_in_waits_on(conn):
+    """The user's lock is a heavyweight lock in castle's own part of the
+    advisory space, keyed by an HMAC no SQL can compute: no role can take it
+    or wait for it with pg_advisory_lock, and pg_locks names no user."""
     conn.execute("DROP ROLE IF EXISTS castle_outsider")
     conn.execute("CREATE ROLE castle_outsider LOGIN")
     try:
@@ -61,17 +64,23 @@ def test_no_other_role_can_take_or_see_what_a_sign_in_waits_on(conn):
             # every advisory lock an outsider can take, taken: sign-ins don't wait on any
             outsider.execute("SELECT pg_advisory_lock(1668510580, k) FROM generate_series(-50, 50) AS k")
             outsider.execute("SELECT pg_advisory_lock(42)")
+            outsider.execute("SELECT pg_advisory_lock(hashtextextended('42', 0))")
             with psycopg.connect(dsn(), autocommit=True) as c:
                 c.execute("SET lock_timeout = '2s'")
                 assert create(c, "42") and create(c, "door-user")
-                # a sign-in in progress shows the outsider no user id
+                # a sign-in in progress shows the outsider no user id, nor a hash of one
                 c.execute("BEGIN")
                 create(c, "secret-user-name")
                 locks = outsider.execute("SELECT string_agg(l::text, ' ') FROM pg_locks AS l").fetchone()[0]
                 assert "secret-user-name" not in locks
-                assert outsider.execute(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid <> pg_backend_pid()"
-                ).fetchone()[0] == 0
+                keys = outsider.execute(
+                    "SELECT classid::int8, objid::int8, objsubid FROM pg_locks "
+                    "WHERE locktype = 'advisory' AND pid <> pg_backend_pid()").fetchall()
+                assert len(keys) == 1 and keys[0][2] & 0xFFFF == 0xCA57, keys  # objsubid is a smallint
+                hashes = outsider.execute(
+                    "SELECT hashtextextended('secret-user-name', 0), hashtext('secret-user-name')").fetchone()
+                as_bigint = (keys[0][0] << 32) | keys[0][1]
+                assert as_bigint not in hashes and keys[0][0] not in hashes and keys[0][1] not in hashes
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     outsider.execute("SELECT * FROM castle.user_locks")
                 c.execute("ROLLBACK")
