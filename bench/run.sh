@@ -3,8 +3,8 @@
 #
 # Starts a throwaway cluster of its own ("bench", port 25419), loads sessions,
 # measures interleaved rounds of every workload with pgbench, checks the
-# targets, profiles castle.authenticate, and writes the report to stdout and
-# bench/results/pgNN.md. Exits 0 when a target fails: it is a report, and
+# targets, profiles castle.authenticate, runs the mixed load (bench/mixed.sh),
+# and writes the report to stdout and bench/results/pgNN.md. Exits 0 when a target fails: it is a report, and
 # FAIL lines say so. Builds and installs castle_sessions (release) first.
 #
 #   BENCH_ROUNDS   interleaved rounds                         (default 5)
@@ -191,6 +191,11 @@ for round in $(seq "$ROUNDS"); do
     measure "floor, $BIG sessions" big floor
 done
 
+# the mixed load: a cluster of its own, the library preloaded, touch at its default
+cluster_stop bench
+PG=$PG_MAJOR CASTLE_COMMIT=$COMMIT bash "$BENCH/mixed.sh" >"$WORK/mixed.out" 2>&1 || { cat "$WORK/mixed.out" >&2; exit 1; }
+MIXED=$(sed '1,/^# castle_sessions mixed-load benchmark/d' "$BENCH/results/mixed-pg$PG_MAJOR.md" | sed 's/^## /### /')
+
 # ---- the report ----
 rounds_of() { tr -s ' ' <<<"${TPS[$1]}" | sed 's/ $//; s/ /, /g'; }
 # row LABEL DESCRIPTION BASELINE BASELINE_NAME: a row of the throughput table
@@ -280,6 +285,9 @@ $CALLGRIND
 ## Profile: castle.authenticate
 
 $PROFILE
+
+## Mixed load (bench/mixed.sh, also in bench/results/mixed-pg$PG_MAJOR.md)
+$MIXED
 EOF
 if [ -n "$FAILED" ]; then
     echo

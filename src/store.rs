@@ -259,6 +259,73 @@ pub fn entries_of(user_id: &[u8], limit: i64) -> Option<i64> {
     Some(entries)
 }
 
+/// A user's session as trimming needs it.
+pub struct UserSession {
+    pub id: i64,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub used_at: Option<i64>,
+    /// rotated away, or rotated from another: part of a family
+    pub in_a_family: bool,
+}
+
+/// The user's sessions, as of a fresh snapshot (at READ COMMITTED every
+/// session committed before the call: the caller holds the user's lock), at
+/// most `limit` of them, read through the verified (user_id, …) index; None
+/// when it cannot be read directly, or when the user has more than `limit`.
+pub fn sessions_of_user(user_id: &[u8], limit: usize) -> Option<Vec<UserSession>> {
+    let catalog = Catalog::locked();
+    let (index, collation) = catalog.user_index?;
+    if catalog::hooks_want_the_executor() || catalog.columns != COLUMNS {
+        return None;
+    }
+    let mut sessions = Vec::new();
+    unsafe {
+        pg_sys::CommandCounterIncrement();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        let rel = pg_sys::table_open(catalog.table, pg_sys::AccessShareLock as _);
+        let index = pg_sys::index_open(index, pg_sys::AccessShareLock as _);
+        let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+        let mut key = pg_sys::ScanKeyData::default();
+        pg_sys::ScanKeyInit(
+            &mut key,
+            1,
+            pg_sys::BTEqualStrategyNumber as _,
+            pg_sys::Oid::from(pg_sys::F_TEXTEQ),
+            crate::raw_text::text_datum(user_id),
+        );
+        key.sk_collation = collation;
+        let scan = begin_index_scan(rel, index, pg_sys::GetActiveSnapshot(), &mut key);
+        let mut more = false;
+        while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
+            if sessions.len() == limit {
+                more = true;
+                break;
+            }
+            pg_sys::slot_getsomeattrs_int(slot, COLUMNS as i32);
+            let values = std::slice::from_raw_parts((*slot).tts_values, COLUMNS);
+            let nulls = std::slice::from_raw_parts((*slot).tts_isnull, COLUMNS);
+            let int64 = |i: usize| (!nulls[i]).then(|| values[i].value() as i64);
+            sessions.push(UserSession {
+                id: values[ID].value() as i64,
+                created_at: int64(CREATED_AT).unwrap_or(i64::MIN),
+                expires_at: int64(EXPIRES_AT),
+                used_at: int64(USED_AT),
+                in_a_family: !nulls[FAMILY_ID] || !nulls[ROTATED_AT],
+            });
+        }
+        pg_sys::index_endscan(scan);
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::index_close(index, pg_sys::NoLock as _);
+        pg_sys::table_close(rel, pg_sys::NoLock as _);
+        pg_sys::PopActiveSnapshot();
+        if more {
+            return None;
+        }
+    }
+    Some(sessions)
+}
+
 /// Why a session is dead, if it is: expired, or unused (used_at, else
 /// created_at) for longer than `idle_timeout` seconds when that is > 0.
 /// Timestamps are PostgreSQL's microseconds; `now` is the time of the call.

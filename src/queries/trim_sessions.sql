@@ -6,10 +6,11 @@
 -- (two rotations of one token raced); tokens rotated away are not counted,
 -- and go with their family or, later, with prune. The caller holds the
 -- user's lock, so this statement's snapshot has every committed session.
--- Only the live sessions of the families that must go are waited for, and
--- families with a live row another transaction holds (a request recording a
--- use on a table with a DBA's trigger) are chosen last, so a sign-in waits
--- for a request only when nothing else can go. Dead sessions and tokens
+-- Families go strictly by age, whoever holds their rows: the live sessions of
+-- the families that must go are waited for (the standing worker recording a
+-- use holds a row for a moment; before uses went to it, families a request
+-- held were chosen last, and a newer device was signed out while the oldest
+-- one's use was being written). Dead sessions and tokens
 -- rotated away that another transaction is deleting (a prune batch, a
 -- family's revocation) are skipped: they count for nothing, and waiting for
 -- them made a sign-in wait for prune batch after prune batch. A KEY SHARE
@@ -24,25 +25,14 @@ WITH mine AS (
                             <= $4 - pg_catalog.make_interval(secs => $3)) AS dead
       FROM castle.sessions AS s
      WHERE s.user_id = $1
-), lockable AS (
-    -- the live sessions (mine's condition, negated) that no one else holds
-    SELECT s.id
-      FROM castle.sessions AS s
-     WHERE s.user_id = $1 AND s.rotated_at IS NULL
-       AND NOT ((s.expires_at IS NOT NULL AND s.expires_at <= $4)
-                OR ($3 > 0 AND COALESCE(s.used_at, s.created_at)
-                               <= $4 - pg_catalog.make_interval(secs => $3)))
-       FOR UPDATE SKIP LOCKED
 ), families AS (
-    SELECT m.family, pg_catalog.max(m.created_at) AS renewed,
-           pg_catalog.bool_and(l.id IS NOT NULL) AS free
+    SELECT m.family, pg_catalog.max(m.created_at) AS renewed
       FROM mine AS m
-      LEFT JOIN lockable AS l ON l.id = m.id
      WHERE NOT m.rotated AND NOT m.dead
      GROUP BY m.family
 ), ranked AS (
     SELECT f.family,
-           pg_catalog.row_number() OVER (ORDER BY f.free DESC, f.renewed, f.family) AS victim_rank,
+           pg_catalog.row_number() OVER (ORDER BY f.renewed, f.family) AS victim_rank,
            pg_catalog.count(*) OVER () AS live_families
       FROM families AS f
 ), victims AS (
