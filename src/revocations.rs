@@ -1,4 +1,6 @@
-//! The revocation of a family after a reuse, off the caller's path.
+//! The standing workers, and the revocation of a family after a reuse, off
+//! the caller's path. (The same workers write the queue of last uses,
+//! `uses.rs`.)
 //!
 //! Contract: `enqueue(family, presented)` is all a presenting backend does.
 //! It records the family in a table in shared memory — once: a family queued
@@ -9,15 +11,16 @@
 //! caller for the CPU, and that was enough to tell a reuse apart.)
 //!
 //! The launcher, a standing background worker registered when the library is
-//! preloaded, looks every LAUNCHER_NAP and starts one drain worker per
-//! database with work due, at most
-//! DRAINERS at once: however many reuses clients present, castle never takes
-//! more than 1 + DRAINERS worker slots. A drain worker revokes its database's
-//! families one at a time, each in a READ COMMITTED transaction of its own,
-//! waiting at most LOCK_WAIT for a lock (a request holding its user's lock
-//! row cannot stall it); a failure is logged with its cause and retried after
+//! preloaded, looks every LAUNCHER_NAP and starts one worker per database
+//! with work due (families, or uses queued), at most DRAINERS at once:
+//! however many reuses clients present, castle never takes more than
+//! 1 + DRAINERS worker slots. A database's worker stays while work comes,
+//! and gives its slot up after IDLE_EXIT idle, or after TURN when another
+//! database waits. It revokes its database's families one at a time, each
+//! in a READ COMMITTED transaction of its own, waiting at most LOCK_WAIT for
+//! a lock (a transaction holding the user's lock cannot stall it); a failure is logged with its cause and retried after
 //! a backoff, until the family is revoked. An entry leaves the table only
-//! then, so neither the presenting backend's exit, nor a drain worker's
+//! then, so neither the presenting backend's exit, nor a worker's
 //! termination, nor a full worker table loses it; a terminated launcher is
 //! restarted by the postmaster within a second.
 //!

@@ -214,3 +214,31 @@ def test_a_reuse_on_a_standby_is_refused_and_revoked_on_the_primary(replica):
         while primary.execute("SELECT castle.is_valid(%s)", (new,)).fetchone()[0]:
             assert time.monotonic() < deadline, "the primary did not revoke the family"
             time.sleep(0.05)
+
+
+def test_a_standbys_uses_are_recorded_once_the_session_reaches_the_primary(replica):
+    """A hot standby cannot write, and has no worker: a check there records
+    nothing (counted as skipped); the session's next check on the primary
+    records its use, which then replays to the standby."""
+    with psycopg.connect(dsn(), autocommit=True) as primary, \
+            psycopg.connect(dsn(port=replica), autocommit=True) as standby:
+        token = create(primary, "replica-uses", "1 hour")
+        sid = seed.split(token)[0]
+        replayed(standby, token)
+        skipped = "SELECT touches_skipped FROM castle.stats WHERE datname = current_database()"
+        before = standby.execute(skipped).fetchone()[0]
+        for _ in range(5):
+            standby.execute("SELECT castle.authenticate(%s)", (token,))
+        assert standby.execute(skipped).fetchone()[0] - before == 5
+        time.sleep(1.5)  # more than the primary's worker takes to write a use
+        used = "SELECT used_at FROM castle.sessions WHERE id = %s"
+        assert primary.execute(used, (sid,)).fetchone()[0] is None, "the standby's uses reached no one"
+        primary.execute("SELECT castle.authenticate(%s)", (token,))
+        deadline = time.monotonic() + 10
+        while primary.execute(used, (sid,)).fetchone()[0] is None:
+            assert time.monotonic() < deadline, "the primary did not record the use"
+            time.sleep(0.05)
+        while standby.execute(used, (sid,)).fetchone()[0] is None:
+            assert time.monotonic() < deadline, "the recorded use did not replay"
+            time.sleep(0.05)
+        primary.execute("SELECT castle.revoke(%s)", (token,))
