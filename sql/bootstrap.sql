@@ -37,9 +37,10 @@ SELECT pg_catalog.pg_extension_config_dump('castle.sessions', '');
 SELECT pg_catalog.pg_extension_config_dump(
     pg_catalog.pg_get_serial_sequence('castle.sessions', 'id')::regclass, '');
 
--- One row per user who has signed in: the row create_session, rotate and
--- revoke_all lock to serialize a user's sign-ins. A row lock lives in the
--- row, not in the shared lock table, and only the owner can take or see it.
+-- Holds no rows: its table lock, in SHARE ROW EXCLUSIVE mode, stands for
+-- every user's lock in a transaction that signs in or out more than 32 users
+-- (src/user_lock.rs); only the owner can take it. (0.4.0 and 0.5.0 kept a
+-- row per user here and locked it.)
 CREATE TABLE castle.user_locks (
     user_id   text COLLATE "C" PRIMARY KEY,
     locked_at timestamptz NOT NULL

@@ -5,6 +5,10 @@
 -- every token valid before is valid after.
 \echo Use "ALTER EXTENSION castle_sessions UPDATE TO '0.6.0'" to load this file. \quit
 
+-- castle.user_locks holds no rows any more: the user's lock is a heavyweight
+-- lock (src/user_lock.rs), and the table's lock stands for every user's
+DELETE FROM castle.user_locks;
+
 -- sql/bootstrap.sql
 CREATE TABLE castle.rotation_keys (
     epoch bigint PRIMARY KEY,

@@ -297,7 +297,7 @@ fn prune(batch_size: default!(i32, 10000)) -> i64 {
 /// the table's owner or a superuser can, and no application role can undo
 /// it (a deleted session has no way back). It first takes castle.sessions in
 /// SHARE ROW EXCLUSIVE mode, which waits for every sign-in, rotation and
-/// `used_at` write in flight, so that no token being issued escapes, and
+/// `used_at` batch in flight, so that no token being issued escapes, and
 /// holds new ones back until the caller commits; requests that only read go
 /// on. Set lock_timeout to bound the wait.
 #[pg_extern(volatile, parallel_unsafe)]

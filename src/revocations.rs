@@ -151,6 +151,11 @@ pub fn register() {
     STANDING.store(true, Relaxed);
 }
 
+/// Whether the library was preloaded: the queues' shared memory exists.
+pub fn preloaded() -> bool {
+    STANDING.load(Relaxed)
+}
+
 /// Whether the launcher looked lately: preloaded, and not being restarted.
 pub fn launcher_alive() -> bool {
     STANDING.load(Relaxed)
@@ -257,8 +262,8 @@ pub extern "C-unwind" fn castle_sessions_launcher(_argument: pg_sys::Datum) {
                     if now - told_no_slot > 60_000_000 {
                         told_no_slot = now;
                         events::log_server_only(
-                            "no background worker free (max_worker_processes) for a family's \
-                             revocation: retrying",
+                            "no background worker free (max_worker_processes) for a database's \
+                             revocations and uses: retrying",
                         );
                     }
                 }
@@ -493,13 +498,16 @@ pub extern "C-unwind" fn castle_sessions_drain(argument: pg_sys::Datum) {
     let mut busy_at = started;
     while !BackgroundWorker::sigterm_received() {
         let now = unsafe { pg_sys::GetCurrentTimestamp() };
+        // checked on every pass: under steady work a worker is never idle
+        if now - started > TURN && QUEUE.share().waiting {
+            break;
+        }
         if let Some((at, entry)) = take(database, me) {
             revoke(at, me, entry);
         } else {
             let uses = crate::uses::take(database);
             if uses.is_empty() {
-                let turn_over = now - started > TURN && QUEUE.share().waiting;
-                if now - busy_at > IDLE_EXIT || turn_over {
+                if now - busy_at > IDLE_EXIT {
                     break;
                 }
                 BackgroundWorker::wait_latch(Some(LAUNCHER_NAP));

@@ -98,6 +98,16 @@ pub fn add(counter: Counter, n: u64) {
     }
 }
 
+/// `add`, for a caller that may not touch the catalog (after a commit): only
+/// a row this backend already holds is counted.
+pub fn add_if_held(counter: Counter, n: u64) {
+    if n > 0 && COLLECTING.load(Relaxed) {
+        if let Some(database) = MINE.with(std::cell::Cell::get) {
+            database.counts[counter as usize].fetch_add(n, Relaxed);
+        }
+    }
+}
+
 thread_local! {
     /// This backend's row, once found: a backend never changes database.
     static MINE: std::cell::Cell<Option<&'static Database>> = const { std::cell::Cell::new(None) };

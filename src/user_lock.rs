@@ -14,12 +14,14 @@
 //!   that no SQL can read: pg_locks shows an advisory lock whose numbers name
 //!   no user. Its fourth field, LOCK_FIELD, is one pg_advisory_lock never
 //!   uses, so no role can take or wait for it from SQL.
-//! - Past MOST_USER_LOCKS in one transaction (a statement signing in 100,000
-//!   users), the transaction takes castle.user_locks' table lock in SHARE ROW
-//!   EXCLUSIVE mode instead, which stands for every user's lock: it waits for
-//!   the sign-ins in flight, holds new ones back until it ends, and keeps the
-//!   shared lock table from filling. Every lock_user holds the table in ROW
-//!   EXCLUSIVE mode (a per-backend fast-path lock) for that reason.
+//! - Past MOST_USER_LOCKS distinct users in one transaction (a statement
+//!   signing in 100,000 users), the transaction takes castle.user_locks'
+//!   table lock in SHARE ROW EXCLUSIVE mode instead, which stands for every
+//!   user's lock, as soon as no sign-in holds the table (it never waits for
+//!   it, which would deadlock with a sign-in waiting for one of its users):
+//!   then it holds new sign-ins back until it ends, and the shared lock table
+//!   does not fill. Every lock_user holds the table in ROW EXCLUSIVE mode (a
+//!   per-backend fast-path lock), after the user's lock.
 //! - At REPEATABLE READ and SERIALIZABLE the transaction's snapshot may
 //!   predate a change to the user's sessions that committed before the lock
 //!   was granted; trimming or revoking by it would miss that session. Such a
@@ -40,7 +42,8 @@ const LOCK_FIELD: u16 = 0xCA57;
 const MOST_USER_LOCKS: u32 = 32;
 
 thread_local! {
-    /// users locked one by one in this transaction
+    /// distinct users locked one by one in this transaction; u32::MAX once
+    /// it holds every user's lock
     static LOCKED: Cell<u32> = const { Cell::new(0) };
 }
 
@@ -48,15 +51,28 @@ thread_local! {
 pub fn lock_user(user_id: &[u8]) {
     catalog::require_current_objects();
     let all_users = Catalog::get().user_locks;
-    let locked = LOCKED.get();
     unsafe {
-        if locked >= MOST_USER_LOCKS {
-            pg_sys::LockRelationOid(all_users, pg_sys::ShareRowExclusiveLock as _);
+        let locked = LOCKED.get();
+        // Escalate only when no one else holds the table: waiting for it
+        // while holding users' locks others wait for would deadlock them.
+        // A busy moment is tried again at the next user.
+        let all_held = locked == u32::MAX
+            || (locked >= MOST_USER_LOCKS
+                && pg_sys::ConditionalLockRelationOid(
+                    all_users,
+                    pg_sys::ShareRowExclusiveLock as _,
+                ));
+        if all_held {
+            LOCKED.set(u32::MAX);
         } else {
-            pg_sys::LockRelationOid(all_users, pg_sys::RowExclusiveLock as _);
+            // the user's lock first, then the table: a caller waiting for a
+            // user's lock holds nothing an escalating transaction waits for
             let tag = tag_of(user_id);
-            pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as _, false, false);
-            LOCKED.set(locked + 1);
+            let taken = pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as _, false, false);
+            if taken == pg_sys::LockAcquireResult::LOCKACQUIRE_OK {
+                LOCKED.set(locked + 1);
+            }
+            pg_sys::LockRelationOid(all_users, pg_sys::RowExclusiveLock as _);
         }
     }
     refuse_a_stale_snapshot(user_id);

@@ -18,8 +18,9 @@
 //! session: the session's next check finds the write still due and queues it
 //! again.
 //!
-//! Without preloading, or while the launcher is down, `standing()` is false
-//! and the caller writes at its own commit, as 0.5.0 did (auth.rs). A hot
+//! Without preloading, while the launcher is down, or while the table is half
+//! full (no worker keeps up), `standing()` is false and the caller writes at
+//! its own commit, as 0.5.0 did (auth.rs). A hot
 //! standby cannot write, and has no launcher: its uses are not recorded; a
 //! session's use is recorded when it is next checked on the primary.
 
@@ -80,9 +81,13 @@ pub fn register() {
 }
 
 /// Whether uses go to the workers: preloaded, on a primary, with a launcher
-/// that looked lately.
+/// that looked lately and a queue less than half full (a fuller one means
+/// no worker keeps up — every slot taken, say — and the caller writes its
+/// uses itself rather than see them dropped).
 pub fn standing() -> bool {
-    crate::revocations::launcher_alive() && !unsafe { pg_sys::RecoveryInProgress() }
+    crate::revocations::launcher_alive()
+        && !unsafe { pg_sys::RecoveryInProgress() }
+        && USES.share().queued < MOST_QUEUED / 2
 }
 
 fn home(database: u32, session: i64) -> usize {
@@ -142,6 +147,9 @@ impl Uses {
 /// At the caller's commit: queues its uses (session, time). Only memory is
 /// touched — this runs after the commit, where nothing may fail.
 pub fn queue(uses: &[(i64, i64)]) {
+    if !crate::revocations::preloaded() {
+        return;
+    }
     let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
     let queued = {
         let mut table = USES.exclusive();
@@ -149,7 +157,8 @@ pub fn queue(uses: &[(i64, i64)]) {
             .filter(|&&(session, at)| table.put(database, session, at))
             .count()
     };
-    stats::add(Counter::TouchesSkipped, (uses.len() - queued) as u64);
+    // after the commit: no catalog look-up may claim a counter row here
+    stats::add_if_held(Counter::TouchesSkipped, (uses.len() - queued) as u64);
 }
 
 /// The databases with uses queued.
