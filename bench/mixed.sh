@@ -22,15 +22,7 @@
 #   MIXED_ROUNDS   interleaved rounds                  (default 3)
 #   MIXED_SECONDS  seconds per mix per round           (default 10)
 #   MIXED_WARMUP   seconds of the mix before measuring (default 60, the touch_interval)
-case "${PG:-15}" in
-    15) export CASTLE_TARGET=debian15 ;;
-    17) if [ "${CASTLE_TARGET:-}" != debian17 ]; then
-            CASTLE_COMMIT=$(git -C "$(dirname "$0")" describe --always --dirty) \
-                exec "$(dirname "$0")/../scripts/trixie.sh" "PG=17 bash bench/mixed.sh"
-        fi ;;
-    18) export CASTLE_TARGET=plain18 ;;
-    *) echo "PG=$PG: 15, 17 or 18" >&2; exit 2 ;;
-esac
+source "$(dirname "$0")/target.sh"
 source "$(dirname "$0")/../scripts/common.sh"
 COMMIT=${CASTLE_COMMIT:-$(git -C "$REPO" describe --always --dirty)}
 ROUNDS=${MIXED_ROUNDS:-3}

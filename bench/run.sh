@@ -14,16 +14,7 @@
 #   PG             the major to measure: 15 (Debian 12's, the default), 17
 #                  (Debian 13's, inside scripts/trixie.sh's root) or 18 (18.6
 #                  built by scripts/build_pg.sh without assertions)
-case "${PG:-15}" in
-    15) export CASTLE_TARGET=debian15 ;;
-    17) if [ "${CASTLE_TARGET:-}" != debian17 ]; then
-            # the root has no git: the commit is named here
-            CASTLE_COMMIT=$(git -C "$(dirname "$0")" describe --always --dirty) \
-                exec "$(dirname "$0")/../scripts/trixie.sh" "PG=17 bash bench/run.sh"
-        fi ;;
-    18) export CASTLE_TARGET=plain18 ;;
-    *) echo "PG=$PG: 15, 17 or 18" >&2; exit 2 ;;
-esac
+source "$(dirname "$0")/target.sh"
 source "$(dirname "$0")/../scripts/common.sh"
 COMMIT=${CASTLE_COMMIT:-$(git -C "$REPO" describe --always --dirty)}
 

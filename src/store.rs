@@ -93,14 +93,8 @@ unsafe fn read_through_index(
         let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as _);
         let index = pg_sys::index_open(index, pg_sys::AccessShareLock as _);
         let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
-        let mut key = pg_sys::ScanKeyData::default();
-        pg_sys::ScanKeyInit(
-            &mut key,
-            1,
-            pg_sys::BTEqualStrategyNumber as _,
-            pg_sys::Oid::from(pg_sys::F_INT8EQ),
-            Datum::from(id),
-        );
+        let c = pg_sys::Oid::from(pg_sys::C_COLLATION_OID);
+        let mut key = first_key_equals(pg_sys::F_INT8EQ, Datum::from(id), c);
         let scan = begin_index_scan(rel, index, pg_sys::GetActiveSnapshot(), &mut key);
         let found = if pg_sys::index_getnext_slot(
             scan,
@@ -127,6 +121,23 @@ unsafe fn read_through_index(
         pg_sys::PopActiveSnapshot();
         found
     }
+}
+
+/// A scan key: the index's first column equals `value`, by `equal` (a
+/// function oid) in `collation`.
+fn first_key_equals(equal: u32, value: Datum, collation: Oid) -> pg_sys::ScanKeyData {
+    let mut key = pg_sys::ScanKeyData::default();
+    unsafe {
+        pg_sys::ScanKeyInit(
+            &mut key,
+            1,
+            pg_sys::BTEqualStrategyNumber as _,
+            pg_sys::Oid::from(equal),
+            value,
+        );
+    }
+    key.sk_collation = collation;
+    key
 }
 
 /// An index scan with one key, started.
@@ -235,16 +246,8 @@ pub fn entries_of(user_id: &[u8], limit: i64) -> Option<i64> {
     unsafe {
         let rel = pg_sys::table_open(catalog.table, pg_sys::AccessShareLock as _);
         let index = pg_sys::index_open(index, pg_sys::AccessShareLock as _);
-        let user_id = crate::raw_text::text_datum(user_id);
-        let mut key = pg_sys::ScanKeyData::default();
-        pg_sys::ScanKeyInit(
-            &mut key,
-            1,
-            pg_sys::BTEqualStrategyNumber as _,
-            pg_sys::Oid::from(pg_sys::F_TEXTEQ),
-            user_id,
-        );
-        key.sk_collation = collation;
+        let mut key =
+            first_key_equals(pg_sys::F_TEXTEQ, crate::raw_text::text_datum(user_id), collation);
         let scan = begin_index_scan(rel, index, &raw mut pg_sys::SnapshotAnyData, &mut key);
         while entries < limit
             && !pg_sys::index_getnext_tid(scan, pg_sys::ScanDirection::ForwardScanDirection)
@@ -286,15 +289,8 @@ pub fn sessions_of_user(user_id: &[u8], limit: usize) -> Option<Vec<UserSession>
         let rel = pg_sys::table_open(catalog.table, pg_sys::AccessShareLock as _);
         let index = pg_sys::index_open(index, pg_sys::AccessShareLock as _);
         let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
-        let mut key = pg_sys::ScanKeyData::default();
-        pg_sys::ScanKeyInit(
-            &mut key,
-            1,
-            pg_sys::BTEqualStrategyNumber as _,
-            pg_sys::Oid::from(pg_sys::F_TEXTEQ),
-            crate::raw_text::text_datum(user_id),
-        );
-        key.sk_collation = collation;
+        let mut key =
+            first_key_equals(pg_sys::F_TEXTEQ, crate::raw_text::text_datum(user_id), collation);
         let scan = begin_index_scan(rel, index, pg_sys::GetActiveSnapshot(), &mut key);
         let mut more = false;
         while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
