@@ -421,6 +421,13 @@ pub fn revoke_in_a_transaction(
     notify: bool,
 ) -> Result<(), (PgSqlErrorCode, String)> {
     BackgroundWorker::transaction(|| {
+        // the write lock first, never waited for (uses.rs says why)
+        if !unsafe { crate::uses::lock_sessions_at_once() } {
+            return Err((
+                PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+                "castle.sessions is locked by another transaction".to_owned(),
+            ));
+        }
         settings::set_for_worker(c"castle.log_events", log_events);
         settings::set_for_worker(c"castle.notify_revocations", notify);
         plans::attempt(|| {

@@ -513,7 +513,10 @@ pub extern "C-unwind" fn castle_sessions_drain(argument: pg_sys::Datum) {
                 BackgroundWorker::wait_latch(Some(LAUNCHER_NAP));
                 continue;
             }
-            crate::uses::write_in_a_transaction(&uses);
+            if !crate::uses::write_in_a_transaction(database, &uses) {
+                // castle.sessions is locked by DDL: try again after a nap
+                BackgroundWorker::wait_latch(Some(LAUNCHER_NAP));
+            }
         }
         // what this worker wrote, in pg_stat_user_tables now, not at its exit
         unsafe { pg_sys::pgstat_report_stat(true) };

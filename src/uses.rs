@@ -215,12 +215,26 @@ pub fn write(uses: &[(i64, i64)]) -> u64 {
 }
 
 /// A worker's batch: written in a transaction of its own and counted; a
-/// failure (the extension being updated, say) is logged and the batch dropped.
-pub fn write_in_a_transaction(uses: &[(i64, i64)]) {
-    let outcome = pgrx::bgworkers::BackgroundWorker::transaction(|| plans::attempt(|| write(uses)));
+/// failure (the extension being updated, say) is logged and the batch
+/// dropped. False, with the batch queued again, when castle.sessions cannot
+/// be locked at once: the worker takes its write lock before anything else
+/// and never waits for it, so it never holds a weaker lock that a DBA's DDL
+/// (ALTER EXTENSION … UPDATE) waits for while it waits for that DDL — a
+/// deadlock PostgreSQL would end by cancelling the DDL.
+pub fn write_in_a_transaction(database: u32, uses: &[(i64, i64)]) -> bool {
+    let outcome = pgrx::bgworkers::BackgroundWorker::transaction(|| {
+        if !unsafe { lock_sessions_at_once() } {
+            return None;
+        }
+        Some(plans::attempt(|| write(uses)))
+    });
     let written = match outcome {
-        Ok(written) => written,
-        Err((_, cause)) => {
+        None => {
+            requeue(database, uses);
+            return false;
+        }
+        Some(Ok(written)) => written,
+        Some(Err((_, cause))) => {
             crate::events::log_server_only(&format!(
                 "{} uses of sessions not recorded: {cause}",
                 uses.len()
@@ -230,6 +244,32 @@ pub fn write_in_a_transaction(uses: &[(i64, i64)]) {
     };
     stats::add(Counter::TouchesWritten, written);
     stats::add(Counter::TouchesSkipped, uses.len() as u64 - written);
+    true
+}
+
+/// castle.sessions in ROW EXCLUSIVE mode, if no one holds a conflicting lock.
+pub unsafe fn lock_sessions_at_once() -> bool {
+    unsafe {
+        let schema = pg_sys::get_namespace_oid(c"castle".as_ptr(), true);
+        if schema == pg_sys::InvalidOid {
+            return true; // the write reports what is missing
+        }
+        let table = pg_sys::get_relname_relid(c"sessions".as_ptr(), schema);
+        table == pg_sys::InvalidOid
+            || pg_sys::ConditionalLockRelationOid(table, pg_sys::RowExclusiveLock as _)
+    }
+}
+
+/// Puts uses taken out back in the table (those that no longer fit are
+/// dropped and counted).
+fn requeue(database: u32, uses: &[(i64, i64)]) {
+    let queued = {
+        let mut table = USES.exclusive();
+        uses.iter()
+            .filter(|&&(session, at)| table.put(database, session, at))
+            .count()
+    };
+    stats::add(Counter::TouchesSkipped, (uses.len() - queued) as u64);
 }
 
 /// Drops the uses of a database dropped or closed to connections.
