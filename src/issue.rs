@@ -210,13 +210,23 @@ pub fn create_with_secret(
 /// DELETE of their ids. None for everything else — a dead session, a
 /// family, more sessions than a read should take, a table the direct read
 /// cannot verify — which trim_sessions.sql decides in SQL.
-fn oldest_to_trim(user_id: &[u8], max_sessions: i64, idle_timeout: i32, now: i64) -> Option<Vec<i64>> {
+fn oldest_to_trim(
+    user_id: &[u8],
+    max_sessions: i64,
+    idle_timeout: i32,
+    now: i64,
+) -> Option<Vec<i64>> {
     let limit = usize::try_from(max_sessions).ok()?.saturating_mul(2).max(8);
     let mut sessions = store::sessions_of_user(user_id, limit)?;
     let plain = sessions.iter().all(|s| {
         !s.in_a_family
-            && store::dead(s.expires_at, s.used_at.unwrap_or(s.created_at), now, idle_timeout)
-                .is_none()
+            && store::dead(
+                s.expires_at,
+                s.used_at.unwrap_or(s.created_at),
+                now,
+                idle_timeout,
+            )
+            .is_none()
     });
     if !plain {
         return None;

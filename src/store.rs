@@ -246,8 +246,11 @@ pub fn entries_of(user_id: &[u8], limit: i64) -> Option<i64> {
     unsafe {
         let rel = pg_sys::table_open(catalog.table, pg_sys::AccessShareLock as _);
         let index = pg_sys::index_open(index, pg_sys::AccessShareLock as _);
-        let mut key =
-            first_key_equals(pg_sys::F_TEXTEQ, crate::raw_text::text_datum(user_id), collation);
+        let mut key = first_key_equals(
+            pg_sys::F_TEXTEQ,
+            crate::raw_text::text_datum(user_id),
+            collation,
+        );
         let scan = begin_index_scan(rel, index, &raw mut pg_sys::SnapshotAnyData, &mut key);
         while entries < limit
             && !pg_sys::index_getnext_tid(scan, pg_sys::ScanDirection::ForwardScanDirection)
@@ -289,8 +292,11 @@ pub fn sessions_of_user(user_id: &[u8], limit: usize) -> Option<Vec<UserSession>
         let rel = pg_sys::table_open(catalog.table, pg_sys::AccessShareLock as _);
         let index = pg_sys::index_open(index, pg_sys::AccessShareLock as _);
         let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
-        let mut key =
-            first_key_equals(pg_sys::F_TEXTEQ, crate::raw_text::text_datum(user_id), collation);
+        let mut key = first_key_equals(
+            pg_sys::F_TEXTEQ,
+            crate::raw_text::text_datum(user_id),
+            collation,
+        );
         let scan = begin_index_scan(rel, index, pg_sys::GetActiveSnapshot(), &mut key);
         let mut more = false;
         while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {

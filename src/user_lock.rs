@@ -105,7 +105,8 @@ fn tag_of(user_id: &[u8]) -> pg_sys::LOCKTAG {
     }
 }
 
-const USER_SESSIONS: &std::ffi::CStr = c"SELECT pg_catalog.string_agg(s.id::pg_catalog.text, ',' ORDER BY s.id) \
+const USER_SESSIONS: &std::ffi::CStr =
+    c"SELECT pg_catalog.string_agg(s.id::pg_catalog.text, ',' ORDER BY s.id) \
     FROM castle.sessions AS s WHERE s.user_id = $1";
 
 /// 40001 when the transaction's snapshot sees other sessions of the user
@@ -153,8 +154,11 @@ unsafe fn sessions_of(user_id: &[u8], snapshot: pg_sys::Snapshot) -> Option<Stri
         }
         let table = pg_sys::SPI_tuptable;
         let value = pg_sys::SPI_getvalue(*(*table).vals, (*table).tupdesc, 1);
-        let ids = (!value.is_null())
-            .then(|| std::ffi::CStr::from_ptr(value).to_string_lossy().into_owned());
+        let ids = (!value.is_null()).then(|| {
+            std::ffi::CStr::from_ptr(value)
+                .to_string_lossy()
+                .into_owned()
+        });
         pg_sys::SPI_freeplan(plan);
         ids
     }
