@@ -150,15 +150,19 @@ pub fn queue(uses: &[(i64, i64)]) {
     if !crate::revocations::preloaded() {
         return;
     }
-    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    let queued = {
-        let mut table = USES.exclusive();
-        uses.iter()
-            .filter(|&&(session, at)| table.put(database, session, at))
-            .count()
-    };
+    let dropped = put_all(unsafe { pg_sys::MyDatabaseId }.to_u32(), uses);
     // after the commit: no catalog look-up may claim a counter row here
-    stats::add_if_held(Counter::TouchesSkipped, (uses.len() - queued) as u64);
+    stats::add_if_held(Counter::TouchesSkipped, dropped);
+}
+
+/// Queues `database`'s uses; returns how many did not fit.
+fn put_all(database: u32, uses: &[(i64, i64)]) -> u64 {
+    let mut table = USES.exclusive();
+    let queued = uses
+        .iter()
+        .filter(|&&(session, at)| table.put(database, session, at))
+        .count();
+    (uses.len() - queued) as u64
 }
 
 /// The databases with uses queued.
@@ -263,13 +267,7 @@ pub unsafe fn lock_sessions_at_once() -> bool {
 /// Puts uses taken out back in the table (those that no longer fit are
 /// dropped and counted).
 fn requeue(database: u32, uses: &[(i64, i64)]) {
-    let queued = {
-        let mut table = USES.exclusive();
-        uses.iter()
-            .filter(|&&(session, at)| table.put(database, session, at))
-            .count()
-    };
-    stats::add(Counter::TouchesSkipped, (uses.len() - queued) as u64);
+    stats::add(Counter::TouchesSkipped, put_all(database, uses));
 }
 
 /// Drops the uses of a database dropped or closed to connections.
