@@ -75,7 +75,7 @@ psql_at postgres -c "DROP DATABASE IF EXISTS castle_py" -c "CREATE DATABASE cast
 psql_at castle_py -c "CREATE EXTENSION castle_sessions"
 PG_BIN="$PG_BIN" CASTLE_CLUSTER_ROOT="$(cluster_root)" CASTLE_CLUSTER_DIR="$PGDIR" \
     CASTLE_AUDIT_PORT=$AUDIT_PORT CASTLE_AUDIT_DIR="$AUDIT_DIR" \
-    "$VENV/bin/pytest" -q -rsP --durations=12 -p no:cacheprovider tests/integration
+    "$VENV/bin/pytest" -q -rfEsP --durations=12 -p no:cacheprovider tests/integration
 
 # A crash or a failed Assert() anywhere fails the run, whatever the tests said.
 for log in "$(cluster_root)"/{test,audit,replica,noworkers}/server.log; do

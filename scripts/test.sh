@@ -70,7 +70,7 @@ done
 if has 15 && has 18 && [ "${CASTLE_CASSERT:-1}" != 0 ]; then
     say "pg_upgrade from 15 to 18 with sessions in the database"
     CASTLE_OLD_BIN=$(pg_bin_of cassert15) CASTLE_NEW_BIN=$(pg_bin_of cassert18) \
-        CASTLE_CLUSTER_ROOT="$(cluster_root)" "$VENV/bin/pytest" -q -rsP -p no:cacheprovider tests/majors
+        CASTLE_CLUSTER_ROOT="$(cluster_root)" "$VENV/bin/pytest" -q -rfEsP -p no:cacheprovider tests/majors
     passed+=("pg_upgrade 15 to 18")
 else
     echo "skipped: pg_upgrade from 15 to 18 (needs PG to include 15 and 18, and the assert-enabled 15)"
