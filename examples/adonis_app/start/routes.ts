@@ -1,0 +1,96 @@
+import router from '@adonisjs/core/services/router'
+import db from '@adonisjs/lucid/services/db'
+import hash from '@adonisjs/core/services/hash'
+import env from '#start/env'
+import { middleware } from '#start/kernel'
+import Session from '#models/session'
+import SeedSession from '#models/seed_session'
+import User from '#models/user'
+import Note from '#models/note'
+import { bearerToken } from 'castle-sessions-adonis'
+
+/** The sign-in role's connection: the only one that may create sessions. */
+const signIn = () => db.connection('sign_in')
+
+const device = (session: Session, current: number) => ({
+  id: session.id,
+  createdAt: session.createdAt,
+  usedAt: session.usedAt,
+  expiresAt: session.expiresAt,
+  current: session.id === current,
+})
+
+router.post('/sign-in', async ({ request, response }) => {
+  const { email, password } = request.only(['email', 'password'])
+  const user = await User.findBy('email', String(email ?? ''), { client: signIn() })
+  if (!user || !(await hash.verify(user.password, String(password ?? '')))) {
+    return response.unauthorized('Invalid credentials')
+  }
+  const session = await Session.manager.create(user, { expiresIn: request.input('expiresIn', '30 days'), client: signIn() })
+  return { token: session.value!.release(), session: device(session, session.id) }
+})
+
+// a refresh: the new token; the old one works for castle.rotate_grace
+router.post('/rotate', async ({ request }) => {
+  const session = await Session.manager.rotate(bearerToken(request.header('authorization')) ?? '', { client: signIn() })
+  return { token: session.value!.release(), session: device(session, session.id) }
+})
+
+// the seed's middleware
+router
+  .get('/me', async ({ auth }) => {
+    const user = await User.query().select('id', 'name').where('id', auth.session.userId).firstOrFail()
+    return { userId: auth.session.userId, name: user.name, session: device(auth.session, auth.session.id) }
+  })
+  .use(middleware.auth())
+
+// the auth context: each request one transaction bound by castle.login
+router
+  .group(() => {
+    router.get('/devices', async (ctx) => {
+      const devices = await Session.manager.devices(ctx)
+      return devices.map((d) => device(d, ctx.castle!.session.id))
+    })
+    router.delete('/devices/:id', async (ctx) => ({
+      revoked: await Session.manager.revokeDevice(ctx, ctx.params.id),
+    }))
+    router.post('/sign-out', async (ctx) => ({
+      revoked: await Session.manager.revokeDevice(ctx, ctx.castle!.session.id),
+    }))
+    router.post('/sign-out-others', async (ctx) => ({ revoked: await Session.manager.revokeOthers(ctx) }))
+    router.get('/notes', async (ctx) => Note.query({ client: ctx.castle!.client }).orderBy('id'))
+    router.post('/notes', async (ctx) =>
+      Note.create({ userId: ctx.castle!.session.userId, body: String(ctx.request.input('body')) },
+        { client: ctx.castle!.client }))
+    // Deliberately injectable (the tests attack it): what can a SQL injection
+    // in a request route reach? Only this user's rows, as the request role.
+    router.get('/search', async (ctx) => {
+      const q = String(ctx.request.input('q', ''))
+      const found = await ctx.castle!.client.rawQuery(`SELECT id, user_id, body FROM notes WHERE body LIKE '%${q}%' ORDER BY id`)
+      return found.rows
+    })
+  })
+  .use(middleware.context())
+
+// bench/adonis.sh: castle against the seed's way, with no password hashing
+// in the measured path. Off unless CASTLE_BENCH_ROUTES=1.
+if (process.env.CASTLE_BENCH_ROUTES === '1') {
+  router.post('/bench/castle/sign-in/:id', async ({ params }) => {
+    const session = await Session.manager.create({ id: Number(params.id) }, { client: signIn() })
+    return { token: session.value!.release() }
+  })
+  router.get('/bench/castle/me', async ({ auth }) => ({ sessionId: auth.session.id })).use(middleware.auth())
+  router.post('/bench/seed/sign-in/:id', async ({ params }) => {
+    const session = await SeedSession.manager.create({ id: Number(params.id) }, { client: signIn() })
+    return { token: session.value!.release() }
+  })
+  router.get('/bench/seed/me', async (ctx) => {
+    try {
+      const session = await SeedSession.manager.authenticate(ctx)
+      return { sessionId: session.id }
+    } catch {
+      return ctx.response.unauthorized('Invalid session')
+    }
+  })
+}
+void env
