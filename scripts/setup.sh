@@ -64,3 +64,27 @@ if [ "$CASTLE_TARGET" != debian17 ] &&
     say "npm ci (examples/node_service)"
     (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error)
 fi
+
+# castle-sessions-adonis and the AdonisJS 6 example app (tests/clients): the
+# package built and packed as npm would publish it, then installed into the
+# app from that tarball, so that the app has one AdonisJS and one Lucid, its
+# own. Rebuilt when any of their files changed (a hash of them is kept in the
+# app's build).
+adonis_pkg="$REPO/clients/adonis"
+adonis_app="$REPO/examples/adonis_app"
+if [ "$CASTLE_TARGET" != debian17 ]; then
+    node_major=$(node -p 'process.versions.node.split(".")[0]')
+    [ "$node_major" -ge 20 ] || { echo "AdonisJS 6 needs Node.js 20 or later; this machine has $(node --version)" >&2; exit 1; }
+    adonis_sources=$(cd "$REPO" && find clients/adonis examples/adonis_app \
+        \( -name node_modules -o -name build \) -prune -o -type f ! -name '*.tgz' -print0 |
+        sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+    if [ "$(cat "$adonis_app/build/.sources" 2>/dev/null)" != "$adonis_sources" ]; then
+        say "building clients/adonis and examples/adonis_app (npm ci, tsc)"
+        (cd "$adonis_pkg" && rm -f castle-sessions-adonis-*.tgz && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build &&
+            npm pack --silent --pack-destination "$adonis_pkg" >/dev/null)
+        (cd "$adonis_app" && npm ci --no-audit --no-fund --loglevel=error &&
+            npm install --no-save --no-audit --no-fund --loglevel=error "$adonis_pkg"/castle-sessions-adonis-*.tgz &&
+            npm run --silent build)
+        echo "$adonis_sources" > "$adonis_app/build/.sources"
+    fi
+fi

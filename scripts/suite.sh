@@ -77,6 +77,16 @@ PG_BIN="$PG_BIN" CASTLE_CLUSTER_ROOT="$(cluster_root)" CASTLE_CLUSTER_DIR="$PGDI
     CASTLE_AUDIT_PORT=$AUDIT_PORT CASTLE_AUDIT_DIR="$AUDIT_DIR" \
     "$VENV/bin/pytest" -q -rfEsP --durations=12 -p no:cacheprovider tests/integration
 
+# Real frameworks from their registries, over HTTP: on one major only
+# (scripts/test.sh sets CASTLE_CLIENT_STACKS=1 for Debian's 15).
+if [ "${CASTLE_CLIENT_STACKS:-0}" = 1 ]; then
+    say "client stacks: AdonisJS 6 (tests/clients)"
+    PG_BIN="$PG_BIN" CASTLE_CLUSTER_DIR="$PGDIR" \
+        "$VENV/bin/pytest" -q -rfEsP --durations=5 -p no:cacheprovider tests/clients
+else
+    echo "skipped: the client stacks (tests/clients) run on one major, Debian's 15 (CASTLE_CLIENT_STACKS=1)"
+fi
+
 # A crash or a failed Assert() anywhere fails the run, whatever the tests said.
 for log in "$(cluster_root)"/{test,audit,replica,noworkers}/server.log; do
     if [ -f "$log" ] && grep -E "TRAP:|terminated by signal" "$log"; then

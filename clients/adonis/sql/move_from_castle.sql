@@ -35,7 +35,7 @@ DELETE FROM :source;
 
 -- castle's next id: past the old table's ids and past its own sequence
 SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence('castle.sessions', 'id'),
-       pg_catalog.greatest(
+       GREATEST(
            (SELECT pg_catalog.max(id) FROM castle.sessions),
            (SELECT s.last_value FROM pg_catalog.pg_sequences AS s
              WHERE pg_catalog.format('%I.%I', s.schemaname, s.sequencename)::regclass

@@ -255,7 +255,8 @@ export class SessionManager<Model extends SessionModel> {
       return result.rows as Record<string, any>[]
     } catch (error) {
       if ((error as { code?: unknown })?.code === REFUSED) throw this.#refusal()
-      // knex writes the statement and its bindings into the message
+      // knex puts the failed statement into the message (with its bindings,
+      // in some of its configurations)
       if (token !== null) redact(error, token)
       throw error
     }

@@ -1,13 +1,12 @@
 import router from '@adonisjs/core/services/router'
 import db from '@adonisjs/lucid/services/db'
 import hash from '@adonisjs/core/services/hash'
-import env from '#start/env'
 import { middleware } from '#start/kernel'
 import Session from '#models/session'
 import SeedSession from '#models/seed_session'
 import User from '#models/user'
 import Note from '#models/note'
-import { bearerToken } from 'castle-sessions-adonis'
+import { bearerToken, SessionManager } from 'castle-sessions-adonis'
 
 /** The sign-in role's connection: the only one that may create sessions. */
 const signIn = () => db.connection('sign_in')
@@ -93,4 +92,27 @@ if (process.env.CASTLE_BENCH_ROUTES === '1') {
     }
   })
 }
-void env
+// tests/clients/test_adonis.py: what only a test needs to reach. Off unless
+// CASTLE_TEST_ROUTES=1.
+if (process.env.CASTLE_TEST_ROUTES === '1') {
+  // a sign-in inside the caller's transaction, which the manager must leave open
+  router.post('/test/sign-in-in-transaction/:id', async ({ params, request }) => {
+    const trx = await signIn().transaction()
+    const session = await Session.manager.create({ id: Number(params.id) }, { client: trx })
+    const leftOpen = !trx.isCompleted
+    if (request.input('outcome') === 'commit') await trx.commit()
+    else await trx.rollback()
+    return { token: session.value!.release(), leftOpen }
+  })
+  // a manager whose options are those of the query string
+  router.get('/test/manager-with-options', async (ctx) => {
+    const options = Object.fromEntries(Object.entries(ctx.request.qs()).map(
+      ([k, v]) => [k, ['maxSessions', 'secretSize'].includes(k) ? Number(v) : String(v)]))
+    try {
+      const session = await new SessionManager(Session, options).authenticate(ctx)
+      return { sessionId: session.id }
+    } catch (error: any) {
+      return ctx.response.status(error.status ?? 500).send({ code: error.code, message: error.message })
+    }
+  })
+}
