@@ -128,6 +128,22 @@ def test_touch_interval_throttles_and_every_due_use_is_recorded(conn):
     conn.execute("SELECT castle.revoke(%s)", (token,))
 
 
+def settled(conn, stats):
+    """The counters once the worker has reported its last batch (it reports
+    right after the batch commits, so just after the uses are visible)."""
+    def read():
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        return conn.execute(stats).fetchone()
+    last, deadline = read(), time.monotonic() + 10
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = read()
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 def test_the_worker_writes_uses_in_hot_batches(conn):
     """20 sessions, each used in 10 successive batches: every use written,
     by one UPDATE per batch, and HOT (used_at is in no index)."""
@@ -135,10 +151,15 @@ def test_the_worker_writes_uses_in_hot_batches(conn):
     tokens = [create(conn, user, "1 hour") for user in users]
     stats = """SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
                 WHERE relid = 'castle.sessions'::regclass"""
-    recorded_so_far(conn)
-    conn.execute("SELECT pg_stat_clear_snapshot()")
-    before = conn.execute(stats).fetchone()
     with psycopg.connect(dsn(options="'-c castle.touch_interval=0'")) as request:
+        # A first batch, not counted: a new row's page may be full (the
+        # table has no fillfactor), so its first update can move it; HOT
+        # needs room on the page, and after one move the row has some.
+        for token in tokens:
+            request.execute("SELECT castle.authenticate(%s)", (token,))
+        request.commit()
+        recorded_so_far(conn)
+        before = settled(conn, stats)
         for _ in range(10):
             for token in tokens:
                 request.execute("SELECT castle.authenticate(%s)", (token,))
@@ -155,7 +176,9 @@ def test_the_worker_writes_uses_in_hot_batches(conn):
     updates, hot = after[0] - before[0], after[1] - before[1]
     # 10 markers (recorded_so_far) besides
     assert 200 <= updates <= 220, f"{updates} updates for 200 uses in 10 batches"
-    assert hot >= 0.9 * updates, f"used_at is in no index, so updates stay HOT ({hot} of {updates})"
+    # (an indexed used_at would make none HOT; a page that fills before
+    # pruning can make a few not)
+    assert hot >= 0.8 * updates, f"used_at is in no index, so updates stay HOT ({hot} of {updates})"
     conn.execute("SELECT castle.revoke_all(u) FROM unnest(%s::text[]) AS u", (users,))
 
 
