@@ -7,7 +7,8 @@
 --
 -- Run it as the owner of castle_sessions (or a superuser), once, in the
 -- deploy that switches the app to castle-sessions-adonis: after the old code
--- stops signing users in and before the new code does (docs/adonis.md).
+-- stops serving (it would refuse every token once its table is empty) and
+-- before the new code starts (docs/adonis.md).
 -- One transaction: it moves every row or none. It locks the old table, moves
 -- its rows (a hash castle.sessions cannot hold, or an id it already has, is an
 -- error that moves nothing), empties it (the hashes of live tokens should not
@@ -24,8 +25,11 @@ BEGIN;
 -- no row may be added by the old app while this runs
 LOCK TABLE :source IN EXCLUSIVE MODE;
 
+-- the original's time columns may be NULL: castle's created_at may not
 INSERT INTO castle.sessions (id, hash, user_id, created_at, updated_at, expires_at, used_at)
-SELECT s.id, s.hash, s.user_id::text, s.created_at, coalesce(s.updated_at, s.created_at),
+SELECT s.id, s.hash, s.user_id::text,
+       coalesce(s.created_at, s.updated_at, pg_catalog.now()),
+       coalesce(s.updated_at, s.created_at, pg_catalog.now()),
        s.expires_at, s.used_at
   FROM :source AS s
  ORDER BY s.id;
@@ -33,17 +37,18 @@ SELECT s.id, s.hash, s.user_id::text, s.created_at, coalesce(s.updated_at, s.cre
 SELECT pg_catalog.count(*) AS moved FROM :source \gset
 DELETE FROM :source;
 
--- castle's next id: past the old table's ids and past its own sequence
-SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence('castle.sessions', 'id'),
-       GREATEST(
-           (SELECT pg_catalog.max(id) FROM castle.sessions),
-           (SELECT s.last_value FROM pg_catalog.pg_sequences AS s
-             WHERE pg_catalog.format('%I.%I', s.schemaname, s.sequencename)::regclass
-                 = pg_catalog.pg_get_serial_sequence(:'source', 'id')::regclass),
-           (SELECT s.last_value FROM pg_catalog.pg_sequences AS s
-             WHERE pg_catalog.format('%I.%I', s.schemaname, s.sequencename)::regclass
-                 = pg_catalog.pg_get_serial_sequence('castle.sessions', 'id')::regclass),
-           1))
-  \gset castle_
+-- castle's next id: past the old table's ids and past what its sequence
+-- issued (read directly, so that missing rights on it are an error, not a
+-- silent NULL)
+SELECT pg_catalog.pg_get_serial_sequence(:'source', 'id') AS old_sequence,
+       pg_catalog.pg_get_serial_sequence('castle.sessions', 'id') AS castle_sequence \gset
+\if :{?old_sequence}
+SELECT last_value AS old_last FROM :old_sequence \gset
+\else
+\set old_last 0
+\endif
+SELECT pg_catalog.setval(:'castle_sequence',
+       GREATEST((SELECT pg_catalog.max(id) FROM castle.sessions), :old_last,
+                (SELECT last_value FROM :castle_sequence), 1)) AS next_above \gset
 COMMIT;
-\echo moved :moved sessions from :source into castle.sessions; the next session id is above :castle_setval
+\echo moved :moved sessions from :source into castle.sessions; new session ids start above :next_above

@@ -25,3 +25,9 @@ export class E_NO_CONTEXT extends Exception {
   static status = 500
   static code = 'E_CASTLE_NO_CONTEXT'
 }
+
+/** `save()` or `delete()` on a session: it is castle's row, not the model's. */
+export class E_NOT_A_LUCID_ROW extends Exception {
+  static status = 500
+  static code = 'E_CASTLE_NOT_A_LUCID_ROW'
+}

@@ -10,7 +10,7 @@ import string from '@adonisjs/core/helpers/string'
 import { Secret } from '@adonisjs/core/helpers'
 
 import { bearerToken } from './bearer.js'
-import { E_NO_CONTEXT, E_SETTINGS_MISMATCH, E_UNAUTHORIZED } from './errors.js'
+import { E_NO_CONTEXT, E_NOT_A_LUCID_ROW, E_SETTINGS_MISMATCH, E_UNAUTHORIZED } from './errors.js'
 
 /** The seed's constructor options; each one must agree with the database. */
 export interface SessionManagerOptions {
@@ -65,7 +65,20 @@ const SETTINGS = [
 /** The columns of castle.session, as the model's adapter result. */
 const COLUMNS = 's.id, s.user_id, s.created_at, s.updated_at, s.expires_at, s.used_at, s.data'
 
-const REFUSED = '28000'
+/** The database's castle settings, named by the options. */
+type Settings = Record<(typeof SETTINGS)[number][0], string>
+
+/**
+ * castle's refusal: SQLSTATE 28000 raised by a statement. PostgreSQL also
+ * rejects a connection with 28000 (pg_hba.conf, a role that may not log in),
+ * as a FATAL error: that is an outage, not a bad token, and must not become
+ * a 401. (node-postgres gives only the localized severity, which is "FATAL"
+ * in English and in most translations.)
+ */
+function isRefusal(error: unknown) {
+  const e = error as { code?: unknown; severity?: unknown }
+  return e?.code === '28000' && e?.severity !== 'FATAL' && e?.severity !== 'PANIC'
+}
 
 /**
  * castle's SessionManager for a Lucid model, over the castle_sessions
@@ -73,16 +86,15 @@ const REFUSED = '28000'
  * hashes, trims and checks tokens.
  */
 export class SessionManager<Model extends SessionModel> {
-  #invalidMessage: string
-  /** Settings checked per connection name: roles may have their own. */
-  #checked = new Map<string, Promise<void>>()
+  /** The database's settings, checked once per connection name: roles may have their own. */
+  #checked = new Map<string, Promise<Settings>>()
+  /** The message of each connection's refusals: the database's castle.invalid_message. */
+  #invalidMessages = new Map<string, string>()
 
   constructor(
     private readonly sessionModel: Model,
     private readonly options: SessionManagerOptions = {}
-  ) {
-    this.#invalidMessage = options.invalidMessage ?? 'Not a valid session'
-  }
+  ) {}
 
   /**
    * Signs the user in: castle.create_session in one statement, trimming the
@@ -115,10 +127,10 @@ export class SessionManager<Model extends SessionModel> {
    */
   async authenticate(ctx: HttpContext): Promise<InstanceType<Model>> {
     const token = bearerToken(ctx.request.header('authorization'))
-    if (token === null) throw this.#refusal()
     const client = this.#connection()
     try {
       await this.#checkSettings(client)
+      if (token === null) throw this.#refusal(client)
       const rows = await this.#run(client, token, `SELECT ${COLUMNS} FROM castle.authenticate(?) AS s`, [token])
       return this.#hydrate(rows[0])
     } catch (error) {
@@ -201,9 +213,9 @@ export class SessionManager<Model extends SessionModel> {
     return class CastleContextMiddleware {
       async handle(ctx: HttpContext, next: NextFn) {
         const token = bearerToken(ctx.request.header('authorization'))
-        if (token === null) throw manager.#refusal()
         const connection = manager.#connection()
         await manager.#checkSettings(connection)
+        if (token === null) throw manager.#refusal(connection)
         const client = await db.connection(connection.connectionName).transaction()
         try {
           const rows = await manager.#run(client, token, `SELECT ${COLUMNS} FROM castle.login(?) AS s`, [token])
@@ -211,11 +223,15 @@ export class SessionManager<Model extends SessionModel> {
           ctx.castle = { session, client }
           ;(ctx as unknown as { auth: { session: unknown } }).auth = { session }
           await next()
-          await client.commit()
         } catch (error) {
           if (!client.isCompleted) await client.rollback()
           throw error
         }
+        // AdonisJS turns a handler's error into a response inside next(), so
+        // the response's status is what says whether the handler failed
+        if (client.isCompleted) return
+        if (ctx.response.getStatus() >= 400) await client.rollback()
+        else await client.commit()
       }
     }
   }
@@ -249,12 +265,13 @@ export class SessionManager<Model extends SessionModel> {
   }
 
   /** One statement; a refusal becomes E_UNAUTHORIZED, and no token reaches a message or a query log. */
-  async #run(client: QueryClientContract, token: string | null, sql: string, bindings: unknown[]) {
+  async #run(client: QueryClientContract, token: string | null, sql: string, bindings: unknown[],
+    refusals = true) {
     try {
       const result = await client.rawQuery(sql, bindings as any).debug(false)
       return result.rows as Record<string, any>[]
     } catch (error) {
-      if ((error as { code?: unknown })?.code === REFUSED) throw this.#refusal()
+      if (refusals && isRefusal(error)) throw this.#refusal(client)
       // knex puts the failed statement into the message (with its bindings,
       // in some of its configurations)
       if (token !== null) redact(error, token)
@@ -262,8 +279,9 @@ export class SessionManager<Model extends SessionModel> {
     }
   }
 
-  #refusal() {
-    return new E_UNAUTHORIZED(this.#invalidMessage)
+  #refusal(client: QueryClientContract) {
+    const message = this.#invalidMessages.get(client.connectionName)
+    return new E_UNAUTHORIZED(message ?? this.options.invalidMessage ?? 'Not a valid session')
   }
 
   /**
@@ -271,7 +289,7 @@ export class SessionManager<Model extends SessionModel> {
    * constructor with the database's settings, and throws when they differ:
    * the database enforces its own, and an option must not be ignored.
    */
-  async #checkSettings(client: QueryClientContract) {
+  async #checkSettings(client: QueryClientContract): Promise<Settings> {
     const name = client.connectionName
     let checked = this.#checked.get(name)
     if (!checked) {
@@ -283,11 +301,12 @@ export class SessionManager<Model extends SessionModel> {
     return checked
   }
 
-  async #compareSettings(client: QueryClientContract) {
+  async #compareSettings(client: QueryClientContract): Promise<Settings> {
     // castle.user_id() loads the library first, so its settings are defined
     const rows = await this.#run(client, null, `
       SELECT castle.user_id() AS loaded, current_database() AS database,
-             ${SETTINGS.map(([option, name]) => `current_setting('${name}') AS "${option}"`).join(', ')}`, [])
+             ${SETTINGS.map(([option, name]) => `current_setting('${name}') AS "${option}"`).join(', ')}`, [],
+      false)
     const database = rows[0]
     for (const [option, name] of SETTINGS) {
       const wanted = this.options[option]
@@ -299,6 +318,8 @@ export class SessionManager<Model extends SessionModel> {
           `SET ${name} = ${quoteLiteral(String(wanted))}; (then reconnect), or drop the option.`
       )
     }
+    this.#invalidMessages.set(client.connectionName, database.invalidMessage)
+    return database as Settings
   }
 
   #hydrate(row: Record<string, any>, token?: string): InstanceType<Model> {
@@ -307,6 +328,18 @@ export class SessionManager<Model extends SessionModel> {
     columns.user_id = integerOrText(columns.user_id)
     const session = this.sessionModel.$createFromAdapterResult(columns) as InstanceType<Model>
     session.value = token === undefined ? null : new Secret(token)
+    // castle's row, not the model's table's: writing it through Lucid would
+    // quietly do nothing (or worse), and a delete would sign nobody out
+    for (const method of ['save', 'delete'] as const) {
+      Object.defineProperty(session, method, {
+        value: async () => {
+          throw new E_NOT_A_LUCID_ROW(
+            `castle-sessions-adonis: a session is castle's row and cannot be ${method === 'save' ? 'saved' : 'deleted'} ` +
+              'through the model; sign out with Session.manager.revoke(token), revokeDevice(ctx, id) or revokeAll(user)'
+          )
+        },
+      })
+    }
     return session
   }
 }

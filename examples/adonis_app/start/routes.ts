@@ -25,7 +25,7 @@ router.post('/sign-in', async ({ request, response }) => {
   if (!user || !(await hash.verify(user.password, String(password ?? '')))) {
     return response.unauthorized('Invalid credentials')
   }
-  const session = await Session.manager.create(user, { expiresIn: request.input('expiresIn', '30 days'), client: signIn() })
+  const session = await Session.manager.create(user, { expiresIn: '30 days', client: signIn() })
   return { token: session.value!.release(), session: device(session, session.id) }
 })
 
@@ -50,9 +50,11 @@ router
       const devices = await Session.manager.devices(ctx)
       return devices.map((d) => device(d, ctx.castle!.session.id))
     })
-    router.delete('/devices/:id', async (ctx) => ({
-      revoked: await Session.manager.revokeDevice(ctx, ctx.params.id),
-    }))
+    router
+      .delete('/devices/:id', async (ctx) => ({
+        revoked: await Session.manager.revokeDevice(ctx, ctx.params.id),
+      }))
+      .where('id', router.matchers.number())
     router.post('/sign-out', async (ctx) => ({
       revoked: await Session.manager.revokeDevice(ctx, ctx.castle!.session.id),
     }))
@@ -61,13 +63,6 @@ router
     router.post('/notes', async (ctx) =>
       Note.create({ userId: ctx.castle!.session.userId, body: String(ctx.request.input('body')) },
         { client: ctx.castle!.client }))
-    // Deliberately injectable (the tests attack it): what can a SQL injection
-    // in a request route reach? Only this user's rows, as the request role.
-    router.get('/search', async (ctx) => {
-      const q = String(ctx.request.input('q', ''))
-      const found = await ctx.castle!.client.rawQuery(`SELECT id, user_id, body FROM notes WHERE body LIKE '%${q}%' ORDER BY id`)
-      return found.rows
-    })
   })
   .use(middleware.context())
 
@@ -78,7 +73,15 @@ if (process.env.CASTLE_BENCH_ROUTES === '1') {
     const session = await Session.manager.create({ id: Number(params.id) }, { client: signIn() })
     return { token: session.value!.release() }
   })
-  router.get('/bench/castle/me', async ({ auth }) => ({ sessionId: auth.session.id })).use(middleware.auth())
+  // both checks in the same shape: the manager's authenticate, 401 otherwise
+  router.get('/bench/castle/me', async (ctx) => {
+    try {
+      const session = await Session.manager.authenticate(ctx)
+      return { sessionId: session.id }
+    } catch {
+      return ctx.response.unauthorized('Invalid session')
+    }
+  })
   router.post('/bench/seed/sign-in/:id', async ({ params }) => {
     const session = await SeedSession.manager.create({ id: Number(params.id) }, { client: signIn() })
     return { token: session.value!.release() }
@@ -104,6 +107,48 @@ if (process.env.CASTLE_TEST_ROUTES === '1') {
     else await trx.rollback()
     return { token: session.value!.release(), leftOpen }
   })
+  // Deliberately injectable (the tests attack it): what can a SQL injection
+  // in a request route reach? Only this user's rows, as the request role.
+  router
+    .get('/test/search', async (ctx) => {
+      const q = String(ctx.request.input('q', ''))
+      const found = await ctx.castle!.client.rawQuery(`SELECT id, user_id, body FROM notes WHERE body LIKE '%${q}%' ORDER BY id`)
+      return found.rows
+    })
+    .use(middleware.context())
+  // a handler that writes, then fails: the context's transaction must not commit
+  router
+    .post('/test/note-then-fail', async (ctx) => {
+      await Note.create({ userId: ctx.castle!.session.userId, body: String(ctx.request.input('body')) },
+        { client: ctx.castle!.client })
+      throw new Error('the handler failed after writing')
+    })
+    .use(middleware.context())
+  // create's options as given (a duration string, milliseconds, or none)
+  router.post('/test/sign-in/:id', async ({ params, request }) => {
+    const expiresIn = request.input('expiresIn')
+    const session = await Session.manager.create({ id: Number(params.id) },
+      { client: signIn(), ...(expiresIn === undefined ? {} : { expiresIn }), data: request.input('data') })
+    return { token: session.value!.release(), session: session.serialize(), userIdType: typeof session.userId }
+  })
+  router.get('/test/check', async (ctx) => ({ sessionId: (await Session.manager.check(ctx))?.id ?? null }))
+  router.post('/test/verify', async ({ request }) => ({
+    sessionId: (await Session.manager.verify(String(request.input('token'))))?.id ?? null,
+  }))
+  router.post('/test/revoke', async ({ request }) => ({
+    revoked: await Session.manager.revoke(String(request.input('token'))),
+  }))
+  // sign out everywhere (a password change): all the user's sessions but this one's family
+  router.post('/test/revoke-all', async (ctx) => {
+    const session = await Session.manager.authenticate(ctx)
+    return { revoked: await Session.manager.revokeAll({ id: session.userId }, { except: session, client: signIn() }) }
+  })
+  router
+    .post('/test/delete-session', async ({ auth }) => {
+      await auth.session.delete()
+      return { deleted: true }
+    })
+    .use(middleware.auth())
   // a manager whose options are those of the query string
   router.get('/test/manager-with-options', async (ctx) => {
     const options = Object.fromEntries(Object.entries(ctx.request.qs()).map(
