@@ -24,7 +24,7 @@ ROUNDS=${ADONIS_ROUNDS:-3}
 SECONDS_EACH=${ADONIS_SECONDS:-10}
 CLIENTS=${ADONIS_CLIENTS:-8}
 USERS=${ADONIS_USERS:-1000}
-PORT=25422
+PG_PORT=25422
 APP_PORT=25423
 APP="$REPO/examples/adonis_app"
 REPORT="$REPO/bench/results/adonis-pg$PG_MAJOR.md"
@@ -32,10 +32,10 @@ WORK=$(mktemp -d)
 
 "$REPO/scripts/setup.sh"
 install_extension
-trap 'kill "$app_pid" 2>/dev/null; cluster_stop adonis; rm -rf "$WORK"' EXIT
+trap 'kill "$app_pid" 2>/dev/null; [ -n "${ADONIS_KEEP:-}" ] || cluster_stop adonis; rm -rf "$WORK"' EXIT
 cluster_stop adonis
 rm -rf "$(cluster_root)/adonis"
-cluster_start adonis $PORT "shared_preload_libraries = 'castle_sessions'" "shared_buffers = 512MB" \
+cluster_start adonis $PG_PORT "shared_preload_libraries = 'castle_sessions'" "shared_buffers = 512MB" \
     "max_connections = 100"
 
 psql_at postgres -c "CREATE DATABASE adonis_bench"
@@ -52,7 +52,7 @@ GRANT SELECT ON seed_sessions TO adonis_app;
 SQL
 
 NODE_ENV=production HOST=127.0.0.1 PORT=$APP_PORT APP_KEY=castle-adonis-bench-key-0123456789 \
-    LOG_LEVEL=warn DB_HOST=127.0.0.1 DB_PORT=$PORT DB_DATABASE=adonis_bench DB_USER=adonis_app \
+    LOG_LEVEL=warn DB_HOST=127.0.0.1 DB_PORT=$PG_PORT DB_DATABASE=adonis_bench DB_USER=adonis_app \
     DB_SIGN_IN_USER=adonis_sign_in DB_POOL_MAX=$CLIENTS CASTLE_BENCH_ROUTES=1 \
     node "$APP/build/bin/server.js" >"$WORK/app.log" 2>&1 &
 app_pid=$!
@@ -63,7 +63,7 @@ done
 
 say "adonis: $ROUNDS rounds x ${SECONDS_EACH} s, $CLIENTS clients, castle and the seed's way interleaved"
 node "$REPO/bench/adonis_load.mjs" "http://127.0.0.1:$APP_PORT" "$ROUNDS" "$SECONDS_EACH" "$CLIENTS" "$USERS" \
-    >"$WORK/summary.json"
+    >"$WORK/summary.json" || { tail -20 "$WORK/app.log"; exit 1; }
 
 python3 - "$WORK/summary.json" "$REPORT" "$COMMIT" "$PG_MAJOR" "$ROUNDS" "$SECONDS_EACH" "$CLIENTS" "$USERS" <<'PY'
 import json, sys

@@ -41,7 +41,7 @@ export class SeedWaySessionManager<Model extends LucidModel & { new (): Row }> {
       hash: sha256(secret),
       expiresAt: options.expiresIn === undefined ? null
         : DateTime.now().plus({ milliseconds: string.milliseconds.parse(options.expiresIn) }),
-    } as any, { client: options.client })
+    } as any, options.client?.isTransaction ? { client: options.client } : { connection: options.client?.connectionName })
     session.value = new Secret(this.options.tokenPrefix + b64url(String(session.id)) + '.' + b64url(secret))
     return session
   }
