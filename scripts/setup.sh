@@ -55,6 +55,15 @@ if [ ! -x "$VENV/bin/pytest" ] || ! cmp -s "$REPO/tests/requirements.txt" "$VENV
     cp "$REPO/tests/requirements.txt" "$VENV/requirements.txt"
 fi
 
+# The Python client stacks of tests/clients (docs/recipes.md): SQLAlchemy,
+# asyncpg, Django, from PyPI, on the host only (they run on one major).
+clients_req="$REPO/tests/clients/requirements.txt"
+if [ "$CASTLE_TARGET" != debian17 ] && ! cmp -s "$clients_req" "$VENV/clients-requirements.txt"; then
+    say "installing the Python client stacks (tests/clients/requirements.txt)"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$clients_req"
+    cp "$clients_req" "$VENV/clients-requirements.txt"
+fi
+
 # The Node example service (tests/integration/test_http_services.py):
 # node-postgres from npm, installed on the host (pure JavaScript, so the
 # Debian 13 root runs the same node_modules with its own nodejs).

@@ -80,7 +80,7 @@ PG_BIN="$PG_BIN" CASTLE_CLUSTER_ROOT="$(cluster_root)" CASTLE_CLUSTER_DIR="$PGDI
 # Real frameworks from their registries, over HTTP: on one major only
 # (scripts/test.sh sets CASTLE_CLIENT_STACKS=1 for Debian's 15).
 if [ "${CASTLE_CLIENT_STACKS:-0}" = 1 ]; then
-    say "client stacks: AdonisJS 6 (tests/clients)"
+    say "client stacks: AdonisJS 6, the recipes of docs/recipes.md (tests/clients)"
     PG_BIN="$PG_BIN" CASTLE_CLUSTER_DIR="$PGDIR" \
         "$VENV/bin/pytest" -q -rfEsP --durations=5 -p no:cacheprovider tests/clients
 else
