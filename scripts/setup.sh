@@ -74,6 +74,15 @@ if [ "$CASTLE_TARGET" != debian17 ] &&
     (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+# The Node.js client stacks of tests/clients (docs/recipes.md): Knex, Kysely,
+# Drizzle and node-postgres from npm, on the host only.
+recipes_node="$REPO/tests/clients/node"
+if [ "$CASTLE_TARGET" != debian17 ] &&
+    { [ ! -d "$recipes_node/node_modules" ] || [ "$recipes_node/package-lock.json" -nt "$recipes_node/node_modules" ]; }; then
+    say "npm ci (tests/clients/node: Knex, Kysely, Drizzle)"
+    (cd "$recipes_node" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 # castle-sessions-adonis and the AdonisJS 6 example app (tests/clients): the
 # package built and packed as npm would publish it, then installed into the
 # app from that tarball, so that the app has one AdonisJS and one Lucid, its

@@ -195,6 +195,34 @@ def test_sqlalchemy_asyncio_with_asyncpg(route, bouncer, tmp_path):
     asyncio.run(main())
 
 
+NODE = HERE / "node"
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("name", ["knex.mjs", "kysely.mjs", "drizzle.mjs"])
+def test_node(name, route, bouncer):
+    assert (NODE / "node_modules").exists(), "scripts/setup.sh installs tests/clients/node (npm ci)"
+    build = NODE / "build"
+    build.mkdir(exist_ok=True)
+    # beside node_modules, so that the recipe's imports resolve
+    (build / name).write_text(recipe(name))
+    env = {**os.environ, **environment(route, bouncer), "CASTLE_DOWN_URL": url("notes_app", free_port())}
+    done = subprocess.run(["node", str(NODE / "drive.mjs"), str(build / name), seed.token(1, seed.new_secret())],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.splitlines()[-1])   # knex warns on stdout before
+    session = out["session"]
+    assert session["idType"] == "bigint" and int(session["id"]) == seed.split(out["tokenId"])[0]
+    assert session["userId"] == "1" and session["createdAtIsDate"] is True
+    assert session["lifetimeMs"] == 30 * 86400 * 1000
+    assert session["data"] == {"device": "phone", "n": 1}
+    assert out["concurrent"] == sorted([json.dumps(ALICE_NOTES, separators=(",", ":")),
+                                        json.dumps(session["id"])])
+    assert out["notes"] == ALICE_NOTES
+    assert out["refused"]["status"] == 401 and out["refused"]["code"] == "28000"
+    assert out["down"] == {"status": 503}
+
+
 DJANGO_DRIVER = """
 import json, os, sys
 import django
