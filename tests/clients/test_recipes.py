@@ -83,6 +83,8 @@ auth_type = trust
 auth_file = {root}/userlist.txt
 pool_mode = transaction
 default_pool_size = 2
+; PgJDBC sends extra_float_digits at startup (docs/recipes.md)
+ignore_startup_parameters = extra_float_digits
 max_client_conn = 100
 logfile = {root}/pgbouncer.log
 pidfile = {root}/pgbouncer.pid
@@ -221,6 +223,38 @@ def test_node(name, route, bouncer):
     assert out["notes"] == ALICE_NOTES
     assert out["refused"]["status"] == 401 and out["refused"]["code"] == "28000"
     assert out["down"] == {"status": 503}
+
+
+def compiled_java(tmp_path):
+    classes = tmp_path / "java"
+    classes.mkdir()
+    (classes / "CastleJdbc.java").write_text(recipe("CastleJdbc.java"))
+    subprocess.run(["javac", "-cp", JDBC_JAR, "-d", str(classes), str(classes / "CastleJdbc.java"),
+                    str(HERE / "java" / "Drive.java")], check=True)
+    return ["java", "-cp", f"{classes}:{JDBC_JAR}", "Drive"]
+
+
+JDBC_JAR = "/usr/share/java/postgresql.jar"   # Debian's libpostgresql-jdbc-java
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_java_jdbc(route, bouncer, tmp_path):
+    drive = compiled_java(tmp_path)
+    env = {**os.environ, **environment(route, bouncer)}
+    done = subprocess.run(drive + ["check", seed.token(1, seed.new_secret())], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout)
+    session = out["session"]
+    assert int(session["id"]) == seed.split(out["tokenId"])[0] and session["userId"] == "1"
+    assert session["createdAtOffset"] == "Z" and session["lifetimeSeconds"] == 30 * 86400
+    assert json.loads(session["data"]) == {"device": "phone", "n": 1}
+    assert out["concurrent"] == f"{session['id']} {ALICE_NOTES}".replace("'", "")
+    assert out["notes"] == "|".join(ALICE_NOTES)
+    assert out["refused"] == {"status": 401, "code": "28000", "type": "org.postgresql.util.PSQLException"}
+    env["CASTLE_REQUEST_URL"] = url("notes_app", free_port())
+    down = subprocess.run(drive + ["down", out["tokenId"]], env=env, capture_output=True, text=True, timeout=120)
+    assert json.loads(down.stdout)["down"]["status"] == 503, down.stderr[-2000:]
 
 
 DJANGO_DRIVER = """
