@@ -257,6 +257,35 @@ def test_java_jdbc(route, bouncer, tmp_path):
     assert json.loads(down.stdout)["down"]["status"] == 503, down.stderr[-2000:]
 
 
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("name, error", [("castle_pq.go", "*pq.Error"), ("castle_pgx.go", "*pgconn.PgError")])
+def test_go(name, error, route, bouncer, tmp_path):
+    source = tmp_path / "go" / "src" / "drive"
+    source.mkdir(parents=True)
+    (source / name).write_text(recipe(name))
+    shutil.copy(HERE / "go" / "drive.go", source / "drive.go")
+    binary = tmp_path / "drive"
+    # offline, from Debian's packages: GOPATH mode over /usr/share/gocode
+    build_env = {**os.environ, "GO111MODULE": "off", "GOPATH": f"{tmp_path / 'go'}:/usr/share/gocode",
+                 "GOCACHE": os.environ.get("CASTLE_GOCACHE", str(tmp_path / "gocache")), "GOFLAGS": ""}
+    subprocess.run(["go", "build", "-o", str(binary), "drive"], cwd=source, env=build_env, check=True)
+    env = {**os.environ, **environment(route, bouncer)}
+    done = subprocess.run([str(binary), "check", seed.token(1, seed.new_secret())], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout)
+    session = out["session"]
+    assert int(session["id"]) == seed.split(out["tokenId"])[0] and session["userId"] == "1"
+    assert session["offset"] == 0 and session["lifetimeSeconds"] == 30 * 86400
+    assert session["data"] == {"device": "phone", "n": 1}
+    assert out["concurrent"] == [f"{session['id']} {'|'.join(ALICE_NOTES)}"]
+    assert out["notes"] == ALICE_NOTES
+    assert out["refused"] == {"status": 401, "error": error}
+    env["CASTLE_REQUEST_URL"] = url("notes_app", free_port())
+    down = subprocess.run([str(binary), "down", out["tokenId"]], env=env, capture_output=True, text=True, timeout=120)
+    assert json.loads(down.stdout)["down"] == {"status": 503, "answered": False}, down.stderr[-2000:]
+
+
 DJANGO_DRIVER = """
 import json, os, sys
 import django
