@@ -15,6 +15,9 @@ else
               "${common[@]}" debootstrap)
     # node and npm, where the machine has none of its own
     command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)
+    # the client stacks of docs/recipes.md (tests/clients), from Debian
+    packages+=(openjdk-17-jdk-headless libpostgresql-jdbc-java golang-go golang-github-lib-pq-dev
+               golang-github-jackc-pgx-v4-dev ruby ruby-activerecord ruby-pg php8.2-cli php8.2-pgsql)
 fi
 missing=()
 for p in "${packages[@]}"; do

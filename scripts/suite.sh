@@ -80,8 +80,9 @@ PG_BIN="$PG_BIN" CASTLE_CLUSTER_ROOT="$(cluster_root)" CASTLE_CLUSTER_DIR="$PGDI
 # Real frameworks from their registries, over HTTP: on one major only
 # (scripts/test.sh sets CASTLE_CLIENT_STACKS=1 for Debian's 15).
 if [ "${CASTLE_CLIENT_STACKS:-0}" = 1 ]; then
-    say "client stacks: AdonisJS 6, the recipes of docs/recipes.md (tests/clients)"
-    PG_BIN="$PG_BIN" CASTLE_CLUSTER_DIR="$PGDIR" \
+    say "client stacks: AdonisJS 6 and the recipes of docs/recipes.md: Python, Node.js, Java, Go, Ruby, PHP, stored procedures (tests/clients)"
+    # Go's build cache: content-addressed, so kept between runs
+    PG_BIN="$PG_BIN" CASTLE_CLUSTER_DIR="$PGDIR" CASTLE_GOCACHE="$REPO/.cache/gocache" \
         "$VENV/bin/pytest" -q -rfEsP --durations=5 -p no:cacheprovider tests/clients
 else
     echo "skipped: the client stacks (tests/clients) run on one major, Debian's 15 (CASTLE_CLIENT_STACKS=1)"

@@ -286,6 +286,49 @@ def test_go(name, error, route, bouncer, tmp_path):
     assert json.loads(down.stdout)["down"] == {"status": 503, "answered": False}, down.stderr[-2000:]
 
 
+def run_script(command, route, bouncer):
+    """A script recipe's driver: the five points, then the database down."""
+    env = {**os.environ, **environment(route, bouncer)}
+    done = subprocess.run(command + ["check", seed.token(1, seed.new_secret())], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
+    out = json.loads(done.stdout.splitlines()[-1])
+    env["CASTLE_REQUEST_URL"] = url("notes_app", free_port())
+    down = subprocess.run(command + ["down", out["tokenId"]], env=env, capture_output=True, text=True, timeout=120)
+    out["down"] = json.loads(down.stdout.splitlines()[-1])["down"]
+    return out
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_ruby_active_record(route, bouncer, tmp_path):
+    (tmp_path / "castle_active_record.rb").write_text(recipe("castle_active_record.rb"))
+    out = run_script(["ruby", str(HERE / "ruby" / "drive.rb"), str(tmp_path / "castle_active_record.rb")],
+                     route, bouncer)
+    session = out["session"]
+    assert session["idClass"] == "Integer" and int(session["id"]) == seed.split(out["tokenId"])[0]
+    assert session["userId"] == "1" and session["createdAtClass"] == "Time" and session["utcOffset"] == 0
+    assert session["lifetimeSeconds"] == 30 * 86400 and session["data"] == {"device": "phone", "n": 1}
+    assert out["concurrent"] == [f"{session['id']} {'|'.join(ALICE_NOTES)}"]
+    assert out["notes"] == ALICE_NOTES
+    assert out["refused"] == {"status": 401, "error": "ActiveRecord::StatementInvalid",
+                              "cause": "PG::InvalidAuthorizationSpecification"}
+    assert out["down"]["status"] == 503, out["down"]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_php_pdo(route, bouncer, tmp_path):
+    (tmp_path / "castle_pdo.php").write_text(recipe("castle_pdo.php"))
+    out = run_script(["php", str(HERE / "php" / "drive.php"), str(tmp_path / "castle_pdo.php")], route, bouncer)
+    session = out["session"]
+    assert session["idType"] == "int" and int(session["id"]) == seed.split(out["tokenId"])[0]
+    assert session["userId"] == "1" and session["createdAtClass"] == "DateTimeImmutable" and session["offset"] == 0
+    assert session["lifetimeSeconds"] == 30 * 86400 and session["data"] == {"device": "phone", "n": 1}
+    assert out["concurrent"] == [f"{session['id']} {'|'.join(ALICE_NOTES)} {session['id']}"]
+    assert out["notes"] == ALICE_NOTES
+    assert out["refused"] == {"status": 401, "sqlstate": "28000", "error": "PDOException"}
+    assert out["down"]["status"] == 503, out["down"]
+
+
 DJANGO_DRIVER = """
 import json, os, sys
 import django
