@@ -354,6 +354,7 @@ notes = client.get("/notes", HTTP_AUTHORIZATION=f"Bearer {token}")
 out["notes"] = [notes.status_code, json.loads(notes.content)]
 refused = client.get("/me", HTTP_AUTHORIZATION="Bearer " + sys.argv[1])
 out["refused"] = [refused.status_code, refused.content.decode()]
+out["refused_notes"] = client.get("/notes", HTTP_AUTHORIZATION="Bearer " + sys.argv[1]).status_code
 print(json.dumps(out))
 """
 
@@ -374,7 +375,8 @@ def test_django(route, bouncer, tmp_path):
     assert session["created_at_tz"] in ("UTC", "zoneinfo.ZoneInfo(key='UTC')") or "UTC" in session["created_at_tz"]
     assert session["data_type"] == "dict" and session["data"] == {"device": "tablet"}
     assert out["notes"] == [200, {"notes": ALICE_NOTES}]
-    assert out["refused"][0] == 401
+    assert out["refused"][0] == 401, "the middleware's castle.authenticate"
+    assert out["refused_notes"] == 401, "the view's castle.login"
     # the database down: Django's 500, not a 401
     env["CASTLE_REQUEST_URL"] = url("notes_app", free_port())
     (tmp_path / "down.py").write_text("""
