@@ -110,8 +110,22 @@ ROUTES = ["direct", "pgbouncer"]
 
 
 def environment(route, bouncer):
-    request_port = bouncer if route == "pgbouncer" else PORT
-    return {"CASTLE_SIGN_IN_URL": url("notes_sign_in"), "CASTLE_REQUEST_URL": url("notes_app", request_port)}
+    port = bouncer if route == "pgbouncer" else PORT
+    return {"CASTLE_SIGN_IN_URL": url("notes_sign_in", port), "CASTLE_REQUEST_URL": url("notes_app", port)}
+
+
+def outages():
+    """Request URLs no request can be answered through: nothing listening, and
+    a role PostgreSQL refuses to log in (SQLSTATE 28000 too, but FATAL)."""
+    return {"closed port": url("notes_app", free_port()), "login refused": url("castle_nobody")}
+
+
+def assert_not_logged(*tokens):
+    """A refused token never reaches the server log (castle's refusal logs no
+    statement and no context, and the recipes bind tokens as parameters)."""
+    log = (CLUSTER / "server.log").read_text(errors="replace")
+    for token in tokens:
+        assert token not in log, "a token reached the server log"
 
 
 def load(name, env, tmp_path):
@@ -162,22 +176,25 @@ def test_sqlalchemy_with_psycopg(route, bouncer, tmp_path):
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         for done in [pool.submit(requests) for _ in range(3)]:
             done.result()
+    bad = another_secret(token)
     with pytest.raises(exc.DBAPIError) as refused:
-        r.authenticate(another_secret(token))
+        r.authenticate(bad)
     assert refused.value.orig.sqlstate == "28000" and r.http_status(refused.value) == 401
-    down = load("sqlalchemy_sync.py", {**environment(route, bouncer),
-                                        "CASTLE_REQUEST_URL": url("notes_app", free_port())}, tmp_path)
-    with pytest.raises(exc.DBAPIError) as outage:
-        down.authenticate(token)
-    assert down.http_status(outage.value) == 503
+    assert_not_logged(bad)
+    for why, down_url in outages().items():
+        down = load("sqlalchemy_sync.py", {**environment(route, bouncer), "CASTLE_REQUEST_URL": down_url}, tmp_path)
+        with pytest.raises(exc.DBAPIError) as outage:
+            down.authenticate(token)
+        assert down.http_status(outage.value) == 503, why
 
 
 @pytest.mark.parametrize("route", ROUTES)
 def test_sqlalchemy_asyncio_with_asyncpg(route, bouncer, tmp_path):
     from sqlalchemy import exc
     r = load("sqlalchemy_async.py", environment(route, bouncer), tmp_path)
-    down = load("sqlalchemy_async.py", {**environment(route, bouncer),
-                                         "CASTLE_REQUEST_URL": url("notes_app", free_port())}, tmp_path)
+    downs = {why: load("sqlalchemy_async.py", {**environment(route, bouncer), "CASTLE_REQUEST_URL": down_url},
+                       tmp_path) for why, down_url in outages().items()}
+    bad = another_secret(seed.token(1, seed.new_secret()))
 
     async def main():
         token = await r.sign_in(1, {"device": "laptop"})
@@ -186,15 +203,18 @@ def test_sqlalchemy_asyncio_with_asyncpg(route, bouncer, tmp_path):
             results = await asyncio.gather(r.authenticate(token), r.my_notes(token), r.my_notes(token))
             assert results[0].id == seed.split(token)[0] and results[1] == results[2] == ALICE_NOTES
         with pytest.raises(exc.DBAPIError) as refused:
-            await r.authenticate(another_secret(token))
+            await r.authenticate(bad)
         assert refused.value.orig.sqlstate == "28000" and r.http_status(refused.value) == 401
-        with pytest.raises((exc.DBAPIError, OSError)) as outage:
-            await down.authenticate(token)
-        assert not isinstance(outage.value, exc.DBAPIError) or down.http_status(outage.value) == 503
-        for engine in (r.sign_in_engine, r.request_engine, down.sign_in_engine, down.request_engine):
-            await engine.dispose()
+        for why, down in downs.items():
+            with pytest.raises(Exception) as outage:
+                await down.authenticate(token)
+            assert down.http_status(outage.value) == 503, (why, outage.value)
+        for module in (r, *downs.values()):
+            await module.sign_in_engine.dispose()
+            await module.request_engine.dispose()
 
     asyncio.run(main())
+    assert_not_logged(bad)
 
 
 NODE = HERE / "node"
@@ -203,16 +223,21 @@ NODE = HERE / "node"
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("name", ["knex.mjs", "kysely.mjs", "drizzle.mjs"])
 def test_node(name, route, bouncer):
+    """The stack's own error: node-postgres's DatabaseError, which Drizzle wraps."""
     assert (NODE / "node_modules").exists(), "scripts/setup.sh installs tests/clients/node (npm ci)"
     build = NODE / "build"
     build.mkdir(exist_ok=True)
     # beside node_modules, so that the recipe's imports resolve
     (build / name).write_text(recipe(name))
-    env = {**os.environ, **environment(route, bouncer), "CASTLE_DOWN_URL": url("notes_app", free_port())}
-    done = subprocess.run(["node", str(NODE / "drive.mjs"), str(build / name), seed.token(1, seed.new_secret())],
-                          env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.splitlines()[-1])   # knex warns on stdout before
+    bad = seed.token(1, seed.new_secret())
+    for why, down_url in outages().items():
+        env = {**os.environ, **environment(route, bouncer), "CASTLE_DOWN_URL": down_url}
+        done = subprocess.run(["node", str(NODE / "drive.mjs"), str(build / name), bad],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        out = json.loads(done.stdout.splitlines()[-1])   # knex warns on stdout before
+        assert out["down"] == {"status": 503}, why
+    assert_not_logged(bad)
     session = out["session"]
     assert session["idType"] == "bigint" and int(session["id"]) == seed.split(out["tokenId"])[0]
     assert session["userId"] == "1" and session["createdAtIsDate"] is True
@@ -221,8 +246,8 @@ def test_node(name, route, bouncer):
     assert out["concurrent"] == sorted([json.dumps(ALICE_NOTES, separators=(",", ":")),
                                         json.dumps(session["id"])])
     assert out["notes"] == ALICE_NOTES
-    assert out["refused"]["status"] == 401 and out["refused"]["code"] == "28000"
-    assert out["down"] == {"status": 503}
+    assert out["refused"] == {"status": 401, "code": "28000",
+                              "type": "DrizzleQueryError" if name == "drizzle.mjs" else "DatabaseError"}
 
 
 def compiled_java(tmp_path):
@@ -241,10 +266,11 @@ JDBC_JAR = "/usr/share/java/postgresql.jar"   # Debian's libpostgresql-jdbc-java
 def test_java_jdbc(route, bouncer, tmp_path):
     drive = compiled_java(tmp_path)
     env = {**os.environ, **environment(route, bouncer)}
-    done = subprocess.run(drive + ["check", seed.token(1, seed.new_secret())], env=env, capture_output=True,
-                          text=True, timeout=120)
+    bad = seed.token(1, seed.new_secret())
+    done = subprocess.run(drive + ["check", bad], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout)
+    assert_not_logged(bad)
     session = out["session"]
     assert int(session["id"]) == seed.split(out["tokenId"])[0] and session["userId"] == "1"
     assert session["createdAtOffset"] == "Z" and session["lifetimeSeconds"] == 30 * 86400
@@ -252,9 +278,10 @@ def test_java_jdbc(route, bouncer, tmp_path):
     assert out["concurrent"] == f"{session['id']} {ALICE_NOTES}".replace("'", "")
     assert out["notes"] == "|".join(ALICE_NOTES)
     assert out["refused"] == {"status": 401, "code": "28000", "type": "org.postgresql.util.PSQLException"}
-    env["CASTLE_REQUEST_URL"] = url("notes_app", free_port())
-    down = subprocess.run(drive + ["down", out["tokenId"]], env=env, capture_output=True, text=True, timeout=120)
-    assert json.loads(down.stdout)["down"]["status"] == 503, down.stderr[-2000:]
+    for why, down_url in outages().items():
+        env["CASTLE_REQUEST_URL"] = down_url
+        down = subprocess.run(drive + ["down", out["tokenId"]], env=env, capture_output=True, text=True, timeout=120)
+        assert json.loads(down.stdout)["down"]["status"] == 503, (why, down.stdout, down.stderr[-2000:])
 
 
 @pytest.mark.parametrize("route", ROUTES)
@@ -270,10 +297,12 @@ def test_go(name, error, route, bouncer, tmp_path):
                  "GOCACHE": os.environ.get("CASTLE_GOCACHE", str(tmp_path / "gocache")), "GOFLAGS": ""}
     subprocess.run(["go", "build", "-o", str(binary), "drive"], cwd=source, env=build_env, check=True)
     env = {**os.environ, **environment(route, bouncer)}
-    done = subprocess.run([str(binary), "check", seed.token(1, seed.new_secret())], env=env, capture_output=True,
-                          text=True, timeout=120)
+    env = {k: (v + "?sslmode=disable" if k.endswith("_URL") else v) for k, v in env.items()}  # no TLS here
+    bad = seed.token(1, seed.new_secret())
+    done = subprocess.run([str(binary), "check", bad], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout)
+    assert_not_logged(bad)
     session = out["session"]
     assert int(session["id"]) == seed.split(out["tokenId"])[0] and session["userId"] == "1"
     assert session["offset"] == 0 and session["lifetimeSeconds"] == 30 * 86400
@@ -281,21 +310,26 @@ def test_go(name, error, route, bouncer, tmp_path):
     assert out["concurrent"] == [f"{session['id']} {'|'.join(ALICE_NOTES)}"]
     assert out["notes"] == ALICE_NOTES
     assert out["refused"] == {"status": 401, "error": error}
-    env["CASTLE_REQUEST_URL"] = url("notes_app", free_port())
-    down = subprocess.run([str(binary), "down", out["tokenId"]], env=env, capture_output=True, text=True, timeout=120)
-    assert json.loads(down.stdout)["down"] == {"status": 503, "answered": False}, down.stderr[-2000:]
+    for why, down_url in outages().items():
+        env["CASTLE_REQUEST_URL"] = down_url + "?sslmode=disable"
+        down = subprocess.run([str(binary), "down", out["tokenId"]], env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert json.loads(down.stdout)["down"] == {"status": 503, "answered": False}, (why, down.stderr[-2000:])
 
 
 def run_script(command, route, bouncer):
-    """A script recipe's driver: the five points, then the database down."""
+    """A script recipe's driver: the five points, then each outage."""
     env = {**os.environ, **environment(route, bouncer)}
-    done = subprocess.run(command + ["check", seed.token(1, seed.new_secret())], env=env, capture_output=True,
-                          text=True, timeout=120)
+    bad = seed.token(1, seed.new_secret())
+    done = subprocess.run(command + ["check", bad], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
     out = json.loads(done.stdout.splitlines()[-1])
-    env["CASTLE_REQUEST_URL"] = url("notes_app", free_port())
-    down = subprocess.run(command + ["down", out["tokenId"]], env=env, capture_output=True, text=True, timeout=120)
-    out["down"] = json.loads(down.stdout.splitlines()[-1])["down"]
+    assert_not_logged(bad)
+    out["down"] = {}
+    for why, down_url in outages().items():
+        down = subprocess.run(command + ["down", out["tokenId"]], env={**env, "CASTLE_REQUEST_URL": down_url},
+                              capture_output=True, text=True, timeout=120)
+        out["down"][why] = json.loads(down.stdout.splitlines()[-1])["down"]
     return out
 
 
@@ -312,7 +346,7 @@ def test_ruby_active_record(route, bouncer, tmp_path):
     assert out["notes"] == ALICE_NOTES
     assert out["refused"] == {"status": 401, "error": "ActiveRecord::StatementInvalid",
                               "cause": "PG::InvalidAuthorizationSpecification"}
-    assert out["down"]["status"] == 503, out["down"]
+    assert all(d["status"] == 503 for d in out["down"].values()), out["down"]
 
 
 @pytest.mark.parametrize("route", ROUTES)
@@ -326,7 +360,16 @@ def test_php_pdo(route, bouncer, tmp_path):
     assert out["concurrent"] == [f"{session['id']} {'|'.join(ALICE_NOTES)} {session['id']}"]
     assert out["notes"] == ALICE_NOTES
     assert out["refused"] == {"status": 401, "sqlstate": "28000", "error": "PDOException"}
-    assert out["down"]["status"] == 503, out["down"]
+    assert all(d["status"] == 503 for d in out["down"].values()), out["down"]
+    # three PHP processes at once, on pgbouncer's two server connections
+    command = ["php", str(HERE / "php" / "drive.php"), str(tmp_path / "castle_pdo.php"), "loop", out["tokenId"]]
+    env = {**os.environ, **environment(route, bouncer)}
+    loops = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    for loop in loops:
+        stdout, stderr = loop.communicate(timeout=120)
+        assert loop.returncode == 0, stderr[-2000:]
+        assert json.loads(stdout)["seen"] == [f"{session['id']} {'|'.join(ALICE_NOTES)}"]
 
 
 DJANGO_DRIVER = """
@@ -339,7 +382,11 @@ django.setup()
 setup_test_environment()
 client = Client()
 out = {}
-token = json.loads(client.post("/sign-in/1", data=json.dumps({"device": "tablet"}),
+wrong = client.post("/sign-in/1", data=json.dumps({"password": "bob-demo-password"}),
+                    content_type="application/json")
+out["wrong_password"] = wrong.status_code
+token = json.loads(client.post("/sign-in/1", data=json.dumps({"password": "alice-demo-password",
+                                                              "data": {"device": "tablet"}}),
                                content_type="application/json").content)["token"]
 out["token"] = token
 # three threads (three connections) at once on pgbouncer's two server connections
@@ -369,6 +416,7 @@ def test_django(route, bouncer, tmp_path):
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout)
+    assert out["wrong_password"] == 401
     assert out["me"] == [200]
     session = out["session"]
     assert session["id_type"] == "int" and session["user_id"] == "1"
@@ -377,8 +425,8 @@ def test_django(route, bouncer, tmp_path):
     assert out["notes"] == [200, {"notes": ALICE_NOTES}]
     assert out["refused"][0] == 401, "the middleware's castle.authenticate"
     assert out["refused_notes"] == 401, "the view's castle.login"
-    # the database down: Django's 500, not a 401
-    env["CASTLE_REQUEST_URL"] = url("notes_app", free_port())
+    assert_not_logged(bad)
+    # the database down, or refusing the login: Django's 500, not a 401
     (tmp_path / "down.py").write_text("""
 import os, sys
 import django
@@ -389,9 +437,11 @@ django.setup()
 setup_test_environment()
 print(Client(raise_request_exception=False).get("/me", HTTP_AUTHORIZATION="Bearer " + sys.argv[1]).status_code)
 """)
-    down = subprocess.run([sys.executable, str(tmp_path / "down.py"), out["token"]], env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert down.stdout.strip() == "500", (down.stdout, down.stderr[-2000:])
+    for why, down_url in outages().items():
+        down = subprocess.run([sys.executable, str(tmp_path / "down.py"), out["token"]],
+                              env={**env, "CASTLE_REQUEST_URL": down_url}, capture_output=True, text=True,
+                              timeout=120)
+        assert down.stdout.strip() == "500", (why, down.stdout, down.stderr[-2000:])
 
 
 def test_stored_procedures(database):
@@ -401,21 +451,33 @@ def test_stored_procedures(database):
     with psycopg.connect(dsn(DB), autocommit=True) as admin:
         admin.execute("INSERT INTO app_credentials VALUES (1, crypt('alice-pw', gen_salt('bf', 4))),"
                       " (2, crypt('bob-pw', gen_salt('bf', 4)))")
-        owners = admin.execute("""SELECT proname, proowner::regrole::text, prosecdef FROM pg_proc
+        owners = admin.execute("""SELECT proname, proowner::regrole::text, prosecdef, proconfig FROM pg_proc
                                    WHERE proname IN ('app_sign_in', 'app_password_changed') ORDER BY 1""").fetchall()
-        assert owners == [("app_password_changed", "notes_sign_in", True), ("app_sign_in", "notes_sign_in", True)]
+        assert [o[:3] for o in owners] == [("app_password_changed", "notes_sign_in", True),
+                                           ("app_sign_in", "notes_sign_in", True)]
+        assert all(o[3] == ["search_path=pg_catalog, pg_temp"] for o in owners), owners
         assert admin.execute("SELECT rolsuper FROM pg_roles WHERE rolname = 'notes_sign_in'").fetchone()[0] is False
+    with psycopg.connect(dsn(DB, user="notes_sign_in"), autocommit=True) as sign_in:
+        alice = sign_in.execute("SELECT app_sign_in(1, 'alice-pw')").fetchone()[0]
+        assert sign_in.execute("SELECT app_sign_in(1, 'wrong')").fetchone()[0] is None
+        assert sign_in.execute("SELECT app_sign_in(99, 'alice-pw')").fetchone()[0] is None, "an unknown user"
+        bob = sign_in.execute("SELECT app_sign_in(2, 'bob-pw')").fetchone()[0]
+        # a temporary table of the caller's, named like the app's, is never read
+        sign_in.execute("CREATE TEMP TABLE app_credentials AS"
+                        " SELECT 2::bigint AS user_id, crypt('x', gen_salt('bf', 4)) AS password")
+        assert sign_in.execute("SELECT app_sign_in(2, 'x')").fetchone()[0] is None
     with psycopg.connect(dsn(DB, user="notes_app"), autocommit=True) as app:
-        alice = app.execute("SELECT app_sign_in(1, 'alice-pw')").fetchone()[0]
-        assert app.execute("SELECT app_sign_in(1, 'wrong')").fetchone()[0] is None
-        bob = app.execute("SELECT app_sign_in(2, 'bob-pw')").fetchone()[0]
-        session = app.execute("SELECT user_id, data FROM castle.authenticate(%s)", (alice,)).fetchone()
-        assert session == ("1", {"via": "app_sign_in"})
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            app.execute("SELECT castle.create_session(1)")   # only through the app's procedure
+        assert app.execute("SELECT user_id, data FROM castle.authenticate(%s)", (alice,)).fetchone() \
+            == ("1", {"via": "app_sign_in"})
+        for forbidden in ("SELECT app_sign_in(1, 'alice-pw')", "SELECT castle.create_session(1)"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute(forbidden)
+        assert app.execute("SELECT id, name FROM my_account").fetchall() == []
+        assert app.execute("SELECT id, name FROM app_users").fetchall() == [], "the policy, without castle.login"
         with app.transaction():
             app.execute("SELECT FROM castle.login(%s)", (alice,))
             assert app.execute("SELECT id, name FROM my_account").fetchall() == [(1, "alice")]
+            assert app.execute("SELECT id, name FROM app_users").fetchall() == [(1, "alice")]
             assert [b for (b,) in app.execute("SELECT body FROM notes ORDER BY id")] == ALICE_NOTES
     with psycopg.connect(dsn(DB, user="notes_sign_in"), autocommit=True) as sign_in:
         sign_in.execute("UPDATE app_credentials SET password = crypt('new-pw', gen_salt('bf', 4)) WHERE user_id = 1")

@@ -32,43 +32,54 @@ public final class Drive {
 
     public static void main(String[] args) throws Exception {
         if (args[0].equals("down")) {
-            try {
-                CastleJdbc.authenticate(args[1]);
+            try (java.sql.Connection c = CastleJdbc.requestConnection()) {
+                CastleJdbc.authenticate(c, args[1]);
                 System.out.println(obj("down", "answered"));
             } catch (SQLException e) {
                 System.out.println(obj("down", new Raw(obj("status", CastleJdbc.httpStatus(e), "code", e.getSQLState()))));
             }
             return;
         }
-        String token = CastleJdbc.signIn(1, "{\"device\": \"phone\", \"n\": 1}");
-        CastleJdbc.Session s = CastleJdbc.authenticate(token);
-        String session = obj("id", Long.toString(s.id()), "userId", s.userId(),
-            "createdAtOffset", s.createdAt().getOffset().toString(),
-            "lifetimeSeconds", Duration.between(s.createdAt(), s.expiresAt()).getSeconds(),
-            "data", s.data());
-        // three connections at once, past prepareThreshold, on pgbouncer's two server connections
+        String token;
+        try (java.sql.Connection c = CastleJdbc.signInConnection()) {
+            token = CastleJdbc.signIn(c, 1, "{\"device\": \"phone\", \"n\": 1}");
+        }
+        String session;
+        String refused;
+        String notes;
+        try (java.sql.Connection c = CastleJdbc.requestConnection()) {
+            CastleJdbc.Session s = CastleJdbc.authenticate(c, token);
+            session = obj("id", Long.toString(s.id()), "userId", s.userId(),
+                "createdAtOffset", s.createdAt().getOffset().toString(),
+                "lifetimeSeconds", Duration.between(s.createdAt(), s.expiresAt()).getSeconds(),
+                "data", s.data());
+            notes = String.join("|", CastleJdbc.myNotes(c, token));
+            try {
+                CastleJdbc.authenticate(c, args[1]);
+                refused = q("accepted");
+            } catch (SQLException e) {
+                refused = obj("status", CastleJdbc.httpStatus(e), "code", e.getSQLState(), "type", e.getClass().getName());
+            }
+        }
+        // three connections at once, each running every statement a dozen times (past
+        // prepareThreshold), on pgbouncer's two server connections
         ExecutorService pool = Executors.newFixedThreadPool(3);
         List<Future<String>> runs = new ArrayList<>();
         for (int t = 0; t < 3; t++) {
             runs.add(pool.submit(() -> {
-                String seen = "";
-                for (int i = 0; i < 12; i++) {
-                    seen = CastleJdbc.authenticate(token).id() + " " + CastleJdbc.myNotes(token);
+                try (java.sql.Connection c = CastleJdbc.requestConnection()) {
+                    String seen = "";
+                    for (int i = 0; i < 12; i++) {
+                        seen = CastleJdbc.authenticate(c, token).id() + " " + CastleJdbc.myNotes(c, token);
+                    }
+                    return seen;
                 }
-                return seen;
             }));
         }
         Set<String> seen = new TreeSet<>();
         for (Future<String> f : runs) seen.add(f.get());
         pool.shutdown();
-        String refused;
-        try {
-            CastleJdbc.authenticate(args[1]);
-            refused = q("accepted");
-        } catch (SQLException e) {
-            refused = obj("status", CastleJdbc.httpStatus(e), "code", e.getSQLState(), "type", e.getClass().getName());
-        }
         System.out.println(obj("tokenId", token, "session", new Raw(session), "concurrent", String.join("|", seen),
-            "notes", String.join("|", CastleJdbc.myNotes(token)), "refused", new Raw(refused)));
+            "notes", notes, "refused", new Raw(refused)));
     }
 }

@@ -5,6 +5,15 @@
 require $argv[1];
 
 $out = [];
+if ($argv[2] === 'loop') {
+    // one of several processes at once, on pgbouncer's two server connections
+    $seen = [];
+    for ($i = 0; $i < 12; $i++) {
+        $seen[castle_authenticate($argv[3])['id'] . ' ' . implode('|', castle_my_notes($argv[3]))] = true;
+    }
+    echo json_encode(['seen' => array_keys($seen)]), "\n";
+    exit;
+}
 if ($argv[2] === 'down') {
     try {
         castle_authenticate($argv[3]);
