@@ -135,6 +135,19 @@ place_package() {
     for file in "$REPO"/sql/castle_sessions--[0-9]*.[0-9]*.[0-9]*.sql; do
         place_by_rename "$file" "$extdir"
     done
+    # the router extension (SQL only, on PL/Proxy: docs/sharding.md)
+    router_files "$out/router"
+    for file in "$out"/router/*; do
+        place_by_rename "$file" "$extdir"
+    done
+}
+# router_files DIR: castle_sessions_router's control file and script for this
+# version, written into DIR
+router_files() {
+    mkdir -p "$1"
+    sed "s/@CARGO_VERSION@/$CASTLE_VERSION/" "$REPO/router/castle_sessions_router.control" \
+        >"$1/castle_sessions_router.control"
+    cp "$REPO/router/castle_sessions_router.sql" "$1/castle_sessions_router--$CASTLE_VERSION.sql"
 }
 # place_by_rename FILE DIR: FILE becomes DIR/its name
 place_by_rename() {

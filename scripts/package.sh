@@ -33,6 +33,8 @@ deb_from_pgrx() {
         -exec cp {} "$tree/usr/share/postgresql/$PG_MAJOR/extension/" \;
     # every release and upgrade script, so any earlier version updates in place
     cp "$REPO"/sql/castle_sessions--*.sql "$tree/usr/share/postgresql/$PG_MAJOR/extension/"
+    # the router extension: SQL only, for a database with PL/Proxy (Suggests)
+    router_files "$tree/usr/share/postgresql/$PG_MAJOR/extension"
     [ -f "$tree/usr/lib/postgresql/$PG_MAJOR/lib/castle_sessions.so" ] &&
         [ -f "$tree/usr/share/postgresql/$PG_MAJOR/extension/castle_sessions--$VERSION.sql" ] ||
         { echo "cargo pgrx package left no library or no castle_sessions--$VERSION.sql in $built" >&2; exit 1; }
@@ -53,12 +55,14 @@ Section: database
 Priority: optional
 Architecture: $(dpkg --print-architecture)
 Depends: postgresql-$PG_MAJOR, libc6 (>= $(ldd --version | head -1 | awk '{print $NF}'))
+Suggests: postgresql-$PG_MAJOR-plproxy
 Maintainer: castle_sessions maintainers <maintainers@users.noreply.r-seed-7c8b9efe.example>
 Description: Session tokens inside PostgreSQL $PG_MAJOR
  castle_sessions puts session management inside the database:
  castle.create_session(user_id, ttl) and castle.authenticate(token) for
  every application, language and driver. Generation, hashing, trimming
- and expiry happen in PostgreSQL.
+ and expiry happen in PostgreSQL. With PL/Proxy, castle_sessions_router
+ offers the same API over a set of shards.
 CONTROL
     find "$tree" -type d -exec chmod 0755 {} + && find "$tree" -type f -exec chmod 0644 {} +
     dpkg-deb -Zxz --root-owner-group --build "$tree" "$OUT/${name}_${VERSION}_$(dpkg --print-architecture).deb" >/dev/null

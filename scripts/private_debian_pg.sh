@@ -12,7 +12,7 @@ source "$(dirname "$0")/common.sh"
 
 COPY=$REPO/.cache/pg15-debian
 STAGE=$COPY/stage
-packages=(postgresql-15 postgresql-server-dev-15 postgresql-15-cron postgresql-15-pgaudit)
+packages=(postgresql-15 postgresql-server-dev-15 postgresql-15-cron postgresql-15-pgaudit postgresql-15-plproxy)
 key=$(dpkg-query -W -f='${Package}=${Version}\n' "${packages[@]}")
 if [ ! -f "$COPY/key" ] || [ "$(cat "$COPY/key")" != "$key" ]; then
     # made beside it and renamed into place: a server running from the

@@ -7,11 +7,11 @@ source "$(dirname "$0")/common.sh"
 
 common=(libclang-dev sudo pgbouncer python3 python3-venv build-essential pkg-config prometheus-postgres-exporter)
 if [ "$CASTLE_TARGET" = debian17 ]; then
-    packages=(postgresql-17 postgresql-server-dev-17 postgresql-17-cron postgresql-17-pgaudit "${common[@]}" nodejs)
+    packages=(postgresql-17 postgresql-server-dev-17 postgresql-17-cron postgresql-17-pgaudit postgresql-17-plproxy "${common[@]}" nodejs)
 else
     # the host: Debian's 15, and what the assert-enabled builds, the Debian 13
     # root and the package tests need
-    packages=(postgresql-15 postgresql-server-dev-15 postgresql-15-cron postgresql-15-pgaudit
+    packages=(postgresql-15 postgresql-server-dev-15 postgresql-15-cron postgresql-15-pgaudit postgresql-15-plproxy
               "${common[@]}" debootstrap)
     # node and npm, where the machine has none of its own
     command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)

@@ -69,3 +69,17 @@ CREATE TYPE castle.session AS (
     used_at    timestamptz,
     data       jsonb
 );
+
+-- This database's place in a set of shards (src/shard.rs, docs/sharding.md):
+-- no row on a database that is no shard. castle.configure_shard writes it;
+-- pg_dump keeps it, so a restored shard is the same shard.
+CREATE TABLE castle.shard (
+    partition     integer NOT NULL,
+    partitions    integer NOT NULL,
+    configured_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CHECK (partitions OPERATOR(pg_catalog.>=) 1 AND partitions OPERATOR(pg_catalog.<=) 1024
+           AND (partitions OPERATOR(pg_catalog.&) (partitions OPERATOR(pg_catalog.-) 1)) OPERATOR(pg_catalog.=) 0
+           AND partition OPERATOR(pg_catalog.>=) 0 AND partition OPERATOR(pg_catalog.<) partitions)
+);
+CREATE UNIQUE INDEX shard_one_row ON castle.shard ((true));
+SELECT pg_catalog.pg_extension_config_dump('castle.shard', '');

@@ -44,6 +44,17 @@ BEGIN
     RETURN NULL;
 END $$;
 
+-- Every change to castle.shard, by configure_shard, a DBA or a restore,
+-- reaches every backend's cached copy when it commits (src/shard.rs).
+CREATE FUNCTION castle.shard_trigger() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM castle.shard_changed();
+    RETURN NULL;
+END $$;
+CREATE TRIGGER shard_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON castle.shard
+    FOR EACH STATEMENT EXECUTE FUNCTION castle.shard_trigger();
+
 -- The two application roles (docs/security.md). A request role checks
 -- tokens and acts on its own session only; a sign-in role may also create
 -- sessions, rotate them and sign a user out everywhere. Each call grants
@@ -96,6 +107,36 @@ LANGUAGE sql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
     ]::regprocedure[])
 $$;
 
+-- rotate, NULL for a refused token instead of 28000: what a router calls
+-- (docs/sharding.md), since PL/Proxy drops a connection whose call raised.
+CREATE FUNCTION castle.rotate_or_null(token text, ttl interval DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN castle.rotate(token, ttl);
+EXCEPTION WHEN invalid_authorization_specification THEN
+    RETURN NULL;
+END $$;
+
+-- The role a router's user mapping logs in as (docs/sharding.md): the
+-- sign-in set, what the router's own request functions call, and the
+-- administrator's functions it runs on every shard.
+CREATE FUNCTION castle.grant_router_role(role regrole) RETURNS void
+LANGUAGE sql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT castle.grant_routines(role, castle.request_routines() || ARRAY[
+        'castle.create_session(bigint, interval, jsonb)',
+        'castle.create_session(uuid, interval, jsonb)',
+        'castle.create_session(text, interval, jsonb)',
+        'castle.rotate(text, interval)', 'castle.rotate_or_null(text, interval)',
+        'castle.revoke_all(bigint, bigint)', 'castle.revoke_all(uuid, bigint)',
+        'castle.revoke_all(text, bigint)', 'castle.revoke_deleted_user(text)',
+        'castle.sessions_of(bigint)', 'castle.sessions_of(uuid)', 'castle.sessions_of(text)',
+        'castle.revoke_session(bigint)', 'castle.revoke_session_of(text, bigint)',
+        'castle.prune(integer)', 'castle.overview()', 'castle.stats_counters()',
+        'castle.user_hash(bigint)', 'castle.user_hash(uuid)', 'castle.user_hash(text)',
+        'castle.token_session_id(text)'
+    ]::regprocedure[])
+$$;
+
 -- What sessions do, for the DBA: counters since castle.stats_reset(), one
 -- row per database, kept in shared memory when the library is in
 -- shared_preload_libraries (collecting = false and NULL counters otherwise).
@@ -117,12 +158,15 @@ SELECT d.datname, c.collecting, c.stats_reset,
 -- Privileges. Nobody but the owner reads or writes the table directly: the
 -- functions that touch it are SECURITY DEFINER with a pinned search_path.
 -- EXECUTE is granted by the DBA (see docs/security.md).
-REVOKE ALL ON TABLE castle.sessions, castle.user_locks, castle.rotation_keys FROM PUBLIC;
+REVOKE ALL ON TABLE castle.sessions, castle.user_locks, castle.rotation_keys, castle.shard FROM PUBLIC;
 REVOKE ALL ON ALL ROUTINES IN SCHEMA castle FROM PUBLIC;
 GRANT USAGE ON SCHEMA castle TO PUBLIC;
 -- The auth-context accessors only read this backend's own binding; every role
 -- a row-level security policy may run as needs them.
 GRANT EXECUTE ON FUNCTION castle.user_id(), castle.session_id(), castle.logout() TO PUBLIC;
+-- Routing reads only the user id or the token it is given (docs/sharding.md).
+GRANT EXECUTE ON FUNCTION castle.user_hash(bigint), castle.user_hash(uuid), castle.user_hash(text),
+    castle.token_session_id(text) TO PUBLIC;
 -- The counters by cause are for the DBA and monitoring, never for a client.
 REVOKE ALL ON castle.stats FROM PUBLIC;
 GRANT SELECT ON castle.stats TO pg_monitor;

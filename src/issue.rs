@@ -25,6 +25,11 @@ static INSERT_SESSION: Statement = Statement {
     args: &[TEXT, TEXT, TIMESTAMPTZ, TIMESTAMPTZ, JSONB, INT8],
     mutating: true,
 };
+static INSERT_SESSION_IN_BUCKET: Statement = Statement {
+    sql: include_str!("queries/insert_session_in_bucket.sql"),
+    args: &[TEXT, TEXT, TIMESTAMPTZ, TIMESTAMPTZ, JSONB, INT8, INT8],
+    mutating: true,
+};
 static INSERT_SESSION_WITHOUT_DATA: Statement = Statement {
     sql: include_str!("queries/insert_session_without_data.sql"),
     args: &[TEXT, TEXT, TIMESTAMPTZ, TIMESTAMPTZ, INT8],
@@ -185,14 +190,24 @@ pub fn create_with_secret(
                     )
                 },
             ];
-            let insert = match data {
-                Some(data) => {
+            // a shard's id carries the user's bucket (shard.rs)
+            let insert = match (crate::shard::bucket_of_new_session(user_id), data) {
+                (Some(bucket), data) => {
                     args.push(unsafe { pgrx::datum::DatumWithOid::new(data, pg_sys::JSONBOID) });
+                    args.push(family.into());
+                    args.push(bucket.into());
+                    plans::kept(client, &INSERT_SESSION_IN_BUCKET)
+                }
+                (None, Some(data)) => {
+                    args.push(unsafe { pgrx::datum::DatumWithOid::new(data, pg_sys::JSONBOID) });
+                    args.push(family.into());
                     plans::kept(client, &INSERT_SESSION)
                 }
-                None => plans::kept(client, &INSERT_SESSION_WITHOUT_DATA),
+                (None, None) => {
+                    args.push(family.into());
+                    plans::kept(client, &INSERT_SESSION_WITHOUT_DATA)
+                }
             };
-            args.push(family.into());
             let inserted = plans::or_raise(client.update(insert, None, &args));
             plans::or_raise(inserted.first().get_one::<i64>())
                 .unwrap_or_else(|| error!("castle_sessions: INSERT returned no id"))

@@ -7,7 +7,7 @@
 //! rotation's grace and reuse; `revocations` the standing
 //! workers (and the queue of families they revoke after a reuse); `uses` the
 //! queue of last uses they write; `user_lock` what serializes a user's
-//! sign-ins and sign-outs; `events` what is counted, logged and notified; `catalog` the verified objects the
+//! sign-ins and sign-outs; `shard` a database as one shard of a set; `events` what is counted, logged and notified; `catalog` the verified objects the
 //! direct reads rely on (its contract is at its top); `compat` the only
 //! module that names a PostgreSQL major; `store` the hot paths'
 //! reads, direct or in SQL; `session_row` the rows they return; `raw_text`
@@ -30,6 +30,7 @@ mod raw_text;
 mod revocations;
 mod session_row;
 mod settings;
+mod shard;
 mod stats;
 mod store;
 pub mod token;
@@ -48,6 +49,7 @@ pub extern "C-unwind" fn _PG_init() {
     revocations::register();
     context::register_callbacks();
     catalog::register_invalidation();
+    shard::register_invalidation();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

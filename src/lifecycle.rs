@@ -91,6 +91,16 @@ fn revoke_own_session(session_id: i64) -> bool {
     delete_family(session_id, Some(&user_id), Revocation::Id)
 }
 
+/// revoke_own_session with the user given: what a router (docs/sharding.md)
+/// calls for the user its own castle.login bound. An administrator's
+/// function, granted by grant_router_role only.
+#[pg_extern(volatile, strict, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn revoke_session_of(user_id: RawText, session_id: i64) -> bool {
+    refuse_on_standby("revoke_session_of");
+    delete_family(session_id, Some(user_id.bytes()), Revocation::Id)
+}
+
 /// "Sign out everywhere else" from a request: every session of the logged-in
 /// user but the one castle.login bound. Returns how many it deleted.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]

@@ -75,6 +75,7 @@ pub fn lock_user(user_id: &[u8]) {
             pg_sys::LockRelationOid(all_users, pg_sys::RowExclusiveLock as _);
         }
     }
+    crate::shard::refuse_unless_owned(user_id);
     refuse_a_stale_snapshot(user_id);
 }
 

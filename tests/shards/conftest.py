@@ -1,0 +1,181 @@
+"""Shards on one machine (docs/sharding.md): two clusters of our own, the
+second behind Debian's pgbouncer in transaction mode, four shard databases
+(p0 and p1 on the first, p2 and p3 on the second through pgbouncer) and a
+router database with castle_sessions_router on PL/Proxy.
+
+PG_BIN names the PostgreSQL (with castle_sessions and plproxy installed);
+CASTLE_CLUSTER_ROOT a directory the postgres user can reach."""
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+PG_BIN = os.environ["PG_BIN"]
+ROOT = Path(os.environ["CASTLE_CLUSTER_ROOT"]) / "shards"
+PORT_A, PORT_B, BOUNCER = 25470, 25471, 25472
+ROUTER_ROLE = "castle_router"  # the role the router logs in to the shards as
+SHARDS = [(PORT_A, "shard_0"), (PORT_A, "shard_1"), (BOUNCER, "shard_2"), (BOUNCER, "shard_3")]
+ROUTER_DB = "castle_router"
+
+
+def dsn(port, dbname, **extra):
+    parts = {"host": "127.0.0.1", "port": port, "user": "postgres", "dbname": dbname, **extra}
+    return " ".join(f"{k}={v}" for k, v in parts.items())
+
+
+def connect(port, dbname, **extra):
+    # pgbouncer 1.18 in transaction mode carries no server-side prepared statements
+    return psycopg.connect(dsn(port, dbname, **extra), autocommit=True, prepare_threshold=None)
+
+
+def as_postgres(*cmd):
+    subprocess.run(["sudo", "-u", "postgres", *cmd], check=True, stdout=subprocess.DEVNULL)
+
+
+def wait_for(attempt, seconds=30):
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return attempt()
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+class Cluster:
+    def __init__(self, name, port):
+        self.dir, self.port = ROOT / name, port
+
+    def init(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+        (self.dir / "sock").mkdir(parents=True)
+        shutil.chown(self.dir, "postgres")
+        shutil.chown(self.dir / "sock", "postgres")
+        as_postgres(f"{PG_BIN}/initdb", "-D", str(self.dir / "data"), "-U", "postgres", "--auth=trust",
+                    "--encoding=UTF8", "--locale=C")
+        with open(self.dir / "data" / "postgresql.conf", "a") as conf:
+            conf.write(f"port = {self.port}\nlisten_addresses = '127.0.0.1'\n"
+                       f"unix_socket_directories = '{self.dir}/sock'\nfsync = off\n"
+                       "shared_preload_libraries = 'castle_sessions'\nmax_connections = 100\n"
+                       "max_worker_processes = 16\n")
+        self.start()
+
+    def start(self):
+        as_postgres(f"{PG_BIN}/pg_ctl", "-D", str(self.dir / "data"), "-l", str(self.dir / "server.log"),
+                    "-w", "start")
+
+    def stop(self, mode="fast"):
+        as_postgres(f"{PG_BIN}/pg_ctl", "-D", str(self.dir / "data"), "-m", mode, "-w", "stop")
+
+    def log(self):
+        return (self.dir / "server.log").read_text(errors="replace")
+
+
+def start_pgbouncer(port, listen):
+    root = ROOT / "pgbouncer"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    (root / "userlist.txt").write_text(f'"postgres" ""\n"{ROUTER_ROLE}" ""\n')
+    (root / "pgbouncer.ini").write_text(f"""
+[databases]
+* = host=127.0.0.1 port={port}
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {listen}
+unix_socket_dir =
+auth_type = trust
+auth_file = {root}/userlist.txt
+pool_mode = transaction
+default_pool_size = 4
+max_client_conn = 200
+server_login_retry = 1
+ignore_startup_parameters = extra_float_digits
+logfile = {root}/pgbouncer.log
+pidfile = {root}/pgbouncer.pid
+""")
+    shutil.chown(root, "postgres")
+    for f in root.iterdir():
+        shutil.chown(f, "postgres")
+    proc = subprocess.Popen(["sudo", "-u", "postgres", "/usr/sbin/pgbouncer", str(root / "pgbouncer.ini")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: connect(listen, "postgres").close())
+    return proc
+
+
+def make_shard(port, dbname, partition, partitions, admin_port=None):
+    """A shard database: castle_sessions, the router's role, its place in the set."""
+    with connect(admin_port or port, "postgres") as c:
+        c.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
+        c.execute(f"CREATE DATABASE {dbname}")
+        if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ROUTER_ROLE,)).fetchone():
+            c.execute(f"CREATE ROLE {ROUTER_ROLE} LOGIN")
+    with connect(admin_port or port, dbname) as c:
+        c.execute("CREATE EXTENSION castle_sessions")
+        c.execute(f"SELECT castle.grant_router_role('{ROUTER_ROLE}')")
+        if partition is not None:
+            c.execute("SELECT castle.configure_shard(%s, %s)", (partition, partitions))
+
+
+def make_router(port, dbname, shards):
+    """A router database over `shards` [(port, dbname)], p0 first."""
+    with connect(port, "postgres") as c:
+        c.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
+        c.execute(f"CREATE DATABASE {dbname}")
+    with connect(port, dbname) as c:
+        c.execute("CREATE EXTENSION castle_sessions_router CASCADE")
+        set_shards(c, shards)
+        c.execute(f"CREATE USER MAPPING FOR postgres SERVER castle_shards OPTIONS (user '{ROUTER_ROLE}')")
+
+
+def set_shards(c, shards):
+    """castle_shards names exactly `shards`: created, or its options replaced."""
+    options = ", ".join(f"p{i} 'host=127.0.0.1 port={port} dbname={db}'" for i, (port, db) in enumerate(shards))
+    exists = c.execute("SELECT srvoptions FROM pg_foreign_server WHERE srvname = 'castle_shards'").fetchone()
+    if exists is None:
+        c.execute(f"CREATE SERVER castle_shards FOREIGN DATA WRAPPER plproxy OPTIONS ({options})")
+        return
+    drop = ", ".join(f"DROP {o.split('=')[0]}" for o in exists[0])
+    c.execute(f"ALTER SERVER castle_shards OPTIONS ({drop})")
+    c.execute(f"ALTER SERVER castle_shards OPTIONS ({options})")
+
+
+@pytest.fixture(scope="session")
+def clusters():
+    a, b = Cluster("a", PORT_A), Cluster("b", PORT_B)
+    a.init()
+    b.init()
+    bouncer = start_pgbouncer(PORT_B, BOUNCER)
+    yield a, b
+    bouncer.terminate()
+    bouncer.wait(10)
+    for cluster in (a, b):
+        try:
+            cluster.stop()
+        except subprocess.CalledProcessError:
+            pass
+        assert "TRAP:" not in cluster.log() and "terminated by signal" not in cluster.log()
+
+
+@pytest.fixture(scope="session")
+def shard_set(clusters):
+    """Four shards and a router; returns the router's port and database."""
+    for partition, (port, db) in enumerate(SHARDS):
+        make_shard(port, db, partition, len(SHARDS), admin_port=PORT_B if port == BOUNCER else None)
+    make_router(PORT_A, ROUTER_DB, SHARDS)
+    return PORT_A, ROUTER_DB
+
+
+@pytest.fixture
+def router(shard_set):
+    with connect(*shard_set) as c:
+        yield c
+
+
+def shard_conn(partition):
+    port, db = SHARDS[partition]
+    return connect(PORT_B if port == BOUNCER else port, db)
