@@ -87,6 +87,32 @@ BEGIN
     RETURN digits::bigint;
 END $$;
 
+-- The number PL/Proxy routes a user by, after the checks castle_sessions
+-- makes of a user id (and of a new session's ttl), so that they fail here as
+-- they would on one server rather than as a shard's remote error.
+CREATE FUNCTION castle_router.user_route(user_id text, ttl interval DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF user_id IS NULL THEN
+        RAISE EXCEPTION 'user_id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    ELSIF user_id = '' THEN
+        RAISE EXCEPTION 'user_id must not be empty' USING ERRCODE = 'invalid_parameter_value';
+    ELSIF ttl <= interval '0' THEN
+        RAISE EXCEPTION 'ttl must be a positive interval' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Pass NULL to use castle.default_ttl (or, for rotate, the old session''s expiry).';
+    END IF;
+    RETURN castle.user_hash(user_id);
+END $$;
+
+CREATE FUNCTION castle_router.user_route(user_id bigint, ttl interval DEFAULT NULL) RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT castle_router.user_route(user_id::text, ttl)
+$$;
+CREATE FUNCTION castle_router.user_route(user_id uuid, ttl interval DEFAULT NULL) RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT castle_router.user_route(user_id::text, ttl)
+$$;
+
 -- The number PL/Proxy routes a session by: its id, whose low bits are its
 -- user's bucket, or a legacy session's bucket.
 CREATE FUNCTION castle_router.session_route(session_id bigint) RETURNS bigint
@@ -187,46 +213,46 @@ $$;
 -- by user ----------------------------------------------------------------
 CREATE FUNCTION castle.create_session(user_id bigint, ttl interval DEFAULT NULL, data jsonb DEFAULT NULL)
 RETURNS text LANGUAGE plproxy VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    CLUSTER 'castle_shards'; RUN ON castle.user_hash(user_id);
+    CLUSTER 'castle_shards'; RUN ON castle_router.user_route(user_id, ttl);
 $$;
 CREATE FUNCTION castle.create_session(user_id uuid, ttl interval DEFAULT NULL, data jsonb DEFAULT NULL)
 RETURNS text LANGUAGE plproxy VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    CLUSTER 'castle_shards'; RUN ON castle.user_hash(user_id);
+    CLUSTER 'castle_shards'; RUN ON castle_router.user_route(user_id, ttl);
 $$;
 CREATE FUNCTION castle.create_session(user_id text, ttl interval DEFAULT NULL, data jsonb DEFAULT NULL)
 RETURNS text LANGUAGE plproxy VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    CLUSTER 'castle_shards'; RUN ON castle.user_hash(user_id);
+    CLUSTER 'castle_shards'; RUN ON castle_router.user_route(user_id, ttl);
 $$;
 
 CREATE FUNCTION castle.revoke_all(user_id bigint, except_session bigint DEFAULT NULL)
 RETURNS bigint LANGUAGE plproxy VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    CLUSTER 'castle_shards'; RUN ON castle.user_hash(user_id);
+    CLUSTER 'castle_shards'; RUN ON castle_router.user_route(user_id);
 $$;
 CREATE FUNCTION castle.revoke_all(user_id uuid, except_session bigint DEFAULT NULL)
 RETURNS bigint LANGUAGE plproxy VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    CLUSTER 'castle_shards'; RUN ON castle.user_hash(user_id);
+    CLUSTER 'castle_shards'; RUN ON castle_router.user_route(user_id);
 $$;
 CREATE FUNCTION castle.revoke_all(user_id text, except_session bigint DEFAULT NULL)
 RETURNS bigint LANGUAGE plproxy VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    CLUSTER 'castle_shards'; RUN ON castle.user_hash(user_id);
+    CLUSTER 'castle_shards'; RUN ON castle_router.user_route(user_id);
 $$;
 
 CREATE FUNCTION castle.sessions_of(user_id bigint)
 RETURNS SETOF castle.session LANGUAGE plproxy VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    CLUSTER 'castle_shards'; RUN ON castle.user_hash(user_id);
+    CLUSTER 'castle_shards'; RUN ON castle_router.user_route(user_id);
 $$;
 CREATE FUNCTION castle.sessions_of(user_id uuid)
 RETURNS SETOF castle.session LANGUAGE plproxy VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    CLUSTER 'castle_shards'; RUN ON castle.user_hash(user_id);
+    CLUSTER 'castle_shards'; RUN ON castle_router.user_route(user_id);
 $$;
 CREATE FUNCTION castle.sessions_of(user_id text)
 RETURNS SETOF castle.session LANGUAGE plproxy VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    CLUSTER 'castle_shards'; RUN ON castle.user_hash(user_id);
+    CLUSTER 'castle_shards'; RUN ON castle_router.user_route(user_id);
 $$;
 
 CREATE FUNCTION castle.revoke_deleted_user(user_id text)
 RETURNS bigint LANGUAGE plproxy VOLATILE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    CLUSTER 'castle_shards'; RUN ON castle.user_hash(user_id);
+    CLUSTER 'castle_shards'; RUN ON castle_router.user_route(user_id);
 $$;
 
 -- by the token's id -------------------------------------------------------
@@ -274,8 +300,11 @@ DECLARE
     route bigint := castle_router.token_route(token);
     successor text;
 BEGIN
-    IF ttl IS NOT NULL AND ttl <= interval '0' THEN
-        -- the shard's own error, before any routing
+    IF ttl <= interval '0' THEN
+        -- castle_sessions' order: a bad token is refused first, else the ttl is wrong
+        IF route IS NULL OR NOT castle_router.is_valid_on(route, token) THEN
+            PERFORM castle_router.refuse();
+        END IF;
         RAISE EXCEPTION 'ttl must be a positive interval' USING ERRCODE = 'invalid_parameter_value',
             HINT = 'Pass NULL to use castle.default_ttl (or, for rotate, the old session''s expiry).';
     END IF;
