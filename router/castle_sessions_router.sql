@@ -206,6 +206,26 @@ LANGUAGE plproxy AS $$
     SELECT 1 FROM castle.stats_reset();
 $$;
 
+-- Resharding's wait (docs/sharding.md): returns once no call in this
+-- database that began before `changed` (when castle_shards was altered) is
+-- still running, so none is still on its way to a shard the change retired.
+CREATE FUNCTION castle_router.wait_for_calls_before(changed timestamptz, timeout interval DEFAULT '1 min')
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    deadline timestamptz := clock_timestamp() + timeout;
+BEGIN
+    WHILE EXISTS (SELECT FROM pg_stat_activity AS a
+                   WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+                     AND a.state <> 'idle' AND a.query_start < changed) LOOP
+        IF clock_timestamp() > deadline THEN
+            RAISE EXCEPTION 'calls begun before % still run after %', changed, timeout
+                USING ERRCODE = 'lock_not_available';
+        END IF;
+        PERFORM pg_sleep(0.01);
+        PERFORM pg_stat_clear_snapshot();  -- else pg_stat_activity stays as first read
+    END LOOP;
+END $$;
+
 ---------------------------------------------------------------------------
 -- The castle API: castle_sessions' signatures.
 ---------------------------------------------------------------------------

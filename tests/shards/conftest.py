@@ -139,9 +139,12 @@ def set_shards(c, shards):
     if exists is None:
         c.execute(f"CREATE SERVER castle_shards FOREIGN DATA WRAPPER plproxy OPTIONS ({options})")
         return
-    drop = ", ".join(f"DROP {o.split('=')[0]}" for o in exists[0])
-    c.execute(f"ALTER SERVER castle_shards OPTIONS ({drop})")
-    c.execute(f"ALTER SERVER castle_shards OPTIONS ({options})")
+    # one statement: PL/Proxy checks every state the server passes through
+    have = {o.split("=")[0] for o in exists[0]}
+    want = {f"p{i}": f"host=127.0.0.1 port={port} dbname={db}" for i, (port, db) in enumerate(shards)}
+    changes = [f"{'SET' if k in have else 'ADD'} {k} '{v}'" for k, v in want.items()]
+    changes += [f"DROP {k}" for k in have if k.startswith("p") and k[1:].isdigit() and k not in want]
+    c.execute(f"ALTER SERVER castle_shards OPTIONS ({', '.join(changes)})")
 
 
 @pytest.fixture(scope="session")
@@ -179,3 +182,40 @@ def router(shard_set):
 def shard_conn(partition):
     port, db = SHARDS[partition]
     return connect(PORT_B if port == BOUNCER else port, db)
+
+
+def copy_rows(src, dst, select, table):
+    """COPY (select) from one database into table of another."""
+    with src.cursor().copy(f"COPY ({select}) TO STDOUT") as rows, \
+            dst.cursor().copy(f"COPY {table} FROM STDIN") as into:
+        for data in rows:
+            into.write(data)
+
+
+def split(router, old, new, partition, partitions, router_shards):
+    """docs/sharding.md, "Resharding": partition `partition` of
+    `partitions // 2` (on database `old`) gives the users of partition
+    `partition + partitions // 2` to the new database `new`, and the router
+    then names `router_shards`. `old` and `new` are open connections to the
+    shards (as their owner)."""
+    moving = f"castle.user_hash(user_id) & {partitions - 1} = {partition + partitions // 2}"
+    # 1. the new shard
+    new.execute("CREATE EXTENSION IF NOT EXISTS castle_sessions")
+    new.execute(f"SELECT castle.grant_router_role('{ROUTER_ROLE}')")
+    new.execute("SELECT castle.configure_shard(%s, %s)", (partition + partitions // 2, partitions))
+    # 2. the old shard keeps only its half: from now on it refuses to sign in,
+    #    rotate or revoke for the moving users (55000), and still answers checks
+    old.execute("SELECT castle.configure_shard(%s, %s)", (partition, partitions))
+    # 3. their rows, the rotation keys, and the id sequence
+    copy_rows(old, new, f"SELECT * FROM castle.sessions WHERE {moving}", "castle.sessions")
+    copy_rows(old, new, "SELECT * FROM castle.rotation_keys", "castle.rotation_keys")
+    last = old.execute("SELECT last_value FROM castle.sessions_id_seq").fetchone()[0]
+    new.execute("SELECT setval('castle.sessions_id_seq', GREATEST(%s, (SELECT max(id) / 1024 + 1 "
+                "FROM castle.sessions)))", (last,))
+    # 4. the router sends them to the new shard, once every call routed
+    #    before the change has ended
+    changed = router.execute("SELECT clock_timestamp()").fetchone()[0]
+    set_shards(router, router_shards)
+    router.execute("SELECT castle_router.wait_for_calls_before(%s)", (changed,))
+    # 5. the old shard forgets them
+    old.execute(f"DELETE FROM castle.sessions WHERE {moving}")
