@@ -94,6 +94,8 @@ pool_mode = transaction
 default_pool_size = 4
 max_client_conn = 200
 server_login_retry = 1
+server_connect_timeout = 2
+query_wait_timeout = 3
 ignore_startup_parameters = extra_float_digits
 logfile = {root}/pgbouncer.log
 pidfile = {root}/pgbouncer.pid
@@ -134,14 +136,16 @@ def make_router(port, dbname, shards):
 
 def set_shards(c, shards):
     """castle_shards names exactly `shards`: created, or its options replaced."""
-    options = ", ".join(f"p{i} 'host=127.0.0.1 port={port} dbname={db}'" for i, (port, db) in enumerate(shards))
+    options = ", ".join(f"p{i} 'host=127.0.0.1 port={port} dbname={db} connect_timeout=2'"
+                        for i, (port, db) in enumerate(shards))
     exists = c.execute("SELECT srvoptions FROM pg_foreign_server WHERE srvname = 'castle_shards'").fetchone()
     if exists is None:
-        c.execute(f"CREATE SERVER castle_shards FOREIGN DATA WRAPPER plproxy OPTIONS ({options})")
+        c.execute("CREATE SERVER castle_shards FOREIGN DATA WRAPPER plproxy "
+                  f"OPTIONS (connection_lifetime '1800', query_timeout '10', {options})")
         return
     # one statement: PL/Proxy checks every state the server passes through
     have = {o.split("=")[0] for o in exists[0]}
-    want = {f"p{i}": f"host=127.0.0.1 port={port} dbname={db}" for i, (port, db) in enumerate(shards)}
+    want = {f"p{i}": f"host=127.0.0.1 port={port} dbname={db} connect_timeout=2" for i, (port, db) in enumerate(shards)}
     changes = [f"{'SET' if k in have else 'ADD'} {k} '{v}'" for k, v in want.items()]
     changes += [f"DROP {k}" for k in have if k.startswith("p") and k[1:].isdigit() and k not in want]
     c.execute(f"ALTER SERVER castle_shards OPTIONS ({', '.join(changes)})")
