@@ -45,15 +45,15 @@ SELECT pg_catalog.pg_extension_config_dump('castle_router.legacy_sessions', '');
 -- user_hash: the first four bytes of SHA-256 of the user id's stored text
 -- (bigint's decimal, uuid's lowercase spelling, text as given), big-endian.
 CREATE FUNCTION castle.user_hash(user_id text) RETURNS integer
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
     SELECT ('x' || left(encode(sha256(convert_to(user_id, getdatabaseencoding())), 'hex'), 8))::bit(32)::integer
 $$;
 CREATE FUNCTION castle.user_hash(user_id bigint) RETURNS integer
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
     SELECT castle.user_hash(user_id::text)
 $$;
 CREATE FUNCTION castle.user_hash(user_id uuid) RETURNS integer
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
     SELECT castle.user_hash(user_id::text)
 $$;
 
@@ -61,27 +61,19 @@ $$;
 -- id, ".", secret), NULL unless it has that shape under castle.token_prefix.
 -- The shard checks everything else.
 CREATE FUNCTION castle.token_session_id(token text) RETURNS bigint
-LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 DECLARE
     prefix text := coalesce(current_setting('castle.token_prefix', true), 'oat_');
-    encoded text;
+    encoded text := split_part(substr(token, length(prefix) + 1), '.', 1);
     digits text;
 BEGIN
-    IF token IS NULL OR length(token) > 2048 OR left(token, length(prefix)) <> prefix THEN
+    IF NOT starts_with(token, prefix) OR encoded !~ '^[A-Za-z0-9_-]{2,28}$' OR length(encoded) % 4 = 1 THEN
         RETURN NULL;
     END IF;
-    encoded := split_part(substr(token, length(prefix) + 1), '.', 1);
-    IF encoded !~ '^[A-Za-z0-9_-]{2,28}$' OR length(encoded) % 4 = 1 THEN
-        RETURN NULL;
-    END IF;
-    -- base64 padded as decode() wants it; then the bytes must be ASCII digits
+    -- padded as decode() wants it; any byte but a digit comes out as \nnn
     digits := encode(decode(rpad(translate(encoded, '-_', '+/'), (length(encoded) + 3) / 4 * 4, '='),
-                            'base64'), 'hex');
-    IF digits !~ '^(3[0-9]){1,19}$' THEN
-        RETURN NULL;
-    END IF;
-    digits := regexp_replace(digits, '3([0-9])', '\1', 'g');
-    IF digits !~ '^[1-9]' OR length(digits) = 19 AND digits > '9223372036854775807' THEN
+                            'base64'), 'escape');
+    IF digits !~ '^[1-9][0-9]{0,18}$' OR length(digits) = 19 AND digits > '9223372036854775807' THEN
         RETURN NULL;
     END IF;
     RETURN digits::bigint;
@@ -116,15 +108,24 @@ $$;
 -- The number PL/Proxy routes a session by: its id, whose low bits are its
 -- user's bucket, or a legacy session's bucket.
 CREATE FUNCTION castle_router.session_route(session_id bigint) RETURNS bigint
-LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce((SELECT l.bucket::bigint FROM castle_router.legacy_sessions AS l
-                      WHERE l.id = session_id), session_id)
-$$;
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    bucket bigint;
+BEGIN
+    SELECT l.bucket INTO bucket FROM castle_router.legacy_sessions AS l WHERE l.id = session_id;
+    RETURN coalesce(bucket, session_id);
+END $$;
 
+-- The same for the id inside a token; NULL when the token has none.
 CREATE FUNCTION castle_router.token_route(token text) RETURNS bigint
-LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT castle_router.session_route(castle.token_session_id(token))
-$$;
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    session_id bigint := castle.token_session_id(token);
+    bucket bigint;
+BEGIN
+    SELECT l.bucket INTO bucket FROM castle_router.legacy_sessions AS l WHERE l.id = session_id;
+    RETURN coalesce(bucket, session_id);
+END $$;
 
 -- The one refusal: 28000 and castle.invalid_message, as castle_sessions gives.
 CREATE FUNCTION castle_router.refuse() RETURNS void
@@ -290,8 +291,12 @@ END $$;
 CREATE FUNCTION castle.authenticate(token text) RETURNS castle.session
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    found castle.session := castle.verify(token);
+    route bigint := castle_router.token_route(token);
+    found castle.session;
 BEGIN
+    IF route IS NOT NULL THEN
+        found := castle_router.verify_on(route, token);
+    END IF;
     IF found.id IS NULL THEN
         PERFORM castle_router.refuse();
     END IF;

@@ -77,6 +77,17 @@ PG_BIN="$PG_BIN" CASTLE_CLUSTER_ROOT="$(cluster_root)" CASTLE_CLUSTER_DIR="$PGDI
     CASTLE_AUDIT_PORT=$AUDIT_PORT CASTLE_AUDIT_DIR="$AUDIT_DIR" \
     "$VENV/bin/pytest" -q -rfEsP --durations=12 -p no:cacheprovider tests/integration
 
+# Shards: castle_sessions_router on PL/Proxy over four shards on two clusters
+# of their own, one behind pgbouncer (docs/sharding.md), wherever this
+# PostgreSQL has PL/Proxy.
+if [ -f "$("$PG_CONFIG" --pkglibdir)/plproxy.so" ]; then
+    say "shards: four shards on two clusters and a router on PL/Proxy (tests/shards)"
+    PG_BIN="$PG_BIN" CASTLE_CLUSTER_ROOT="$(cluster_root)" \
+        "$VENV/bin/pytest" -q -rfEsP --durations=5 -p no:cacheprovider tests/shards
+else
+    echo "skipped: the shard tests (tests/shards): this build of PostgreSQL has no PL/Proxy ($CASTLE_TARGET)"
+fi
+
 # Real frameworks from their registries, over HTTP: on one major only
 # (scripts/test.sh sets CASTLE_CLIENT_STACKS=1 for Debian's 15).
 if [ "${CASTLE_CLIENT_STACKS:-0}" = 1 ]; then
@@ -89,7 +100,7 @@ else
 fi
 
 # A crash or a failed Assert() anywhere fails the run, whatever the tests said.
-for log in "$(cluster_root)"/{test,audit,replica,noworkers}/server.log; do
+for log in "$(cluster_root)"/{test,audit,replica,noworkers,shards/a,shards/b}/server.log; do
     if [ -f "$log" ] && grep -E "TRAP:|terminated by signal" "$log"; then
         echo "a backend crashed or failed an assertion: $log" >&2
         exit 1
