@@ -77,6 +77,56 @@ root_run "$ROOT" "su postgres -c \"psql -X -q -v ON_ERROR_STOP=1 -h /var/run/pos
 grep -q . "$ROOT/tmp/tour.out" || { echo "the tour printed nothing" >&2; exit 1; }
 echo "the tour ran ($(wc -l <"$ROOT/tmp/tour.out") lines)"
 
+# The router extension from the same package, on Debian's PL/Proxy, over two
+# shards of this cluster (docs/sharding.md)
+if [ "$MAJOR" != 18 ]; then
+    say "castle_sessions_router on postgresql-$MAJOR-plproxy over two shards"
+    root_run "$ROOT" "apt-get install -y -qq --no-install-recommends postgresql-$MAJOR-plproxy >/tmp/apt-plproxy.log 2>&1 ||
+        { tail -20 /tmp/apt-plproxy.log; exit 1; }"
+    cat >"$ROOT/tmp/router.sql" <<SQL
+CREATE DATABASE shard_a;
+CREATE DATABASE shard_b;
+CREATE DATABASE router;
+\\c shard_a
+CREATE EXTENSION castle_sessions;
+SELECT castle.configure_shard(0, 2);
+\\c shard_b
+CREATE EXTENSION castle_sessions;
+SELECT castle.configure_shard(1, 2);
+\\c router
+CREATE EXTENSION castle_sessions_router CASCADE;
+CREATE SERVER castle_shards FOREIGN DATA WRAPPER plproxy OPTIONS (
+    p0 'host=/var/run/postgresql port=$PORT dbname=shard_a',
+    p1 'host=/var/run/postgresql port=$PORT dbname=shard_b');
+CREATE USER MAPPING FOR postgres SERVER castle_shards OPTIONS (user 'postgres');
+DO \$\$
+DECLARE
+    token text;
+BEGIN
+    FOR u IN 1..20 LOOP
+        token := castle.create_session(u::bigint);
+        IF (castle.authenticate(token)).user_id IS DISTINCT FROM u::text THEN
+            RAISE EXCEPTION 'the router did not give user %''s session back', u;
+        END IF;
+    END LOOP;
+    IF (SELECT live_sessions FROM castle.overview()) <> 20 THEN
+        RAISE EXCEPTION 'the shards do not hold the 20 sessions';
+    END IF;
+END \$\$;
+\\c shard_a
+SELECT count(*) > 0 AS has_sessions FROM castle.sessions \\gset
+\\if :has_sessions
+\\else
+\\echo 'shard_a holds no session'
+SELECT 1/0;
+\\endif
+SQL
+    root_run "$ROOT" "su postgres -c \"psql -X -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p $PORT -d postgres -f /tmp/router.sql\""
+    echo "the router signed in and checked 20 users over two shards"
+else
+    echo "skipped: castle_sessions_router on 18 (no Debian release packages PL/Proxy for 18)"
+fi
+
 say "pg_regress against the packaged $MAJOR (port $PORT)"
 regress="cd '$REPO' && rm -rf target/packages/regress-$MAJOR && \
     \$(\$PG_CONFIG --pkglibdir)/pgxs/src/test/regress/pg_regress --bindir=\$PG_BIN \
