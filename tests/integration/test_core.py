@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 import seed_algorithm as seed
-from conftest import DB, PG_BIN, create, dsn, user_of
+from conftest import DB, PG_BIN, create, dsn, user_of, one_server_only
 
 MESSAGE = "Not a valid session"
 
@@ -167,6 +167,7 @@ def test_trimming_is_exact_under_concurrent_logins():
     assert len(live) == 3 and len(tokens) == workers * rounds
 
 
+@one_server_only("a routed call commits on its own on the shard (PL/Proxy runs in autocommit), so the caller's snapshot never reaches it")
 def test_repeatable_read_sign_in_on_a_stale_snapshot_is_a_serialization_failure():
     """A REPEATABLE READ snapshot taken before another sign-in committed would
     trim by the wrong set of sessions: the sign-in is refused with 40001, and a
@@ -188,6 +189,7 @@ def test_repeatable_read_sign_in_on_a_stale_snapshot_is_a_serialization_failure(
         assert user_of(a, newest) == user
 
 
+@one_server_only("castle.* settings are each shard's own; ALTER DATABASE on the router sets nothing there")
 def test_settings_from_database_and_role():
     with psycopg.connect(dsn(), autocommit=True) as admin:
         admin.execute(f"ALTER DATABASE {DB} SET castle.token_prefix = 'db_'")

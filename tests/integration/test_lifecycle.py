@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 import seed_algorithm as seed
-from conftest import create, dsn, user_of
+from conftest import create, dsn, user_of, one_server_only
 
 
 def row_version(conn, sid):
@@ -46,6 +46,7 @@ def test_no_write_due_takes_no_transaction_id(conn):
         assert conn.execute("SELECT pg_current_xact_id_if_assigned() IS NULL").fetchone()[0]
 
 
+@one_server_only("it loads a million rows into the one table and times one server's locks")
 def test_prune_does_not_block_logins_for_longer_than_a_batch(conn):
     dead = 1_000_000
     conn.execute("""
@@ -100,6 +101,7 @@ def test_prune_does_not_block_logins_for_longer_than_a_batch(conn):
         assert user_of(conn, tok) in (user, None)  # trimming may have replaced it, pruning never
 
 
+@one_server_only("prune through the router commits on every shard at once; no batch stays open in the caller's transaction")
 def test_a_sign_in_never_waits_for_dead_rows_a_prune_batch_holds(conn):
     """Regression (0.5.0, seen on the assert-enabled builds): a sign-in's trimming
     waited for every prune batch holding one of the user's dead sessions, one
@@ -172,6 +174,7 @@ def test_an_idle_session_a_request_is_recording_a_use_of_is_trimmed_not_revived(
         assert user_of(conn, token) == user
 
 
+@one_server_only("the shards' clusters do not preload pg_cron")
 def test_pg_cron_runs_the_prune_recipe(conn):
     if "pg_cron" not in os.environ.get("CASTLE_PRELOAD", "pg_cron"):
         pytest.skip("pg_cron is not built for this server: the Debian packaging of its source "

@@ -223,3 +223,22 @@ def split(router, old, new, partition, partitions, router_shards):
     router.execute("SELECT castle_router.wait_for_calls_before(%s)", (changed,))
     # 5. the old shard forgets them
     old.execute(f"DELETE FROM castle.sessions WHERE {moving}")
+
+
+def with_sessions_table(port, dbname, shards):
+    """For the integration suites run through a router: castle.sessions in
+    the router database as the shards' tables (postgres_fdw partitions by
+    id & 3), so that their checks of what is stored read the shards."""
+    with connect(port, dbname) as c:
+        c.execute("CREATE EXTENSION IF NOT EXISTS postgres_fdw")
+        c.execute("CREATE TABLE castle.sessions (id bigint NOT NULL, hash text NOT NULL, "
+                  "user_id text COLLATE \"C\" NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), "
+                  "updated_at timestamptz NOT NULL DEFAULT now(), expires_at timestamptz, used_at timestamptz, "
+                  "data jsonb, family_id bigint, rotated_at timestamptz) PARTITION BY LIST ((id & 3))")
+        for partition, (shard_port, db) in enumerate(shards):
+            c.execute(f"CREATE SERVER sessions_{partition} FOREIGN DATA WRAPPER postgres_fdw "
+                      f"OPTIONS (host '127.0.0.1', port '{shard_port}', dbname '{db}')")
+            c.execute(f"CREATE USER MAPPING FOR postgres SERVER sessions_{partition} OPTIONS (user 'postgres')")
+            c.execute(f"CREATE FOREIGN TABLE castle.sessions_{partition} PARTITION OF castle.sessions "
+                      f"FOR VALUES IN ({partition}) SERVER sessions_{partition} "
+                      "OPTIONS (schema_name 'castle', table_name 'sessions')")
