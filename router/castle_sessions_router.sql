@@ -57,9 +57,12 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
     SELECT castle.user_hash(user_id::text)
 $$;
 
--- token_session_id: the id a token names (prefix, base64url of the decimal
--- id, ".", secret), NULL unless it has that shape under castle.token_prefix.
--- The shard checks everything else.
+-- token_session_id: the id a token names (prefix, canonical base64url of
+-- the decimal id, ".", a secret of base64url characters), NULL unless the
+-- token has that shape under castle.token_prefix. castle_sessions' own
+-- version also checks the secret's checksum; a token that passes here and
+-- fails there is refused by its shard, so both give the same answer to any
+-- call.
 CREATE FUNCTION castle.token_session_id(token text) RETURNS bigint
 LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 DECLARE
@@ -67,13 +70,17 @@ DECLARE
     encoded text := split_part(substr(token, length(prefix) + 1), '.', 1);
     digits text;
 BEGIN
-    IF NOT starts_with(token, prefix) OR encoded !~ '^[A-Za-z0-9_-]{2,28}$' OR length(encoded) % 4 = 1 THEN
+    IF NOT starts_with(token, prefix) OR length(token) > 1473   -- src/token.rs, MAX_TOKEN_LEN
+       OR substr(token, length(prefix) + 1) !~ '^[A-Za-z0-9_-]{2,28}\.[A-Za-z0-9_-]+$'
+       OR length(encoded) % 4 = 1 THEN
         RETURN NULL;
     END IF;
     -- padded as decode() wants it; any byte but a digit comes out as \nnn
     digits := encode(decode(rpad(translate(encoded, '-_', '+/'), (length(encoded) + 3) / 4 * 4, '='),
                             'base64'), 'escape');
-    IF digits !~ '^[1-9][0-9]{0,18}$' OR length(digits) = 19 AND digits > '9223372036854775807' THEN
+    IF digits !~ '^[1-9][0-9]{0,18}$' OR length(digits) = 19 AND digits > '9223372036854775807'
+       -- one spelling per id: decode() ignores the bits a canonical encoder leaves zero
+       OR rtrim(translate(encode(convert_to(digits, 'SQL_ASCII'), 'base64'), '+/', '-_'), '=') <> encoded THEN
         RETURN NULL;
     END IF;
     RETURN digits::bigint;
@@ -207,17 +214,22 @@ LANGUAGE plproxy AS $$
     SELECT 1 FROM castle.stats_reset();
 $$;
 
--- Resharding's wait (docs/sharding.md): returns once no call in this
+-- Resharding's wait (docs/sharding.md): returns once no transaction in this
 -- database that began before `changed` (when castle_shards was altered) is
--- still running, so none is still on its way to a shard the change retired.
+-- still open: PL/Proxy reads the new map only in a later transaction, so
+-- until then a call may still be on its way to a shard the change retired.
 CREATE FUNCTION castle_router.wait_for_calls_before(changed timestamptz, timeout interval DEFAULT '1 min')
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     deadline timestamptz := clock_timestamp() + timeout;
 BEGIN
+    IF NOT pg_has_role('pg_read_all_stats', 'USAGE') THEN
+        RAISE EXCEPTION 'castle_router.wait_for_calls_before needs pg_read_all_stats to see other sessions'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     WHILE EXISTS (SELECT FROM pg_stat_activity AS a
                    WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
-                     AND a.state <> 'idle' AND a.query_start < changed) LOOP
+                     AND coalesce(a.xact_start, a.query_start) < changed AND a.state <> 'idle') LOOP
         IF clock_timestamp() > deadline THEN
             RAISE EXCEPTION 'calls begun before % still run after %', changed, timeout
                 USING ERRCODE = 'lock_not_available';
@@ -281,11 +293,16 @@ CREATE FUNCTION castle.verify(token text) RETURNS castle.session
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     route bigint := castle_router.token_route(token);
+    found castle.session;
 BEGIN
-    IF route IS NULL THEN
+    IF route IS NOT NULL THEN
+        found := castle_router.verify_on(route, token);
+    END IF;
+    -- a refusal comes back as a row of NULLs: NULL itself, as one server gives
+    IF found.id IS NULL THEN
         RETURN NULL;
     END IF;
-    RETURN castle_router.verify_on(route, token);
+    RETURN found;
 END $$;
 
 CREATE FUNCTION castle.authenticate(token text) RETURNS castle.session

@@ -86,13 +86,21 @@ AS 'MODULE_PATHNAME', 'user_hash_uuid_wrapper';
 
 -- sql/finalize.sql
 -- Every change to castle.shard, by configure_shard, a DBA or a restore,
--- reaches every backend's cached copy when it commits (src/shard.rs).
+-- first waits for the sign-ins and sign-outs in flight and holds new ones
+-- back (the lock configure_shard takes), and reaches every backend's cached
+-- copy when it commits (src/shard.rs).
 CREATE FUNCTION castle.shard_trigger() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM castle.shard_changed();
+    IF TG_WHEN = 'BEFORE' THEN
+        LOCK TABLE castle.user_locks IN SHARE ROW EXCLUSIVE MODE;
+    ELSE
+        PERFORM castle.shard_changed();
+    END IF;
     RETURN NULL;
 END $$;
+CREATE TRIGGER shard_changing BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON castle.shard
+    FOR EACH STATEMENT EXECUTE FUNCTION castle.shard_trigger();
 CREATE TRIGGER shard_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON castle.shard
     FOR EACH STATEMENT EXECUTE FUNCTION castle.shard_trigger();
 

@@ -52,9 +52,11 @@ pub fn register_invalidation() {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn invalidated(_arg: Datum, relid: Oid) {
-    let concerns_us = CACHED
-        .with(Cell::get)
-        .is_some_and(|c| relid == pg_sys::InvalidOid || relid == c.table);
+    // With no castle.shard yet (a 0.6.0 catalog), any invalidation may be
+    // its creation: forget, and look again at the next sign-in.
+    let concerns_us = CACHED.with(Cell::get).is_some_and(|c| {
+        relid == pg_sys::InvalidOid || relid == c.table || c.table == pg_sys::InvalidOid
+    });
     if concerns_us {
         CACHED.with(|cached| cached.set(None));
     }
@@ -176,16 +178,7 @@ fn config() -> Option<Config> {
         return cached.config;
     }
     let table = shard_table();
-    let config = table.and_then(|_| {
-        Spi::get_two::<i32, i32>("SELECT partition, partitions FROM castle.shard")
-            .ok()
-            .and_then(|(partition, partitions)| {
-                Some(Config {
-                    partition: partition?,
-                    partitions: partitions?,
-                })
-            })
-    });
+    let config = table.and_then(|_| unsafe { read_config() });
     CACHED.with(|cached| {
         cached.set(Some(Cached {
             table: table.unwrap_or(pg_sys::InvalidOid),
@@ -195,9 +188,56 @@ fn config() -> Option<Config> {
     config
 }
 
+const CONFIG: &std::ffi::CStr = c"SELECT partition, partitions FROM castle.shard";
+
+/// castle.shard's row as of now, not as of the transaction's snapshot: at
+/// REPEATABLE READ a snapshot may predate a configure_shard that committed
+/// before our lock was granted. SPI is connected by the caller.
+unsafe fn read_config() -> Option<Config> {
+    unsafe {
+        let plan = pg_sys::SPI_prepare(CONFIG.as_ptr(), 0, std::ptr::null_mut());
+        if plan.is_null() {
+            error!("castle_sessions: could not prepare the read of castle.shard");
+        }
+        let rc = pg_sys::SPI_execute_snapshot(
+            plan,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            pg_sys::GetLatestSnapshot(),
+            std::ptr::null_mut(),
+            true,
+            false,
+            1,
+        );
+        if rc != pg_sys::SPI_OK_SELECT as i32 {
+            error!("castle_sessions: the read of castle.shard failed");
+        }
+        let config = (pg_sys::SPI_processed == 1).then(|| {
+            let table = pg_sys::SPI_tuptable;
+            let row = *(*table).vals;
+            let mut null = false;
+            let partition = pg_sys::SPI_getbinval(row, (*table).tupdesc, 1, &mut null);
+            let partitions = pg_sys::SPI_getbinval(row, (*table).tupdesc, 2, &mut null);
+            Config {
+                partition: partition.value() as i32,
+                partitions: partitions.value() as i32,
+            }
+        });
+        pg_sys::SPI_freeplan(plan);
+        config
+    }
+}
+
 /// Refuses, unless this shard owns the user's bucket (or is no shard). The
 /// caller holds castle.user_locks in ROW EXCLUSIVE mode.
+///
+/// A background worker's revocation (a reuse's family) is never refused: a
+/// deletion cannot break max_sessions, and during a move the family must
+/// still go (the copy on the new shard is revoked at its next reuse).
 pub fn refuse_unless_owned(user_id: &[u8]) {
+    if unsafe { pg_sys::IsBackgroundWorker } {
+        return;
+    }
     if let Some(config) = config() {
         let bucket = bucket_of(user_id);
         let owner = bucket & i64::from(config.partitions - 1);

@@ -92,6 +92,9 @@ def test_every_backend_sees_a_new_configuration_and_in_flight_sign_ins_finish_fi
             shard.execute("SET lock_timeout = '300ms'")
             with pytest.raises(psycopg.errors.LockNotAvailable):
                 shard.execute("SELECT castle.configure_shard(0, 2)")
+            # a DBA's own change waits the same way (the table's trigger)
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                shard.execute("UPDATE castle.shard SET partition = 0")
             in_flight.commit()
         shard.execute("RESET lock_timeout")
         shard.execute("SELECT castle.configure_shard(0, 2)")

@@ -203,19 +203,19 @@ def split(router, old, new, partition, partitions, router_shards):
     then names `router_shards`. `old` and `new` are open connections to the
     shards (as their owner)."""
     moving = f"castle.user_hash(user_id) & {partitions - 1} = {partition + partitions // 2}"
-    # 1. the new shard
+    # 1. the new database, which nothing calls before step 4
     new.execute("CREATE EXTENSION IF NOT EXISTS castle_sessions")
     new.execute(f"SELECT castle.grant_router_role('{ROUTER_ROLE}')")
-    new.execute("SELECT castle.configure_shard(%s, %s)", (partition + partitions // 2, partitions))
     # 2. the old shard keeps only its half: from now on it refuses to sign in,
     #    rotate or revoke for the moving users (55000), and still answers checks
     old.execute("SELECT castle.configure_shard(%s, %s)", (partition, partitions))
-    # 3. their rows, the rotation keys, and the id sequence
+    # 3. their rows and the rotation keys; the new shard's ids start past the
+    #    old one's, and it takes its half
     copy_rows(old, new, f"SELECT * FROM castle.sessions WHERE {moving}", "castle.sessions")
     copy_rows(old, new, "SELECT * FROM castle.rotation_keys", "castle.rotation_keys")
     last = old.execute("SELECT last_value FROM castle.sessions_id_seq").fetchone()[0]
-    new.execute("SELECT setval('castle.sessions_id_seq', GREATEST(%s, (SELECT max(id) / 1024 + 1 "
-                "FROM castle.sessions)))", (last,))
+    new.execute("SELECT setval('castle.sessions_id_seq', %s)", (last,))
+    new.execute("SELECT castle.configure_shard(%s, %s)", (partition + partitions // 2, partitions))
     # 4. the router sends them to the new shard, once every call routed
     #    before the change has ended
     changed = router.execute("SELECT clock_timestamp()").fetchone()[0]

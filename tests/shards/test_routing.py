@@ -46,6 +46,9 @@ def test_token_session_id_agrees_and_is_null_for_anything_malformed(router, sing
     sid = single.execute("SELECT (castle.verify(%s)).id", (token,)).fetchone()[0]
     head, secret = token.split(".")
     bad = [None, "", "oat_", "oat_.x", token.replace("oat_", "tok_"), "oat_MA." + secret,  # id 0
+           head, head + ".", head + ".sec ret", head + "." + secret + "!",  # no secret, or not base64url
+           "oat_MR." + secret,  # 1, but not canonical base64 (MQ is)
+           head + "." + "A" * 1500,  # longer than any token
            "oat_LTE." + secret,  # -1
            "oat_OTIyMzM3MjAzNjg1NDc3NTgwOA." + secret,  # 2^63
            "oat_" + "QQ" * 20 + "." + secret, "oat_!!!." + secret, head + "x" * 3000]
@@ -93,6 +96,8 @@ def test_the_same_answers_through_the_router_as_on_one_server(router, single):
         out.append(refusal(c, "SELECT castle.rotate(%s)", "oat_MQ.nope"))
         out.append(c.execute("SELECT castle.verify(%s) IS NULL, castle.is_valid(%s), castle.revoke(%s)",
                              ("garbage",) * 3).fetchone())
+        # NULL itself, not a row of NULLs, to the driver
+        out.append(c.execute("SELECT castle.verify(%s)", (t1[:-3] + "AAA",)).fetchone())
         t2 = c.execute("SELECT castle.rotate(%s)", (t1,)).fetchone()[0]
         # within the grace the old token stands for the successor
         out.append(c.execute("SELECT (castle.verify(%s)).id = (castle.verify(%s)).id", (t1, t2)).fetchone())
