@@ -54,6 +54,10 @@ CREATE SERVER castle_shards FOREIGN DATA WRAPPER plproxy OPTIONS (connection_lif
     p0 'host=127.0.0.1 port=$PORT dbname=shard_0', p1 'host=127.0.0.1 port=$PORT dbname=shard_1',
     p2 'host=127.0.0.1 port=$PORT dbname=shard_2', p3 'host=127.0.0.1 port=$PORT dbname=shard_3');
 CREATE USER MAPPING FOR postgres SERVER castle_shards OPTIONS (user 'postgres');
+-- PL/Proxy's own cost: a call that does nothing on the shard
+CREATE FUNCTION bench_empty_hop(x int) RETURNS int LANGUAGE plproxy AS \$\$
+    CLUSTER 'castle_shards'; RUN ON 0; SELECT x;
+\$\$;
 -- every user's token (all), and partition 0's users and tokens (p0)
 CREATE TABLE all_tokens (n serial PRIMARY KEY, token text NOT NULL);
 INSERT INTO all_tokens (token) SELECT castle.create_session(u::bigint) FROM generate_series(1, $NTOKENS) AS u;
@@ -96,6 +100,7 @@ for round in $(seq "$ROUNDS"); do
     run "authenticate via router, 1 client" router shard_authenticate "$P0_TOKENS" 1
     run "authenticate on shard 0" shard_0 shard_authenticate "$P0_TOKENS"
     run "authenticate through the router" router shard_authenticate "$P0_TOKENS"
+    run "an empty PL/Proxy call" router shard_empty_hop "$P0_TOKENS"
     run "create_session on shard 0" shard_0 shard_create_session "$P0_TOKENS"
     run "create_session through the router" router shard_create_session "$P0_TOKENS"
     psql_at router -c "DROP VIEW bench_tokens" -c "CREATE VIEW bench_tokens AS SELECT * FROM all_router_tokens"
@@ -117,7 +122,8 @@ verdict=$(awk -v r="$hop" 'BEGIN { print (r >= 0.5) ? "PASS" : "FAIL" }')
     echo "| workload | median tps |"
     echo "|---|---|"
     for label in "authenticate on shard 0, 1 client" "authenticate via router, 1 client" \
-                 "authenticate on shard 0" "authenticate through the router" "create_session on shard 0" \
+                 "authenticate on shard 0" "authenticate through the router" "an empty PL/Proxy call" \
+                 "create_session on shard 0" \
                  "create_session through the router" "authenticate, 4 shards via router" "authenticate, one server"; do
         echo "| $label | $(median "$label") |"
     done
@@ -126,6 +132,8 @@ verdict=$(awk -v r="$hop" 'BEGIN { print (r >= 0.5) ? "PASS" : "FAIL" }')
     echo "|---|---|---|"
     echo "| authenticate, one request at a time: router / direct (what one hop costs) | $hop | ≥ 0.5: $verdict |"
     echo "| authenticate, 2 clients: router / direct (router, shard and clients on the same 2 cores) | $(ratio "authenticate through the router" "authenticate on shard 0") | — |"
+    echo "| an empty PL/Proxy call / authenticate on shard 0, 2 clients (the most any router on PL/Proxy can reach here) | $(ratio "an empty PL/Proxy call" "authenticate on shard 0") | — |"
+    echo "| authenticate through the router / an empty PL/Proxy call, 2 clients (what castle_sessions_router adds) | $(ratio "authenticate through the router" "an empty PL/Proxy call") | — |"
     echo "| create_session: router / direct | $(ratio "create_session through the router" "create_session on shard 0") | — |"
     echo "| authenticate: 4 shards via router / one server, same machine | $(ratio "authenticate, 4 shards via router" "authenticate, one server") | — |"
 } | tee "$REPORT"
