@@ -114,7 +114,7 @@ verdict=$(awk -v r="$hop" 'BEGIN { print (r >= 0.5) ? "PASS" : "FAIL" }')
 {
     echo "# Shards through PL/Proxy, PostgreSQL $PG_MAJOR"
     echo
-    echo "\`bash bench/shards.sh\` at $COMMIT, $(date -u +%Y-%m-%d), $(nproc) cores; pgbench -M prepared, 2 clients,"
+    echo "\`bash bench/shards.sh\` at $COMMIT, $(date -u +%Y-%m-%d), $(nproc) cores; pgbench -M prepared over TCP, 2 clients (1 where a row says so),"
     echo "$ROUNDS interleaved rounds of $T s; ratios are medians of each round's ratio. Four shard databases,"
     echo "the router and the one-server database share one cluster on this machine; the router reaches"
     echo "each shard over TCP, as it would on another machine. \`castle.max_sessions = 0\`."
