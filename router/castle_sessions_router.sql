@@ -371,18 +371,6 @@ LANGUAGE sql VOLATILE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_t
     SELECT coalesce(sum(n), 0)::bigint FROM castle_router.prune_all_shards(batch_size) AS n
 $$;
 
--- as castle_sessions': a batch on every shard per round, committing between them
-CREATE PROCEDURE castle.prune_all(batch_size integer DEFAULT 10000)
-LANGUAGE plpgsql AS $$
-DECLARE
-    deleted bigint;
-BEGIN
-    LOOP
-        deleted := castle.prune(batch_size);
-        COMMIT;
-        EXIT WHEN deleted OPERATOR(pg_catalog.<) batch_size;
-    END LOOP;
-END $$;
 
 CREATE FUNCTION castle.revoke_everything(issued_before timestamptz DEFAULT NULL) RETURNS bigint
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -421,20 +409,6 @@ LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS 
     SELECT FROM castle_router.stats_reset_all_shards()
 $$;
 
--- The same view as castle_sessions', over the sums.
-CREATE VIEW castle.stats AS
-SELECT d.datname, c.collecting, c.stats_reset,
-       c.counts[1] AS sessions_created, c.counts[2] AS authentications,
-       c.counts[3] AS refused_malformed, c.counts[4] AS refused_unknown_id,
-       c.counts[5] AS refused_wrong_secret, c.counts[6] AS refused_expired,
-       c.counts[7] AS refused_idle, c.counts[8] AS refused_reuse,
-       c.counts[9] AS rotations, c.counts[10] AS revoked_by_token,
-       c.counts[11] AS revoked_by_id, c.counts[12] AS revoked_by_user,
-       c.counts[13] AS revoked_by_trigger, c.counts[14] AS trimmed,
-       c.counts[15] AS pruned, c.counts[16] AS reuses_detected,
-       c.counts[17] AS touches_written, c.counts[18] AS touches_skipped
-  FROM castle.stats_counters() AS c
-  JOIN pg_catalog.pg_database AS d ON d.oid OPERATOR(pg_catalog.=) c.datid;
 
 ---------------------------------------------------------------------------
 -- The auth context in this database: castle.login binds a session to the
@@ -529,74 +503,11 @@ LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS 
 $$;
 
 ---------------------------------------------------------------------------
--- Deleting a user revokes their sessions, as with castle_sessions.
+-- What castle_sessions defines in SQL, word for word: prune_all (a batch on
+-- every shard per round), revoke_sessions_trigger, the two application roles
+-- and the castle.stats view (over the router's sums).
 ---------------------------------------------------------------------------
-CREATE FUNCTION castle.revoke_sessions_trigger() RETURNS trigger
-LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    doomed_user text;
-BEGIN
-    IF TG_NARGS <> 1 OR TG_OP <> 'DELETE' OR TG_LEVEL <> 'ROW' THEN
-        RAISE EXCEPTION 'castle.revoke_sessions_trigger(column) must be an AFTER DELETE ... FOR EACH ROW trigger'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF NOT (to_jsonb(OLD) ? TG_ARGV[0]) THEN
-        RAISE EXCEPTION 'table %.% has no column "%"', TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]
-            USING ERRCODE = 'undefined_column';
-    END IF;
-    doomed_user := to_jsonb(OLD) ->> TG_ARGV[0];
-    IF doomed_user IS NOT NULL THEN
-        PERFORM castle.revoke_deleted_user(doomed_user);
-    END IF;
-    RETURN NULL;
-END $$;
-
----------------------------------------------------------------------------
--- The two application roles, as castle_sessions grants them.
----------------------------------------------------------------------------
-CREATE FUNCTION castle.grant_routines(role regrole, routines regprocedure[]) RETURNS void
-LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    routine regprocedure;
-BEGIN
-    IF role IS NULL OR routines IS NULL THEN
-        RAISE EXCEPTION 'a role and its routines are required'
-            USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    EXECUTE format('REVOKE ALL ON ALL ROUTINES IN SCHEMA castle FROM %s', role);
-    EXECUTE format('GRANT USAGE ON SCHEMA castle TO %s', role);
-    FOREACH routine IN ARRAY routines LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s', routine, role);
-    END LOOP;
-END $$;
-
-CREATE FUNCTION castle.request_routines() RETURNS regprocedure[]
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT ARRAY[
-        'castle.login(text)', 'castle.authenticate(text)', 'castle.verify(text)',
-        'castle.is_valid(text)', 'castle.logout()', 'castle.user_id()', 'castle.session_id()',
-        'castle.sessions_of()', 'castle.revoke_own_session(bigint)',
-        'castle.revoke_other_sessions()', 'castle.revoke(text)'
-    ]::regprocedure[]
-$$;
-
-CREATE FUNCTION castle.grant_request_role(role regrole) RETURNS void
-LANGUAGE sql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT castle.grant_routines(role, castle.request_routines())
-$$;
-
-CREATE FUNCTION castle.grant_sign_in_role(role regrole) RETURNS void
-LANGUAGE sql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT castle.grant_routines(role, castle.request_routines() || ARRAY[
-        'castle.create_session(bigint, interval, jsonb)',
-        'castle.create_session(uuid, interval, jsonb)',
-        'castle.create_session(text, interval, jsonb)',
-        'castle.rotate(text, interval)',
-        'castle.revoke_all(bigint, bigint)', 'castle.revoke_all(uuid, bigint)',
-        'castle.revoke_all(text, bigint)',
-        'castle.revoke_deleted_user(text)'
-    ]::regprocedure[])
-$$;
+-- @FINALIZE_SHARED@ (sql/finalize.sql's shared part, put here by scripts/common.sh)
 
 ---------------------------------------------------------------------------
 -- Privileges, as castle_sessions sets them.

@@ -147,7 +147,20 @@ router_files() {
     mkdir -p "$1"
     sed "s/@CARGO_VERSION@/$CASTLE_VERSION/" "$REPO/router/castle_sessions_router.control" \
         >"$1/castle_sessions_router.control"
-    cp "$REPO/router/castle_sessions_router.sql" "$1/castle_sessions_router--$CASTLE_VERSION.sql"
+    # the routines both extensions define alike, written once, in sql/finalize.sql
+    grep -q '^-- @FINALIZE_SHARED@' "$REPO/router/castle_sessions_router.sql" &&
+        grep -q '^-- END shared with castle_sessions_router' "$REPO/sql/finalize.sql" ||
+        { echo "router_files: no shared part to put into the router's script" >&2; return 1; }
+    awk -v finalize="$REPO/sql/finalize.sql" '
+        /^-- @FINALIZE_SHARED@/ {
+            while ((getline line < finalize) > 0) {
+                if (line ~ /^-- END shared with castle_sessions_router/) on = 0
+                if (on) print line
+                if (line ~ /^-- BEGIN shared with castle_sessions_router/) on = 1
+            }
+            next
+        }
+        { print }' "$REPO/router/castle_sessions_router.sql" >"$1/castle_sessions_router--$CASTLE_VERSION.sql"
 }
 # place_by_rename FILE DIR: FILE becomes DIR/its name
 place_by_rename() {

@@ -1,5 +1,9 @@
 -- Hand-written routines, then privileges. Runs after every Rust function exists.
 
+-- BEGIN shared with castle_sessions_router: scripts/common.sh (router_files)
+-- puts this part, as it is, into the router's script (router/), which offers
+-- the same routines over shards (docs/sharding.md).
+
 -- Prune a backlog of any size, committing after each batch so that no
 -- transaction holds more than one batch of rows. A procedure that commits may
 -- carry neither SET nor SECURITY DEFINER, so every name and operator in it is
@@ -43,25 +47,6 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$;
-
--- Every change to castle.shard, by configure_shard, a DBA or a restore,
--- first waits for the sign-ins and sign-outs in flight and holds new ones
--- back (the lock configure_shard takes), and reaches every backend's cached
--- copy when it commits (src/shard.rs).
-CREATE FUNCTION castle.shard_trigger() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF TG_WHEN = 'BEFORE' THEN
-        LOCK TABLE castle.user_locks IN SHARE ROW EXCLUSIVE MODE;
-    ELSE
-        PERFORM castle.shard_changed();
-    END IF;
-    RETURN NULL;
-END $$;
-CREATE TRIGGER shard_changing BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON castle.shard
-    FOR EACH STATEMENT EXECUTE FUNCTION castle.shard_trigger();
-CREATE TRIGGER shard_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON castle.shard
-    FOR EACH STATEMENT EXECUTE FUNCTION castle.shard_trigger();
 
 -- The two application roles (docs/security.md). A request role checks
 -- tokens and acts on its own session only; a sign-in role may also create
@@ -115,6 +100,44 @@ LANGUAGE sql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
     ]::regprocedure[])
 $$;
 
+-- What sessions do, for the DBA: counters since castle.stats_reset(), one
+-- row per database, kept in shared memory when the library is in
+-- shared_preload_libraries (collecting = false and NULL counters otherwise).
+-- The order of counts is src/stats.rs's Counter.
+CREATE VIEW castle.stats AS
+SELECT d.datname, c.collecting, c.stats_reset,
+       c.counts[1] AS sessions_created, c.counts[2] AS authentications,
+       c.counts[3] AS refused_malformed, c.counts[4] AS refused_unknown_id,
+       c.counts[5] AS refused_wrong_secret, c.counts[6] AS refused_expired,
+       c.counts[7] AS refused_idle, c.counts[8] AS refused_reuse,
+       c.counts[9] AS rotations, c.counts[10] AS revoked_by_token,
+       c.counts[11] AS revoked_by_id, c.counts[12] AS revoked_by_user,
+       c.counts[13] AS revoked_by_trigger, c.counts[14] AS trimmed,
+       c.counts[15] AS pruned, c.counts[16] AS reuses_detected,
+       c.counts[17] AS touches_written, c.counts[18] AS touches_skipped
+  FROM castle.stats_counters() AS c
+  JOIN pg_catalog.pg_database AS d ON d.oid OPERATOR(pg_catalog.=) c.datid;
+-- END shared with castle_sessions_router
+
+-- Every change to castle.shard, by configure_shard, a DBA or a restore,
+-- first waits for the sign-ins and sign-outs in flight and holds new ones
+-- back (the lock configure_shard takes), and reaches every backend's cached
+-- copy when it commits (src/shard.rs).
+CREATE FUNCTION castle.shard_trigger() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_WHEN = 'BEFORE' THEN
+        LOCK TABLE castle.user_locks IN SHARE ROW EXCLUSIVE MODE;
+    ELSE
+        PERFORM castle.shard_changed();
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER shard_changing BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON castle.shard
+    FOR EACH STATEMENT EXECUTE FUNCTION castle.shard_trigger();
+CREATE TRIGGER shard_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON castle.shard
+    FOR EACH STATEMENT EXECUTE FUNCTION castle.shard_trigger();
+
 -- rotate, NULL for a refused token instead of 28000: what a router calls
 -- (docs/sharding.md), since PL/Proxy drops a connection whose call raised.
 CREATE FUNCTION castle.rotate_or_null(token text, ttl interval DEFAULT NULL) RETURNS text
@@ -144,24 +167,6 @@ LANGUAGE sql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
         'castle.token_session_id(text)'
     ]::regprocedure[])
 $$;
-
--- What sessions do, for the DBA: counters since castle.stats_reset(), one
--- row per database, kept in shared memory when the library is in
--- shared_preload_libraries (collecting = false and NULL counters otherwise).
--- The order of counts is src/stats.rs's Counter.
-CREATE VIEW castle.stats AS
-SELECT d.datname, c.collecting, c.stats_reset,
-       c.counts[1] AS sessions_created, c.counts[2] AS authentications,
-       c.counts[3] AS refused_malformed, c.counts[4] AS refused_unknown_id,
-       c.counts[5] AS refused_wrong_secret, c.counts[6] AS refused_expired,
-       c.counts[7] AS refused_idle, c.counts[8] AS refused_reuse,
-       c.counts[9] AS rotations, c.counts[10] AS revoked_by_token,
-       c.counts[11] AS revoked_by_id, c.counts[12] AS revoked_by_user,
-       c.counts[13] AS revoked_by_trigger, c.counts[14] AS trimmed,
-       c.counts[15] AS pruned, c.counts[16] AS reuses_detected,
-       c.counts[17] AS touches_written, c.counts[18] AS touches_skipped
-  FROM castle.stats_counters() AS c
-  JOIN pg_catalog.pg_database AS d ON d.oid OPERATOR(pg_catalog.=) c.datid;
 
 -- Privileges. Nobody but the owner reads or writes the table directly: the
 -- functions that touch it are SECURITY DEFINER with a pinned search_path.
