@@ -235,7 +235,7 @@ unsafe fn read_config() -> Option<Config> {
 /// deletion cannot break max_sessions, and during a move the family must
 /// still go (the copy on the new shard is revoked at its next reuse).
 pub fn refuse_unless_owned(user_id: &[u8]) {
-    if unsafe { pg_sys::IsBackgroundWorker } {
+    if unsafe { pg_sys::MyBackendType } == pg_sys::BackendType::B_BG_WORKER {
         return;
     }
     if let Some(config) = config() {
