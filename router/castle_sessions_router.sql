@@ -18,16 +18,7 @@
 CREATE SCHEMA castle_router;
 REVOKE ALL ON SCHEMA castle_router FROM PUBLIC;
 
--- What authenticate and verify return: castle_sessions' type, field for field.
-CREATE TYPE castle.session AS (
-    id         bigint,
-    user_id    text,
-    created_at timestamptz,
-    updated_at timestamptz,
-    expires_at timestamptz,
-    used_at    timestamptz,
-    data       jsonb
-);
+-- @SHARED sql/bootstrap.sql@ (castle.session, field for field, put here by scripts/common.sh)
 
 -- Sessions issued before the database was split into shards: their ids carry
 -- no bucket, so the router looks theirs up here (docs/sharding.md, "From one
@@ -126,12 +117,8 @@ END $$;
 -- The same for the id inside a token; NULL when the token has none.
 CREATE FUNCTION castle_router.token_route(token text) RETURNS bigint
 LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
-DECLARE
-    session_id bigint := castle.token_session_id(token);
-    bucket bigint;
 BEGIN
-    SELECT l.bucket INTO bucket FROM castle_router.legacy_sessions AS l WHERE l.id = session_id;
-    RETURN coalesce(bucket, session_id);
+    RETURN castle_router.session_route(castle.token_session_id(token));
 END $$;
 
 -- The one refusal: 28000 and castle.invalid_message, as castle_sessions gives.
@@ -507,7 +494,7 @@ $$;
 -- every shard per round), revoke_sessions_trigger, the two application roles
 -- and the castle.stats view (over the router's sums).
 ---------------------------------------------------------------------------
--- @FINALIZE_SHARED@ (sql/finalize.sql's shared part, put here by scripts/common.sh)
+-- @SHARED sql/finalize.sql@ (its shared part, put here by scripts/common.sh)
 
 ---------------------------------------------------------------------------
 -- Privileges, as castle_sessions sets them.

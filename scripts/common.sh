@@ -147,17 +147,26 @@ router_files() {
     mkdir -p "$1"
     sed "s/@CARGO_VERSION@/$CASTLE_VERSION/" "$REPO/router/castle_sessions_router.control" \
         >"$1/castle_sessions_router.control"
-    # the routines both extensions define alike, written once, in sql/finalize.sql
-    grep -q '^-- @FINALIZE_SHARED@' "$REPO/router/castle_sessions_router.sql" &&
-        grep -q '^-- END shared with castle_sessions_router' "$REPO/sql/finalize.sql" ||
-        { echo "router_files: no shared part to put into the router's script" >&2; return 1; }
-    awk -v finalize="$REPO/sql/finalize.sql" '
-        /^-- @FINALIZE_SHARED@/ {
-            while ((getline line < finalize) > 0) {
+    # what both extensions define alike is written once, in sql/: each
+    # "-- @SHARED sql/FILE@" line becomes FILE's part between "-- BEGIN shared
+    # with castle_sessions_router" and "-- END shared with castle_sessions_router"
+    local file
+    for file in bootstrap finalize; do
+        grep -q "^-- @SHARED sql/$file.sql@" "$REPO/router/castle_sessions_router.sql" &&
+            grep -q '^-- END shared with castle_sessions_router' "$REPO/sql/$file.sql" ||
+            { echo "router_files: no shared part of sql/$file.sql for the router's script" >&2; return 1; }
+    done
+    awk -v sql="$REPO/sql" '
+        /^-- @SHARED sql\/[a-z_]+\.sql@/ {
+            match($0, /sql\/[a-z_]+\.sql/)
+            file = sql "/" substr($0, RSTART + 4, RLENGTH - 4)
+            on = 0
+            while ((getline line < file) > 0) {
                 if (line ~ /^-- END shared with castle_sessions_router/) on = 0
                 if (on) print line
                 if (line ~ /^-- BEGIN shared with castle_sessions_router/) on = 1
             }
+            close(file)
             next
         }
         { print }' "$REPO/router/castle_sessions_router.sql" >"$1/castle_sessions_router--$CASTLE_VERSION.sql"

@@ -59,6 +59,7 @@ CREATE TABLE castle.rotation_keys (
     key   bytea NOT NULL CHECK (pg_catalog.octet_length(key) = 32)
 );
 
+-- BEGIN shared with castle_sessions_router: scripts/common.sh (router_files)
 -- What authenticate and verify return: the row without its hash.
 CREATE TYPE castle.session AS (
     id         bigint,
@@ -69,6 +70,7 @@ CREATE TYPE castle.session AS (
     used_at    timestamptz,
     data       jsonb
 );
+-- END shared with castle_sessions_router
 
 -- This database's place in a set of shards (src/shard.rs, docs/sharding.md):
 -- no row on a database that is no shard. castle.configure_shard writes it;
