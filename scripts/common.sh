@@ -171,6 +171,30 @@ router_files() {
         }
         { print }' "$REPO/router/castle_sessions_router.sql" >"$1/castle_sessions_router--$CASTLE_VERSION.sql"
 }
+# managed_edition OUT: the SQL edition (docs/managed.md) built from
+# managed/castle_sessions.in.sql into OUT. What it shares with the extension is
+# written once: each "-- @SHARED sql/FILE@" line becomes FILE's part between
+# "-- BEGIN shared with the SQL edition" and "-- END shared with the SQL
+# edition", and each "-- @QUERY src/queries/FILE@" line that query, as the
+# extension prepares it. managed/castle_sessions.sql is this output, kept in
+# the repo for those who install from one file; the suite fails if it differs.
+managed_edition() {
+    awk -v repo="$REPO" -v version="$CASTLE_VERSION" '
+        function put(file, region,    line, on, found) {
+            if ((getline line < file) <= 0) { print "managed_edition: cannot read " file > "/dev/stderr"; exit 1 }
+            on = !region
+            do {
+                if (region && line ~ /^-- END shared with the SQL edition/) on = 0
+                if (on) print line
+                if (region && line ~ /^-- BEGIN shared with the SQL edition/) { on = 1; found = 1 }
+            } while ((getline line < file) > 0)
+            close(file)
+            if (region && !found) { print "managed_edition: no shared part in " file > "/dev/stderr"; exit 1 }
+        }
+        /^ *-- @SHARED sql\/[a-z_]+\.sql@/ { match($0, /sql\/[a-z_]+\.sql/); put(repo "/" substr($0, RSTART, RLENGTH), 1); next }
+        /^ *-- @QUERY src\/queries\/[a-z_]+\.sql@/ { match($0, /src\/queries\/[a-z_]+\.sql/); put(repo "/" substr($0, RSTART, RLENGTH), 0); next }
+        { gsub(/@VERSION@/, version); print }' "$REPO/managed/castle_sessions.in.sql" >"$1"
+}
 # place_by_rename FILE DIR: FILE becomes DIR/its name
 place_by_rename() {
     local name

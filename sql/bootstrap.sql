@@ -1,5 +1,9 @@
 -- The session store. Created before any function, in the extension's schema.
 
+-- BEGIN shared with the SQL edition: scripts/common.sh (managed_edition) puts
+-- this part, as it is, into managed/castle_sessions.sql, so both editions keep
+-- the same table, on disk and in pg_dump.
+
 CREATE TABLE castle.sessions (
     -- BY DEFAULT, not ALWAYS: sessions imported from an app that used the seed's
     -- SessionManager keep their ids, because the id is inside every token.
@@ -32,10 +36,6 @@ CREATE INDEX sessions_family_id_idx ON castle.sessions (family_id) WHERE family_
 COMMENT ON TABLE castle.sessions IS
     'Sessions issued by castle_sessions; hash is SHA-256 of the secret, never the token.';
 
--- pg_dump keeps the rows (and the id sequence), so a restore keeps every token valid.
-SELECT pg_catalog.pg_extension_config_dump('castle.sessions', '');
-SELECT pg_catalog.pg_extension_config_dump(
-    pg_catalog.pg_get_serial_sequence('castle.sessions', 'id')::regclass, '');
 
 -- Holds no rows: its table lock, in SHARE ROW EXCLUSIVE mode, stands for
 -- every user's lock in a transaction that signs in or out more than 32 users
@@ -71,6 +71,12 @@ CREATE TYPE castle.session AS (
     data       jsonb
 );
 -- END shared with castle_sessions_router
+-- END shared with the SQL edition
+
+-- pg_dump keeps the rows (and the id sequence), so a restore keeps every token valid.
+SELECT pg_catalog.pg_extension_config_dump('castle.sessions', '');
+SELECT pg_catalog.pg_extension_config_dump(
+    pg_catalog.pg_get_serial_sequence('castle.sessions', 'id')::regclass, '');
 
 -- This database's place in a set of shards (src/shard.rs, docs/sharding.md):
 -- no row on a database that is no shard. castle.configure_shard writes it;

@@ -1,5 +1,6 @@
 -- Hand-written routines, then privileges. Runs after every Rust function exists.
 
+-- BEGIN shared with the SQL edition (managed/)
 -- BEGIN shared with castle_sessions_router: scripts/common.sh (router_files)
 -- puts this part, as it is, into the router's script (router/), which offers
 -- the same routines over shards (docs/sharding.md).
@@ -118,6 +119,7 @@ SELECT d.datname, c.collecting, c.stats_reset,
   FROM castle.stats_counters() AS c
   JOIN pg_catalog.pg_database AS d ON d.oid OPERATOR(pg_catalog.=) c.datid;
 -- END shared with castle_sessions_router
+-- END shared with the SQL edition
 
 -- Every change to castle.shard, by configure_shard, a DBA or a restore,
 -- first waits for the sign-ins and sign-outs in flight and holds new ones
