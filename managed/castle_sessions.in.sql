@@ -32,6 +32,10 @@ END $check$;
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 
 CREATE SCHEMA castle;
+-- What the API is made of, and what only the owner may call: out of sight of
+-- every other role (no USAGE), so castle holds the API alone, as the
+-- extension's schema does.
+CREATE SCHEMA castle_internal;
 
 -- @SHARED sql/bootstrap.sql@
 
@@ -61,7 +65,7 @@ CREATE TABLE castle.settings (
 
 -- The settings' rules, the extension's (src/settings.rs): NULL when s is good,
 -- else what is wrong, for the message.
-CREATE FUNCTION castle.settings_problem(s castle.settings) RETURNS text
+CREATE FUNCTION castle_internal.settings_problem(s castle.settings) RETURNS text
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE
         WHEN s.max_sessions < 0 THEN 'castle.max_sessions must be 0 (unlimited) or more'
@@ -76,10 +80,10 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     END
 $$;
 
-CREATE FUNCTION castle.settings_checked() RETURNS trigger
+CREATE FUNCTION castle_internal.settings_checked() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    problem text := castle.settings_problem(NEW);
+    problem text := castle_internal.settings_problem(NEW);
 BEGIN
     IF problem IS NOT NULL THEN
         RAISE EXCEPTION '%', problem USING ERRCODE = 'invalid_parameter_value';
@@ -87,7 +91,7 @@ BEGIN
     RETURN NEW;
 END $$;
 CREATE TRIGGER settings_checked BEFORE INSERT OR UPDATE ON castle.settings
-    FOR EACH ROW EXECUTE FUNCTION castle.settings_checked();
+    FOR EACH ROW EXECUTE FUNCTION castle_internal.settings_checked();
 
 -- Starting values: the database's own castle.* settings, where a superuser set
 -- them (ALTER DATABASE ... SET, as for the extension), else the defaults.
@@ -115,7 +119,7 @@ BEGIN
 END $import$;
 
 -- The settings a call runs with (see castle.settings).
-CREATE FUNCTION castle.current_settings() RETURNS castle.settings
+CREATE FUNCTION castle_internal.current_settings() RETURNS castle.settings
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     s castle.settings;
@@ -127,7 +131,11 @@ BEGIN
         RAISE EXCEPTION 'castle.settings has no row' USING ERRCODE = 'object_not_in_prerequisite_state',
             HINT = 'INSERT INTO castle.settings DEFAULT VALUES, as its owner.';
     END IF;
-    IF NOT pg_catalog.has_table_privilege(session_user, 'castle.settings'::regclass, 'UPDATE') THEN
+    -- the role the caller acts as: the role it SET ROLE to, else the one it
+    -- logged in as (current_user is the owner here)
+    IF NOT pg_catalog.has_table_privilege(COALESCE(NULLIF(pg_catalog.current_setting('role'), 'none'),
+                                                   session_user::text)::name,
+                                          'castle.settings'::regclass, 'UPDATE') THEN
         RETURN s;
     END IF;
     value := pg_catalog.current_setting('castle.max_sessions', true);
@@ -141,18 +149,18 @@ BEGIN
     value := pg_catalog.current_setting('castle.invalid_message', true);
     IF value <> '' THEN s.invalid_message := value; END IF;
     value := pg_catalog.current_setting('castle.default_ttl', true);
-    IF value <> '' THEN s.default_ttl := castle.seconds(value); END IF;
+    IF value <> '' THEN s.default_ttl := castle_internal.seconds(value); END IF;
     value := pg_catalog.current_setting('castle.touch_interval', true);
-    IF value <> '' THEN s.touch_interval := castle.seconds(value); END IF;
+    IF value <> '' THEN s.touch_interval := castle_internal.seconds(value); END IF;
     value := pg_catalog.current_setting('castle.idle_timeout', true);
-    IF value <> '' THEN s.idle_timeout := castle.seconds(value); END IF;
+    IF value <> '' THEN s.idle_timeout := castle_internal.seconds(value); END IF;
     value := pg_catalog.current_setting('castle.rotate_grace', true);
-    IF value <> '' THEN s.rotate_grace := castle.seconds(value); END IF;
+    IF value <> '' THEN s.rotate_grace := castle_internal.seconds(value); END IF;
     value := pg_catalog.current_setting('castle.log_events', true);
     IF value <> '' THEN s.log_events := value::boolean; END IF;
     value := pg_catalog.current_setting('castle.notify_revocations', true);
     IF value <> '' THEN s.notify_revocations := value::boolean; END IF;
-    problem := castle.settings_problem(s);
+    problem := castle_internal.settings_problem(s);
     IF problem IS NOT NULL THEN
         RAISE EXCEPTION 'invalid value for a castle.* setting: %', problem USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -160,7 +168,7 @@ BEGIN
 END $$;
 
 -- A duration as the extension's settings take it: seconds, or with a unit ('2h', '30d').
-CREATE FUNCTION castle.seconds(value text) RETURNS integer
+CREATE FUNCTION castle_internal.seconds(value text) RETURNS integer
 LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN value ~ '^\s*-?[0-9]+\s*$' THEN value::integer
                 ELSE extract(epoch FROM value::interval)::integer END
@@ -170,7 +178,7 @@ $$;
 -- Secrets only the owner reads: the key that signs a login's binding
 -- (castle.login), and the key that makes users' lock rows unguessable is not
 -- needed (they are rows of castle.user_locks, which nobody else can touch).
-CREATE TABLE castle.keys (
+CREATE TABLE castle_internal.keys (
     one_row     boolean PRIMARY KEY DEFAULT true CHECK (one_row),
     context_key bytea NOT NULL CHECK (pg_catalog.octet_length(context_key) = 32)
 );
@@ -178,7 +186,7 @@ CREATE TABLE castle.keys (
 -- How a reuse's family is revoked in a transaction of its own: a dblink
 -- connection string (castle.use_dblink writes it; it holds a password, so
 -- only the owner reads it). No row: in the caller's transaction.
-CREATE TABLE castle.autonomous (
+CREATE TABLE castle_internal.autonomous (
     one_row  boolean PRIMARY KEY DEFAULT true CHECK (one_row),
     conninfo text NOT NULL,
     dblink   name NOT NULL   -- the schema dblink is installed in
@@ -195,18 +203,18 @@ DECLARE
     crc bigint;
 BEGIN
     EXECUTE pg_catalog.format($f$
-        CREATE FUNCTION castle.random_bytes(n integer) RETURNS bytea
+        CREATE FUNCTION castle_internal.random_bytes(n integer) RETURNS bytea
         LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, pg_temp
         AS 'SELECT %I.gen_random_bytes(n)' $f$, crypto);
     EXECUTE pg_catalog.format($f$
-        CREATE FUNCTION castle.hmac_sha256(message bytea, key bytea) RETURNS bytea
+        CREATE FUNCTION castle_internal.hmac_sha256(message bytea, key bytea) RETURNS bytea
         LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp
         AS 'SELECT %I.hmac(message, key, ''sha256'')' $f$, crypto);
-    INSERT INTO castle.keys (context_key) SELECT castle.random_bytes(32);
+    INSERT INTO castle_internal.keys (context_key) SELECT castle_internal.random_bytes(32);
     -- CRC-32 (zlib's, as the seed's checksum): PostgreSQL 18 has it built in;
     -- before, a table-driven loop with the table written in as a constant
     IF pg_catalog.to_regprocedure('pg_catalog.crc32(bytea)') IS NOT NULL THEN
-        CREATE FUNCTION castle.crc32(data bytea) RETURNS bigint
+        CREATE FUNCTION castle_internal.crc32(data bytea) RETURNS bigint
         LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp
         AS 'SELECT pg_catalog.crc32(data)';
     ELSE
@@ -218,7 +226,7 @@ BEGIN
             crc_table := crc_table || crc;
         END LOOP;
         EXECUTE pg_catalog.format($f$
-            CREATE FUNCTION castle.crc32(data bytea) RETURNS bigint
+            CREATE FUNCTION castle_internal.crc32(data bytea) RETURNS bigint
             LANGUAGE plpgsql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $body$
             DECLARE
                 crc_of_byte CONSTANT bigint[] := %L;
@@ -238,7 +246,7 @@ END $pgcrypto$;
 --   secret = random || decimal(crc32(random))     -- random: [A-Za-z0-9_-]{n}
 --   hash   = lowercase hex(sha256(secret))         -- the only thing stored
 
-CREATE FUNCTION castle.base64url(data bytea) RETURNS text
+CREATE FUNCTION castle_internal.base64url(data bytea) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
     -- encode() breaks lines every 76 characters: drop them with the padding
     SELECT pg_catalog.translate(pg_catalog.encode(data, 'base64'), E'+/=\n', '-_')
@@ -246,7 +254,7 @@ $$;
 
 -- A secret from random bytes: each byte's low six bits pick a character, then
 -- the checksum of those characters.
-CREATE FUNCTION castle.secret_from_bytes(random bytea) RETURNS text
+CREATE FUNCTION castle_internal.secret_from_bytes(random bytea) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
     WITH chars AS (
         SELECT pg_catalog.string_agg(pg_catalog.substr(
@@ -254,13 +262,13 @@ LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
                    (pg_catalog.get_byte(random, i) & 63) + 1, 1), '' ORDER BY i) AS text
           FROM pg_catalog.generate_series(0, pg_catalog.length(random) - 1) AS i
     )
-    SELECT c.text || castle.crc32(pg_catalog.convert_to(c.text, 'UTF8'))::text FROM chars AS c
+    SELECT c.text || castle_internal.crc32(pg_catalog.convert_to(c.text, 'UTF8'))::text FROM chars AS c
 $$;
 
-CREATE FUNCTION castle.encode_token(prefix text, id bigint, secret text) RETURNS text
+CREATE FUNCTION castle_internal.encode_token(prefix text, id bigint, secret text) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
-    SELECT prefix || castle.base64url(pg_catalog.convert_to(id::text, 'UTF8'))
-        || '.' || castle.base64url(pg_catalog.convert_to(secret, 'UTF8'))
+    SELECT prefix || castle_internal.base64url(pg_catalog.convert_to(id::text, 'UTF8'))
+        || '.' || castle_internal.base64url(pg_catalog.convert_to(secret, 'UTF8'))
 $$;
 
 -- A token taken apart: its session id and secret, or NULLs for anything a
@@ -268,7 +276,7 @@ $$;
 -- one secret has one spelling; the id a plain positive decimal bigint).
 -- Touches no table. The checksum is not checked: the hash is, and refuses the
 -- same tokens.
-CREATE FUNCTION castle.decode_token(token text, prefix text, OUT session_id bigint, OUT secret bytea)
+CREATE FUNCTION castle_internal.decode_token(token text, prefix text, OUT session_id bigint, OUT secret bytea)
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     rest text;
@@ -306,7 +314,7 @@ BEGIN
         || pg_catalog.repeat('=', (4 - pg_catalog.length(secret_part) % 4) % 4), 'base64');
 END $$;
 
-CREATE FUNCTION castle.hash_secret(secret bytea) RETURNS text
+CREATE FUNCTION castle_internal.hash_secret(secret bytea) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
     SELECT pg_catalog.encode(pg_catalog.sha256(secret), 'hex')
 $$;
@@ -314,11 +322,11 @@ $$;
 -- A rotation's successor secret (token.rs, successor_secret): HMAC-SHA256 of
 -- the replaced session's id and secret under the rotation key, in counter mode
 -- to `size` bytes, then made a secret like random bytes.
-CREATE FUNCTION castle.successor_secret(key bytea, rotated_id bigint, rotated_secret bytea, size integer)
+CREATE FUNCTION castle_internal.successor_secret(key bytea, rotated_id bigint, rotated_secret bytea, size integer)
 RETURNS text
 LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
-    SELECT castle.secret_from_bytes(pg_catalog.substr(pg_catalog.string_agg(
-               castle.hmac_sha256('castle_sessions successor'::bytea || '\x00'::bytea
+    SELECT castle_internal.secret_from_bytes(pg_catalog.substr(pg_catalog.string_agg(
+               castle_internal.hmac_sha256('castle_sessions successor'::bytea || '\x00'::bytea
                    || pg_catalog.int4send(block) || pg_catalog.int8send(rotated_id) || rotated_secret, key),
                ''::bytea ORDER BY block), 1, size))
       FROM pg_catalog.generate_series(0, (size - 1) / 32) AS block
@@ -328,56 +336,56 @@ $$;
 -- The shared statements, as the extension prepares them (src/queries/), each
 -- a function whose parameters are the statement's $1, $2...
 
-CREATE FUNCTION castle.trim_sessions(text, bigint, integer, timestamptz) RETURNS SETOF bigint
+CREATE FUNCTION castle_internal.trim_sessions(text, bigint, integer, timestamptz) RETURNS SETOF bigint
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $q$
     -- @QUERY src/queries/trim_sessions.sql@
 $q$;
-CREATE FUNCTION castle.delete_user_sessions(text, bigint) RETURNS SETOF bigint
+CREATE FUNCTION castle_internal.delete_user_sessions(text, bigint) RETURNS SETOF bigint
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $q$
     -- @QUERY src/queries/delete_user_sessions.sql@
 $q$;
-CREATE FUNCTION castle.delete_whole_family(bigint, text) RETURNS SETOF bigint
+CREATE FUNCTION castle_internal.delete_whole_family(bigint, text) RETURNS SETOF bigint
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $q$
     -- @QUERY src/queries/delete_whole_family.sql@
 $q$;
-CREATE FUNCTION castle.end_graces(bigint, text) RETURNS void
+CREATE FUNCTION castle_internal.end_graces(bigint, text) RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $q$
     -- @QUERY src/queries/end_graces.sql@
 $q$;
-CREATE FUNCTION castle.forget_rotated(bigint, integer, timestamptz) RETURNS void
+CREATE FUNCTION castle_internal.forget_rotated(bigint, integer, timestamptz) RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $q$
     -- @QUERY src/queries/forget_rotated.sql@
 $q$;
-CREATE FUNCTION castle.recent_rotations(bigint, timestamptz) RETURNS bigint
+CREATE FUNCTION castle_internal.recent_rotations(bigint, timestamptz) RETURNS bigint
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $q$
     -- @QUERY src/queries/recent_rotations.sql@
 $q$;
-CREATE FUNCTION castle.live_sessions(text, integer, timestamptz) RETURNS SETOF castle.session
+CREATE FUNCTION castle_internal.live_sessions(text, integer, timestamptz) RETURNS SETOF castle.session
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $q$
     -- @QUERY src/queries/live_sessions.sql@
 $q$;
-CREATE FUNCTION castle.prune_sessions(integer, integer) RETURNS SETOF bigint
+CREATE FUNCTION castle_internal.prune_sessions(integer, integer) RETURNS SETOF bigint
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $q$
     -- @QUERY src/queries/prune_sessions.sql@
 $q$;
-CREATE FUNCTION castle.read_successor(bigint) RETURNS bigint
+CREATE FUNCTION castle_internal.read_successor(bigint) RETURNS bigint
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $q$
     -- @QUERY src/queries/read_successor.sql@
 $q$;
-CREATE FUNCTION castle.next_in_family(bigint, bigint, OUT id bigint, OUT hash text, OUT rotated_at timestamptz)
+CREATE FUNCTION castle_internal.next_in_family(bigint, bigint, OUT id bigint, OUT hash text, OUT rotated_at timestamptz)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $q$
     -- @QUERY src/queries/next_in_family.sql@
 $q$;
-CREATE FUNCTION castle.rotate_session(bigint, timestamptz,
+CREATE FUNCTION castle_internal.rotate_session(bigint, timestamptz,
     OUT data jsonb, OUT family bigint, OUT rotated_at timestamptz, OUT live boolean)
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $q$
     -- @QUERY src/queries/rotate_session.sql@
 $q$;
-CREATE FUNCTION castle.revoke_everything_before(timestamptz) RETURNS bigint
+CREATE FUNCTION castle_internal.revoke_everything_before(timestamptz) RETURNS bigint
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $q$
     -- @QUERY src/queries/revoke_everything.sql@
 $q$;
-CREATE FUNCTION castle.overview_of(integer, OUT live_sessions bigint, OUT users bigint,
+CREATE FUNCTION castle_internal.overview_of(integer, OUT live_sessions bigint, OUT users bigint,
     OUT dead_sessions bigint, OUT rotated_sessions bigint, OUT oldest_live timestamptz)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $q$
     -- @QUERY src/queries/overview.sql@
@@ -387,7 +395,7 @@ $q$;
 -- Events: the server-log line (castle.log_events) and the notification
 -- (castle.notify_revocations) of the extension's src/events.rs. RAISE LOG
 -- reaches the client only if it asks for LOG; it holds ids, never a token.
-CREATE FUNCTION castle.event(s castle.settings, event text, sessions bigint[], user_id text DEFAULT NULL)
+CREATE FUNCTION castle_internal.event(s castle.settings, event text, sessions bigint[], user_id text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -415,24 +423,24 @@ END $$;
 -- concurrency. Under REPEATABLE READ a sign-in or sign-out of the user
 -- committed after this transaction's snapshot makes this a serialization
 -- failure (40001), as the extension refuses a stale snapshot.
-CREATE FUNCTION castle.lock_user(user_id text) RETURNS void
+CREATE FUNCTION castle_internal.lock_user(user_id text) RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
     INSERT INTO castle.user_locks AS l (user_id, locked_at) VALUES (user_id, pg_catalog.clock_timestamp())
     ON CONFLICT ON CONSTRAINT user_locks_pkey DO UPDATE SET locked_at = excluded.locked_at
 $$;
 
-CREATE FUNCTION castle.refuse_on_standby(function_name text) RETURNS void
+CREATE FUNCTION castle_internal.refuse_on_standby(function_name text) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF pg_catalog.pg_is_in_recovery() THEN
         RAISE EXCEPTION 'castle.% cannot run on a read-only standby', function_name
             USING ERRCODE = 'read_only_sql_transaction',
-                  HINT = 'Sessions are created and revoked on the primary; authenticate works on standbys.';
+                  DETAIL = 'Sessions are created and revoked on the primary; authenticate works on standbys.';
     END IF;
 END $$;
 
 -- A user id as stored: refused when NULL (22004) or empty (22023).
-CREATE FUNCTION castle.user_key(user_id text) RETURNS text
+CREATE FUNCTION castle_internal.user_key(user_id text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF user_id IS NULL THEN
@@ -446,7 +454,7 @@ END $$;
 -- ---------------------------------------------------------------------------
 -- Issuing: a session for user_id with this secret, after making room under
 -- castle.max_sessions. Returns the new id.
-CREATE FUNCTION castle.insert_session(s castle.settings, user_id text, secret text, called_at timestamptz,
+CREATE FUNCTION castle_internal.insert_session(s castle.settings, user_id text, secret text, called_at timestamptz,
                                       expires_at timestamptz, data jsonb, family bigint)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
@@ -454,32 +462,36 @@ DECLARE
     trimmed bigint[];
     new_id bigint;
 BEGIN
-    PERFORM castle.refuse_on_standby('create_session');
+    PERFORM castle_internal.refuse_on_standby('create_session');
+    IF pg_catalog.current_setting('transaction_read_only') = 'on' THEN
+        RAISE EXCEPTION 'cannot execute castle.create_session() in a read-only transaction'
+            USING ERRCODE = 'read_only_sql_transaction';
+    END IF;
     IF s.max_sessions > 0 THEN
-        PERFORM castle.lock_user(user_id);
+        PERFORM castle_internal.lock_user(user_id);
         -- most sign-ins find the user under the limit from the index alone
         IF (SELECT pg_catalog.count(*) FROM (SELECT FROM castle.sessions AS o
                                               WHERE o.user_id = insert_session.user_id
                                               LIMIT s.max_sessions) AS e) >= s.max_sessions THEN
-            trimmed := ARRAY(SELECT castle.trim_sessions(user_id, s.max_sessions, s.idle_timeout, called_at));
+            trimmed := ARRAY(SELECT castle_internal.trim_sessions(user_id, s.max_sessions, s.idle_timeout, called_at));
             IF pg_catalog.cardinality(trimmed) > 0 THEN
-                PERFORM castle.event(s, 'trim', trimmed, user_id);
+                PERFORM castle_internal.event(s, 'trim', trimmed, user_id);
             END IF;
         END IF;
     END IF;
     INSERT INTO castle.sessions (hash, user_id, created_at, updated_at, expires_at, family_id, data)
-    VALUES (castle.hash_secret(pg_catalog.convert_to(secret, 'UTF8')), user_id, called_at, called_at,
+    VALUES (castle_internal.hash_secret(pg_catalog.convert_to(secret, 'UTF8')), user_id, called_at, called_at,
             expires_at, family, data)
     RETURNING id INTO new_id;
     RETURN new_id;
 END $$;
 
-CREATE FUNCTION castle.checked_ttl(ttl interval) RETURNS interval
+CREATE FUNCTION castle_internal.checked_ttl(ttl interval) RETURNS interval
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF ttl <= interval '0' THEN
         RAISE EXCEPTION 'ttl must be a positive interval' USING ERRCODE = 'invalid_parameter_value',
-            HINT = 'Pass NULL to use castle.default_ttl (or, for rotate, the old session''s expiry).';
+            DETAIL = 'Pass NULL to use castle.default_ttl (or, for rotate, the old session''s expiry).';
     END IF;
     RETURN ttl;
 END $$;
@@ -488,19 +500,19 @@ CREATE FUNCTION castle.create_session(user_id text, ttl interval DEFAULT NULL, d
 RETURNS text
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    s CONSTANT castle.settings := castle.current_settings();
-    stored CONSTANT text := castle.user_key(user_id);
+    s CONSTANT castle.settings := castle_internal.current_settings();
+    stored CONSTANT text := castle_internal.user_key(user_id);
     called_at CONSTANT timestamptz := pg_catalog.clock_timestamp();
-    lifetime CONSTANT interval := coalesce(castle.checked_ttl(ttl),
+    lifetime CONSTANT interval := coalesce(castle_internal.checked_ttl(ttl),
         CASE WHEN s.default_ttl > 0 THEN pg_catalog.make_interval(secs => s.default_ttl) END);
-    secret CONSTANT text := castle.secret_from_bytes(castle.random_bytes(s.secret_size));
+    secret CONSTANT text := castle_internal.secret_from_bytes(castle_internal.random_bytes(s.secret_size));
     new_id bigint;
 BEGIN
-    new_id := castle.insert_session(s, stored, secret, called_at, called_at + lifetime, data, NULL);
+    new_id := castle_internal.insert_session(s, stored, secret, called_at, called_at + lifetime, data, NULL);
     IF s.log_events THEN
         RAISE LOG 'castle_sessions: session % created for user %', new_id, stored;
     END IF;
-    RETURN castle.encode_token(s.token_prefix, new_id, secret);
+    RETURN castle_internal.encode_token(s.token_prefix, new_id, secret);
 END $$;
 
 CREATE FUNCTION castle.create_session(user_id bigint, ttl interval DEFAULT NULL, data jsonb DEFAULT NULL)
@@ -519,7 +531,7 @@ RETURN castle.create_session(user_id::text, ttl, data);
 -- What a check found: the session the token stands for (the one it names,
 -- or within its grace the newest of the family it was rotated away from),
 -- the session it names, the family, the time of the call and the secret.
-CREATE TYPE castle.found AS (
+CREATE TYPE castle_internal.found AS (
     id         bigint,
     user_id    text,
     created_at timestamptz,
@@ -538,20 +550,20 @@ CREATE TYPE castle.found AS (
 -- castle.touch_interval says one is due: in this transaction (the edition has
 -- no worker), never waiting for the row, and not in a read-only, REPEATABLE
 -- READ or SERIALIZABLE transaction or on a standby.
-CREATE FUNCTION castle.find(token text, s castle.settings, touch boolean) RETURNS castle.found
+CREATE FUNCTION castle_internal.find(token text, s castle.settings, touch boolean) RETURNS castle_internal.found
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     decoded record;
     named castle.sessions;
-    hit castle.found;
+    hit castle_internal.found;
     successor bigint;
 BEGIN
-    decoded := castle.decode_token(token, s.token_prefix);
+    decoded := castle_internal.decode_token(token, s.token_prefix);
     IF decoded.session_id IS NULL THEN
         RETURN NULL;
     END IF;
     SELECT * INTO named FROM castle.sessions AS k WHERE k.id = decoded.session_id;
-    IF NOT FOUND OR named.hash IS DISTINCT FROM castle.hash_secret(decoded.secret) THEN
+    IF NOT FOUND OR named.hash IS DISTINCT FROM castle_internal.hash_secret(decoded.secret) THEN
         RETURN NULL;
     END IF;
     hit.called_at := pg_catalog.clock_timestamp();
@@ -562,13 +574,13 @@ BEGIN
         IF named.expires_at <= hit.called_at THEN
             RETURN NULL;     -- a rotated token of an expired family is only expired
         ELSIF hit.called_at < named.rotated_at + pg_catalog.make_interval(secs => s.rotate_grace) THEN
-            successor := castle.read_successor(hit.family);
+            successor := castle_internal.read_successor(hit.family);
             SELECT * INTO named FROM castle.sessions AS k WHERE k.id = successor;
             IF NOT FOUND THEN
                 RETURN NULL;
             END IF;
         ELSE
-            PERFORM castle.reuse(s, hit.family, hit.presented);
+            PERFORM castle_internal.reuse(s, hit.family, hit.presented);
             RETURN NULL;
         END IF;
     END IF;
@@ -597,14 +609,14 @@ BEGIN
     RETURN hit;
 END $$;
 
-CREATE FUNCTION castle.as_session(f castle.found) RETURNS castle.session
+CREATE FUNCTION castle_internal.as_session(f castle_internal.found) RETURNS castle.session
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT ROW(f.id, f.user_id, f.created_at, f.updated_at, f.expires_at, f.used_at, f.data)::castle.session
 $$;
 
 -- Every refusal is this one error: 28000 and castle.invalid_message, with no
 -- detail or hint.
-CREATE FUNCTION castle.refuse(s castle.settings) RETURNS void
+CREATE FUNCTION castle_internal.refuse(s castle.settings) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RAISE EXCEPTION USING ERRCODE = 'invalid_authorization_specification', MESSAGE = s.invalid_message;
@@ -613,29 +625,29 @@ END $$;
 CREATE FUNCTION castle.authenticate(token text) RETURNS castle.session
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    s CONSTANT castle.settings := castle.current_settings();
-    f CONSTANT castle.found := castle.find(token, s, true);
+    s CONSTANT castle.settings := castle_internal.current_settings();
+    f CONSTANT castle_internal.found := castle_internal.find(token, s, true);
 BEGIN
     IF f.id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_authorization_specification', MESSAGE = s.invalid_message;
     END IF;
-    RETURN castle.as_session(f);
+    RETURN castle_internal.as_session(f);
 END $$;
 
 CREATE FUNCTION castle.verify(token text) RETURNS castle.session
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    f CONSTANT castle.found := castle.find(token, castle.current_settings(), true);
+    f CONSTANT castle_internal.found := castle_internal.find(token, castle_internal.current_settings(), true);
 BEGIN
     IF f.id IS NULL THEN
         RETURN NULL;
     END IF;
-    RETURN castle.as_session(f);
+    RETURN castle_internal.as_session(f);
 END $$;
 
 CREATE FUNCTION castle.is_valid(token text) RETURNS boolean
 LANGUAGE sql VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT (castle.find(token, castle.current_settings(), false)).id IS NOT NULL
+    SELECT (castle_internal.find(token, castle_internal.current_settings(), false)).id IS NOT NULL
 $$;
 
 -- ---------------------------------------------------------------------------
@@ -645,21 +657,21 @@ $$;
 -- transaction: kept when it commits (verify, is_valid, revoke), lost when the
 -- refusal rolls it back (authenticate, login, rotate), in which case the next
 -- verify or is_valid of the token revokes it. Never raises.
-CREATE FUNCTION castle.reuse(s castle.settings, family bigint, presented bigint) RETURNS void
+CREATE FUNCTION castle_internal.reuse(s castle.settings, family bigint, presented bigint) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    link castle.autonomous;
+    link castle_internal.autonomous;
 BEGIN
     IF pg_catalog.pg_is_in_recovery() THEN
         RAISE LOG 'castle_sessions: reuse of a rotated token on a standby: family of session % is revoked when the token next reaches the primary', presented;
         RETURN;
     END IF;
-    SELECT * INTO link FROM castle.autonomous;
+    SELECT * INTO link FROM castle_internal.autonomous;
     IF FOUND THEN
         BEGIN
             EXECUTE pg_catalog.format('SELECT r.n FROM %I.dblink($1, $2) AS r (n bigint)', link.dblink)
                 USING link.conninfo,
-                      pg_catalog.format('SELECT castle.revoke_family(%s, %s)', family, presented);
+                      pg_catalog.format('SELECT castle_internal.revoke_family(%s, %s)', family, presented);
             RETURN;
         EXCEPTION WHEN OTHERS THEN
             -- the message of a failed connection may hold the connection
@@ -667,16 +679,16 @@ BEGIN
             RAISE LOG 'castle_sessions: family of session % not revoked through dblink (SQLSTATE %): revoking it in this transaction', presented, SQLSTATE;
         END;
     END IF;
-    PERFORM castle.revoke_family(family, presented);
+    PERFORM castle_internal.revoke_family(family, presented);
 END $$;
 
 -- Deletes every session of `family` under its user's lock: what a reuse
 -- does, run through dblink by the role castle.use_dblink made (its only
 -- right), or in the caller's transaction.
-CREATE FUNCTION castle.revoke_family(family bigint, presented bigint) RETURNS bigint
+CREATE FUNCTION castle_internal.revoke_family(family bigint, presented bigint) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '2s' AS $$
 DECLARE
-    s CONSTANT castle.settings := castle.current_settings();
+    s CONSTANT castle.settings := castle_internal.current_settings();
     owner_of text;
     revoked bigint[];
 BEGIN
@@ -684,21 +696,21 @@ BEGIN
     IF NOT FOUND THEN
         RETURN 0;
     END IF;
-    PERFORM castle.lock_user(owner_of);
-    revoked := ARRAY(SELECT castle.delete_whole_family(family, owner_of));
+    PERFORM castle_internal.lock_user(owner_of);
+    revoked := ARRAY(SELECT castle_internal.delete_whole_family(family, owner_of));
     RAISE LOG 'castle_sessions: reuse of a rotated token: family of session % revoked', presented;
-    PERFORM castle.event(s, 'family', revoked);
+    PERFORM castle_internal.event(s, 'family', revoked);
     RETURN pg_catalog.cardinality(revoked);
 END $$;
 
 -- A value in a libpq connection string: single-quoted, with \ and ' escaped.
-CREATE FUNCTION castle.conninfo_value(value text) RETURNS text
+CREATE FUNCTION castle_internal.conninfo_value(value text) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
     SELECT '''' || pg_catalog.replace(pg_catalog.replace(value, '\', '\\'), '''', '\''') || ''''
 $$;
 
 -- Sets up the transaction of its own a reuse's revocation runs in: a login
--- role that may only run castle.revoke_family, with a new random password,
+-- role that may only run castle_internal.revoke_family, with a new random password,
 -- and a dblink connection string for it, tried before it is kept. The
 -- database's owner runs it once, as CALL castle.use_dblink() outside a
 -- transaction block (the role must be committed before dblink can log in as
@@ -713,7 +725,7 @@ DECLARE
     dblink_schema name := (SELECT n.nspname FROM pg_catalog.pg_extension AS e
                              JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
                             WHERE e.extname OPERATOR(pg_catalog.=) 'dblink');
-    password text := pg_catalog.encode(castle.random_bytes(24), 'hex');
+    password text := pg_catalog.encode(castle_internal.random_bytes(24), 'hex');
     conninfo text;
 BEGIN
     IF dblink_schema IS NULL THEN
@@ -725,18 +737,18 @@ BEGIN
     ELSE
         EXECUTE pg_catalog.format('CREATE ROLE %I LOGIN PASSWORD %L', role_name, password);
     END IF;
-    EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA castle TO %I', role_name);
-    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION castle.revoke_family(bigint, bigint) TO %I', role_name);
+    EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA castle_internal TO %I', role_name);
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION castle_internal.revoke_family(bigint, bigint) TO %I', role_name);
     conninfo := pg_catalog.format('host=%s port=%s dbname=%s user=%s password=%s application_name=castle_revoker',
-        castle.conninfo_value(COALESCE(host, pg_catalog.host(pg_catalog.inet_server_addr()), 'localhost')),
+        castle_internal.conninfo_value(COALESCE(host, pg_catalog.host(pg_catalog.inet_server_addr()), 'localhost')),
         COALESCE(port, pg_catalog.inet_server_port(), pg_catalog.current_setting('port')::integer),
-        castle.conninfo_value(pg_catalog.current_database()), castle.conninfo_value(role_name), password);
+        castle_internal.conninfo_value(pg_catalog.current_database()), castle_internal.conninfo_value(role_name), password);
     COMMIT;
     -- tried now, so a bad setup is an error here and not a silent fallback later
     EXECUTE pg_catalog.format('SELECT r.n FROM %I.dblink($1, $2) AS r (n bigint)', dblink_schema)
-        USING conninfo, 'SELECT castle.revoke_family(0, 0)';
-    DELETE FROM castle.autonomous;
-    INSERT INTO castle.autonomous (conninfo, dblink) VALUES (conninfo, dblink_schema);
+        USING conninfo, 'SELECT castle_internal.revoke_family(0, 0)';
+    DELETE FROM castle_internal.autonomous;
+    INSERT INTO castle_internal.autonomous (conninfo, dblink) VALUES (conninfo, dblink_schema);
 END $$;
 
 -- ---------------------------------------------------------------------------
@@ -744,26 +756,26 @@ END $$;
 -- session to the current transaction; castle.user_id() and
 -- castle.session_id() read it back, for row-level security.
 --
--- The binding is a transaction-local setting, castle.binding, signed with
+-- The binding is a transaction-local setting, castle_internal.binding, signed with
 -- the owner's key over the backend, the transaction's start and the session:
 -- a role may SET it, but cannot forge a value that any function accepts, nor
 -- carry one into another transaction. It ends with the transaction and with a
 -- rollback to a savepoint taken before the login, as a setting does, and works
 -- in read-only transactions and on standbys.
 
-CREATE FUNCTION castle.binding_mac(session_id bigint, user_hex text) RETURNS text
+CREATE FUNCTION castle_internal.binding_mac(session_id bigint, user_hex text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT pg_catalog.encode(castle.hmac_sha256(pg_catalog.convert_to(pg_catalog.concat_ws('/',
+    SELECT pg_catalog.encode(castle_internal.hmac_sha256(pg_catalog.convert_to(pg_catalog.concat_ws('/',
                pg_catalog.pg_backend_pid(),
                (extract(epoch FROM pg_catalog.now()) * 1000000)::bigint, session_id, user_hex), 'UTF8'),
-               (SELECT k.context_key FROM castle.keys AS k)), 'hex')
+               (SELECT k.context_key FROM castle_internal.keys AS k)), 'hex')
 $$;
 
 -- The binding in force: (session id, user id), or NULLs.
-CREATE FUNCTION castle.binding(OUT session_id bigint, OUT user_id text)
+CREATE FUNCTION castle_internal.binding(OUT session_id bigint, OUT user_id text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    value CONSTANT text := pg_catalog.current_setting('castle.binding', true);
+    value CONSTANT text := pg_catalog.current_setting('castle_internal.binding', true);
     parts text[];
 BEGIN
     IF value IS NULL OR value = '' THEN
@@ -771,7 +783,7 @@ BEGIN
     END IF;
     parts := pg_catalog.string_to_array(value, ':');
     IF pg_catalog.cardinality(parts) = 3 AND parts[1] ~ '^[1-9][0-9]{0,18}$' AND parts[2] ~ '^([0-9a-f]{2})+$'
-       AND parts[3] = castle.binding_mac(parts[1]::bigint, parts[2]) THEN
+       AND parts[3] = castle_internal.binding_mac(parts[1]::bigint, parts[2]) THEN
         session_id := parts[1]::bigint;
         user_id := pg_catalog.convert_from(pg_catalog.decode(parts[2], 'hex'), pg_catalog.getdatabaseencoding());
     END IF;
@@ -780,44 +792,49 @@ END $$;
 CREATE FUNCTION castle.login(token text) RETURNS castle.session
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    s CONSTANT castle.settings := castle.current_settings();
-    f CONSTANT castle.found := castle.find(token, s, true);
+    s CONSTANT castle.settings := castle_internal.current_settings();
+    f CONSTANT castle_internal.found := castle_internal.find(token, s, true);
     user_hex text;
 BEGIN
     IF f.id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_authorization_specification', MESSAGE = s.invalid_message;
     END IF;
+    -- the first statement of a transaction has the transaction's timestamp:
+    -- outside a transaction block the binding ends with this statement
+    IF pg_catalog.statement_timestamp() = pg_catalog.transaction_timestamp() THEN
+        RAISE WARNING 'castle.login outside a transaction block binds nothing beyond this statement';
+    END IF;
     user_hex := pg_catalog.encode(pg_catalog.convert_to(f.user_id, pg_catalog.getdatabaseencoding()), 'hex');
-    PERFORM pg_catalog.set_config('castle.binding',
-        pg_catalog.concat_ws(':', f.id, user_hex, castle.binding_mac(f.id, user_hex)), true);
-    RETURN castle.as_session(f);
+    PERFORM pg_catalog.set_config('castle_internal.binding',
+        pg_catalog.concat_ws(':', f.id, user_hex, castle_internal.binding_mac(f.id, user_hex)), true);
+    RETURN castle_internal.as_session(f);
 END $$;
 
 CREATE FUNCTION castle.logout() RETURNS void
 LANGUAGE sql VOLATILE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
-    SELECT FROM pg_catalog.set_config('castle.binding', '', true)
+    SELECT FROM pg_catalog.set_config('castle_internal.binding', '', true)
 $$;
 
 CREATE FUNCTION castle.user_id() RETURNS text
 LANGUAGE sql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT (castle.binding()).user_id
+    SELECT (castle_internal.binding()).user_id
 $$;
 
 CREATE FUNCTION castle.session_id() RETURNS bigint
 LANGUAGE sql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT (castle.binding()).session_id
+    SELECT (castle_internal.binding()).session_id
 $$;
 
 -- The logged-in user, for the request-side functions; 28000 when castle.login
 -- bound nothing in this transaction.
-CREATE FUNCTION castle.logged_in_user() RETURNS text
+CREATE FUNCTION castle_internal.logged_in_user() RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    bound CONSTANT text := (castle.binding()).user_id;
+    bound CONSTANT text := (castle_internal.binding()).user_id;
 BEGIN
     IF bound IS NULL THEN
         RAISE EXCEPTION 'no session is logged in' USING ERRCODE = 'invalid_authorization_specification',
-            HINT = 'Call castle.login(token) in this transaction first.';
+            DETAIL = 'Call castle.login(token) in this transaction first.';
     END IF;
     RETURN bound;
 END $$;
@@ -827,7 +844,7 @@ END $$;
 
 -- Deletes session `id`'s family, if it is `only_user`'s (when given), under
 -- the user's lock. Returns the ids.
-CREATE FUNCTION castle.delete_family_of_session(id bigint, only_user text) RETURNS bigint[]
+CREATE FUNCTION castle_internal.delete_family_of_session(id bigint, only_user text) RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     family bigint;
@@ -838,24 +855,24 @@ BEGIN
     IF NOT FOUND OR (only_user IS NOT NULL AND only_user IS DISTINCT FROM owner_of) THEN
         RETURN '{}';
     END IF;
-    PERFORM castle.lock_user(owner_of);
-    RETURN ARRAY(SELECT castle.delete_whole_family(family, owner_of));
+    PERFORM castle_internal.lock_user(owner_of);
+    RETURN ARRAY(SELECT castle_internal.delete_whole_family(family, owner_of));
 END $$;
 
 CREATE FUNCTION castle.revoke(token text) RETURNS boolean
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    s CONSTANT castle.settings := castle.current_settings();
-    f castle.found;
+    s CONSTANT castle.settings := castle_internal.current_settings();
+    f castle_internal.found;
     revoked bigint[];
 BEGIN
-    PERFORM castle.refuse_on_standby('revoke');
-    f := castle.find(token, s, false);
+    PERFORM castle_internal.refuse_on_standby('revoke');
+    f := castle_internal.find(token, s, false);
     IF f.id IS NULL THEN
         RETURN false;
     END IF;
-    revoked := castle.delete_family_of_session(f.id, NULL);
-    PERFORM castle.event(s, 'revoke', revoked);
+    revoked := castle_internal.delete_family_of_session(f.id, NULL);
+    PERFORM castle_internal.event(s, 'revoke', revoked);
     RETURN pg_catalog.cardinality(revoked) > 0;
 END $$;
 
@@ -864,9 +881,9 @@ LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SECURITY DEFINER SET search_pat
 DECLARE
     revoked bigint[];
 BEGIN
-    PERFORM castle.refuse_on_standby('revoke_session');
-    revoked := castle.delete_family_of_session(session_id, NULL);
-    PERFORM castle.event(castle.current_settings(), 'revoke_session', revoked);
+    PERFORM castle_internal.refuse_on_standby('revoke_session');
+    revoked := castle_internal.delete_family_of_session(session_id, NULL);
+    PERFORM castle_internal.event(castle_internal.current_settings(), 'revoke_session', revoked);
     RETURN pg_catalog.cardinality(revoked) > 0;
 END $$;
 
@@ -875,53 +892,53 @@ LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SECURITY DEFINER SET search_pat
 DECLARE
     revoked bigint[];
 BEGIN
-    PERFORM castle.refuse_on_standby('revoke_own_session');
-    revoked := castle.delete_family_of_session(session_id, castle.logged_in_user());
-    PERFORM castle.event(castle.current_settings(), 'revoke_session', revoked);
+    PERFORM castle_internal.refuse_on_standby('revoke_own_session');
+    revoked := castle_internal.delete_family_of_session(session_id, castle_internal.logged_in_user());
+    PERFORM castle_internal.event(castle_internal.current_settings(), 'revoke_session', revoked);
     RETURN pg_catalog.cardinality(revoked) > 0;
 END $$;
 
 -- revoke_all's work: every session of the user, but except_session's family,
 -- whose tokens rotated away lose what is left of their grace.
-CREATE FUNCTION castle.revoke_all_of(user_id text, except_session bigint, event text) RETURNS bigint
+CREATE FUNCTION castle_internal.revoke_all_of(user_id text, except_session bigint, event text) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     revoked bigint[];
 BEGIN
-    PERFORM castle.refuse_on_standby('revoke_all');
+    PERFORM castle_internal.refuse_on_standby('revoke_all');
     -- after any sign-in of the user in progress, so that it is revoked too
-    PERFORM castle.lock_user(user_id);
-    revoked := ARRAY(SELECT castle.delete_user_sessions(user_id, except_session));
+    PERFORM castle_internal.lock_user(user_id);
+    revoked := ARRAY(SELECT castle_internal.delete_user_sessions(user_id, except_session));
     IF except_session IS NOT NULL THEN
-        PERFORM castle.end_graces(except_session, user_id);
+        PERFORM castle_internal.end_graces(except_session, user_id);
     END IF;
-    PERFORM castle.event(castle.current_settings(), event, revoked, user_id);
+    PERFORM castle_internal.event(castle_internal.current_settings(), event, revoked, user_id);
     RETURN pg_catalog.cardinality(revoked);
 END $$;
 
 CREATE FUNCTION castle.revoke_all(user_id text, except_session bigint DEFAULT NULL) RETURNS bigint
 LANGUAGE sql VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-RETURN castle.revoke_all_of(castle.user_key(user_id), except_session, 'revoke_all');
+RETURN castle_internal.revoke_all_of(castle_internal.user_key(user_id), except_session, 'revoke_all');
 
 CREATE FUNCTION castle.revoke_all(user_id bigint, except_session bigint DEFAULT NULL) RETURNS bigint
 LANGUAGE sql VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-RETURN castle.revoke_all_of(castle.user_key(user_id::text), except_session, 'revoke_all');
+RETURN castle_internal.revoke_all_of(castle_internal.user_key(user_id::text), except_session, 'revoke_all');
 
 CREATE FUNCTION castle.revoke_all(user_id uuid, except_session bigint DEFAULT NULL) RETURNS bigint
 LANGUAGE sql VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-RETURN castle.revoke_all_of(castle.user_key(user_id::text), except_session, 'revoke_all');
+RETURN castle_internal.revoke_all_of(castle_internal.user_key(user_id::text), except_session, 'revoke_all');
 
 CREATE FUNCTION castle.revoke_deleted_user(user_id text) RETURNS bigint
 LANGUAGE sql VOLATILE STRICT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-RETURN castle.revoke_all_of(castle.user_key(user_id), NULL, 'trigger');
+RETURN castle_internal.revoke_all_of(castle_internal.user_key(user_id), NULL, 'trigger');
 
 CREATE FUNCTION castle.revoke_other_sessions() RETURNS bigint
 LANGUAGE sql VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-RETURN castle.revoke_all_of(castle.logged_in_user(), castle.session_id(), 'revoke_all');
+RETURN castle_internal.revoke_all_of(castle_internal.logged_in_user(), castle.session_id(), 'revoke_all');
 
 CREATE FUNCTION castle.sessions_of(user_id text) RETURNS SETOF castle.session
 LANGUAGE sql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT * FROM castle.live_sessions(castle.user_key(user_id), (castle.current_settings()).idle_timeout,
+    SELECT * FROM castle_internal.live_sessions(castle_internal.user_key(user_id), (castle_internal.current_settings()).idle_timeout,
                                        pg_catalog.clock_timestamp())
 $$;
 
@@ -937,7 +954,7 @@ $$;
 
 CREATE FUNCTION castle.sessions_of() RETURNS SETOF castle.session
 LANGUAGE sql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT * FROM castle.sessions_of(castle.logged_in_user())
+    SELECT * FROM castle.sessions_of(castle_internal.logged_in_user())
 $$;
 
 -- ---------------------------------------------------------------------------
@@ -946,25 +963,25 @@ $$;
 -- A family remembers every token it rotated away in the last hour, and
 -- always its 8 newest; more than 60 rotations within an hour is a thief
 -- flushing a copy out of that memory.
-CREATE FUNCTION castle.remember_rotations(family bigint, called_at timestamptz) RETURNS boolean
+CREATE FUNCTION castle_internal.remember_rotations(family bigint, called_at timestamptz) RETURNS boolean
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM castle.forget_rotated(family, 8, called_at - interval '1 hour');
-    RETURN castle.recent_rotations(family, called_at - interval '1 hour') <= 60;
+    PERFORM castle_internal.forget_rotated(family, 8, called_at - interval '1 hour');
+    RETURN castle_internal.recent_rotations(family, called_at - interval '1 hour') <= 60;
 END $$;
 
-CREATE FUNCTION castle.minute_of(at timestamptz) RETURNS bigint
+CREATE FUNCTION castle_internal.minute_of(at timestamptz) RETURNS bigint
 LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
     SELECT pg_catalog.floor(extract(epoch FROM at) / 60)::bigint - 15778080
 $$;
 
 -- The key for rotations in the minute of `rotated_at`: made (and the keys no
 -- grace needs any more deleted) when `make`.
-CREATE FUNCTION castle.rotation_key(rotated_at timestamptz, grace integer, make boolean) RETURNS bytea
+CREATE FUNCTION castle_internal.rotation_key(rotated_at timestamptz, grace integer, make boolean) RETURNS bytea
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     -- the extension's minute: since 2000-01-01, PostgreSQL's epoch
-    minute CONSTANT bigint := castle.minute_of(rotated_at);
+    minute CONSTANT bigint := castle_internal.minute_of(rotated_at);
     made bytea;
 BEGIN
     SELECT k.key INTO made FROM castle.rotation_keys AS k WHERE k.epoch = minute;
@@ -972,8 +989,8 @@ BEGIN
         RETURN made;
     END IF;
     DELETE FROM castle.rotation_keys AS k
-     WHERE k.epoch < castle.minute_of(rotated_at - pg_catalog.make_interval(secs => grace));
-    INSERT INTO castle.rotation_keys AS k (epoch, key) VALUES (minute, castle.random_bytes(32))
+     WHERE k.epoch < castle_internal.minute_of(rotated_at - pg_catalog.make_interval(secs => grace));
+    INSERT INTO castle.rotation_keys AS k (epoch, key) VALUES (minute, castle_internal.random_bytes(32))
     ON CONFLICT DO NOTHING RETURNING k.key INTO made;
     IF made IS NULL THEN
         -- another transaction made it meanwhile: a new statement sees it
@@ -985,7 +1002,7 @@ END $$;
 -- The token the rotation of session `id` made, or that successor's newest
 -- descendant: each step derived and proved against the stored hash. NULL
 -- when the chain is broken.
-CREATE FUNCTION castle.follow_successors(s castle.settings, family bigint, id bigint, secret bytea,
+CREATE FUNCTION castle_internal.follow_successors(s castle.settings, family bigint, id bigint, secret bytea,
                                          rotated_at timestamptz)
 RETURNS text
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
@@ -995,20 +1012,20 @@ DECLARE
     next_secret text;
 BEGIN
     FOR step IN 0..60 LOOP
-        key := castle.rotation_key(rotated_at, s.rotate_grace, false);
+        key := castle_internal.rotation_key(rotated_at, s.rotate_grace, false);
         IF key IS NULL THEN
             RETURN NULL;
         END IF;
-        following := castle.next_in_family(family, id);
+        following := castle_internal.next_in_family(family, id);
         IF following.id IS NULL THEN
             RETURN NULL;
         END IF;
-        next_secret := castle.successor_secret(key, id, secret, s.secret_size);
-        IF castle.hash_secret(pg_catalog.convert_to(next_secret, 'UTF8')) <> following.hash THEN
+        next_secret := castle_internal.successor_secret(key, id, secret, s.secret_size);
+        IF castle_internal.hash_secret(pg_catalog.convert_to(next_secret, 'UTF8')) <> following.hash THEN
             RETURN NULL;
         END IF;
         IF following.rotated_at IS NULL THEN
-            RETURN castle.encode_token(s.token_prefix, following.id, next_secret);
+            RETURN castle_internal.encode_token(s.token_prefix, following.id, next_secret);
         END IF;
         id := following.id;
         secret := pg_catalog.convert_to(next_secret, 'UTF8');
@@ -1024,8 +1041,8 @@ END $$;
 CREATE FUNCTION castle.rotate(token text, ttl interval DEFAULT NULL) RETURNS text
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    s CONSTANT castle.settings := castle.current_settings();
-    f castle.found;
+    s CONSTANT castle.settings := castle_internal.current_settings();
+    f castle_internal.found;
     lifetime interval;
     expires timestamptz;
     rotated record;
@@ -1033,18 +1050,18 @@ DECLARE
     successor text;
     new_id bigint;
 BEGIN
-    PERFORM castle.refuse_on_standby('rotate');
-    f := castle.find(token, s, false);
+    PERFORM castle_internal.refuse_on_standby('rotate');
+    f := castle_internal.find(token, s, false);
     IF f.id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_authorization_specification', MESSAGE = s.invalid_message;
     END IF;
-    lifetime := castle.checked_ttl(ttl);
+    lifetime := castle_internal.checked_ttl(ttl);
     -- a rotation never extends a session's life
     expires := CASE WHEN lifetime IS NULL THEN f.expires_at
                     ELSE LEAST(f.expires_at, f.called_at + lifetime) END;
     BEGIN
-        PERFORM castle.lock_user(f.user_id);
-        rotated := castle.rotate_session(f.presented, f.called_at);
+        PERFORM castle_internal.lock_user(f.user_id);
+        rotated := castle_internal.rotate_session(f.presented, f.called_at);
         IF rotated.family IS NULL THEN
             -- revoked by another transaction since we read it
             RAISE EXCEPTION USING ERRCODE = 'invalid_authorization_specification', MESSAGE = s.invalid_message;
@@ -1059,25 +1076,25 @@ BEGIN
                 RAISE EXCEPTION USING ERRCODE = 'invalid_authorization_specification', MESSAGE = s.invalid_message;
             END IF;
             -- within the grace: the successor that rotation made, handed back
-            handed_back := castle.follow_successors(s, rotated.family, f.presented, f.secret, rotated.rotated_at);
+            handed_back := castle_internal.follow_successors(s, rotated.family, f.presented, f.secret, rotated.rotated_at);
             IF handed_back IS NULL THEN
                 RAISE EXCEPTION USING ERRCODE = 'invalid_authorization_specification', MESSAGE = s.invalid_message;
             END IF;
             RETURN handed_back;
         END IF;
-        IF NOT castle.remember_rotations(rotated.family, f.called_at) THEN
+        IF NOT castle_internal.remember_rotations(rotated.family, f.called_at) THEN
             RAISE LOG 'castle_sessions: family of session % rotated more than 60 times within an hour: taken for an attempt to flush a copy out of its memory, and revoked', rotated.family;
             RAISE EXCEPTION USING ERRCODE = 'CR001', MESSAGE = 'reuse';
         END IF;
-        successor := castle.successor_secret(castle.rotation_key(rotated.rotated_at, s.rotate_grace, true),
+        successor := castle_internal.successor_secret(castle_internal.rotation_key(rotated.rotated_at, s.rotate_grace, true),
                                              f.presented, f.secret, s.secret_size);
-        new_id := castle.insert_session(s, f.user_id, successor, f.called_at, expires, rotated.data, rotated.family);
+        new_id := castle_internal.insert_session(s, f.user_id, successor, f.called_at, expires, rotated.data, rotated.family);
     EXCEPTION WHEN SQLSTATE 'CR001' THEN
-        PERFORM castle.reuse(s, rotated.family, f.presented);
+        PERFORM castle_internal.reuse(s, rotated.family, f.presented);
         RAISE EXCEPTION USING ERRCODE = 'invalid_authorization_specification', MESSAGE = s.invalid_message;
     END;
-    PERFORM castle.event(s, 'rotate', ARRAY[f.presented]);
-    RETURN castle.encode_token(s.token_prefix, new_id, successor);
+    PERFORM castle_internal.event(s, 'rotate', ARRAY[f.presented]);
+    RETURN castle_internal.encode_token(s.token_prefix, new_id, successor);
 END $$;
 
 CREATE FUNCTION castle.rotate_or_null(token text, ttl interval DEFAULT NULL) RETURNS text
@@ -1094,15 +1111,15 @@ END $$;
 CREATE FUNCTION castle.prune(batch_size integer DEFAULT 10000) RETURNS bigint
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    s CONSTANT castle.settings := castle.current_settings();
+    s CONSTANT castle.settings := castle_internal.current_settings();
     pruned bigint[];
 BEGIN
-    PERFORM castle.refuse_on_standby('prune');
+    PERFORM castle_internal.refuse_on_standby('prune');
     IF batch_size <= 0 THEN
         RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    pruned := ARRAY(SELECT castle.prune_sessions(batch_size, s.idle_timeout));
-    PERFORM castle.event(s, 'prune', pruned);
+    pruned := ARRAY(SELECT castle_internal.prune_sessions(batch_size, s.idle_timeout));
+    PERFORM castle_internal.event(s, 'prune', pruned);
     RETURN pg_catalog.cardinality(pruned);
 END $$;
 
@@ -1113,18 +1130,18 @@ LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp 
 DECLARE
     revoked bigint;
 BEGIN
-    PERFORM castle.refuse_on_standby('revoke_everything');
+    PERFORM castle_internal.refuse_on_standby('revoke_everything');
     IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
         RAISE EXCEPTION 'castle.revoke_everything must run at READ COMMITTED'
             USING ERRCODE = 'invalid_transaction_state',
-                  HINT = 'A snapshot taken before it waited for sign-ins in flight would miss their sessions.';
+                  DETAIL = 'A snapshot taken before it waited for sign-ins in flight would miss their sessions.';
     END IF;
     LOCK TABLE castle.sessions IN SHARE ROW EXCLUSIVE MODE;
-    revoked := castle.revoke_everything_before(issued_before);
+    revoked := castle_internal.revoke_everything_before(issued_before);
     -- nothing rotated before it derives a token after it
     DELETE FROM castle.rotation_keys;
     RAISE LOG 'castle_sessions: revoke_everything revoked % session(s)', revoked;
-    IF (castle.current_settings()).notify_revocations THEN
+    IF (castle_internal.current_settings()).notify_revocations THEN
         PERFORM pg_catalog.pg_notify('castle_revocations',
             pg_catalog.jsonb_build_object('event', 'revoke_everything', 'count', revoked, 'all', true)::text);
     END IF;
@@ -1134,7 +1151,7 @@ END $$;
 CREATE FUNCTION castle.overview() RETURNS TABLE (live_sessions bigint, users bigint, dead_sessions bigint,
                                                  rotated_sessions bigint, oldest_live timestamptz)
 LANGUAGE sql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT * FROM castle.overview_of((castle.current_settings()).idle_timeout)
+    SELECT * FROM castle_internal.overview_of((castle_internal.current_settings()).idle_timeout)
 $$;
 
 -- No shared memory without the library: the counters are not collected, as
@@ -1168,7 +1185,7 @@ RETURN castle.user_hash(user_id::text);
 
 CREATE FUNCTION castle.token_session_id(token text) RETURNS bigint
 LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT (castle.decode_token(token, (castle.current_settings()).token_prefix)).session_id
+    SELECT (castle_internal.decode_token(token, (castle_internal.current_settings()).token_prefix)).session_id
 $$;
 
 -- ---------------------------------------------------------------------------
@@ -1178,7 +1195,9 @@ $$;
 -- reads or writes the tables; EXECUTE is granted by the DBA through the two
 -- roles' functions.
 REVOKE ALL ON TABLE castle.sessions, castle.user_locks, castle.rotation_keys, castle.settings,
-    castle.keys, castle.autonomous FROM PUBLIC;
+    castle_internal.keys, castle_internal.autonomous FROM PUBLIC;
+REVOKE ALL ON SCHEMA castle_internal FROM PUBLIC;
+REVOKE ALL ON ALL ROUTINES IN SCHEMA castle_internal FROM PUBLIC;
 REVOKE ALL ON ALL ROUTINES IN SCHEMA castle FROM PUBLIC;
 GRANT USAGE ON SCHEMA castle TO PUBLIC;
 GRANT EXECUTE ON FUNCTION castle.user_id(), castle.session_id(), castle.logout() TO PUBLIC;
@@ -1187,4 +1206,5 @@ GRANT EXECUTE ON FUNCTION castle.user_hash(bigint), castle.user_hash(uuid), cast
 REVOKE ALL ON castle.stats FROM PUBLIC;
 GRANT SELECT ON castle.stats TO pg_monitor;
 GRANT EXECUTE ON FUNCTION castle.stats_counters(), castle.overview() TO pg_monitor;
+COMMENT ON SCHEMA castle_internal IS 'castle_sessions (SQL edition): what castle''s functions are made of; the owner''s only';
 COMMENT ON SCHEMA castle IS 'castle_sessions @VERSION@, the SQL edition (managed/castle_sessions.sql)';

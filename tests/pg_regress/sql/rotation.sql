@@ -88,7 +88,8 @@ SELECT wait_until(format('NOT castle.is_valid(%L)', :'t3')) AS tom_family_revoke
 -- prune: a rotated-away token goes once its family has nothing left
 SELECT castle.create_session('wes', '1 hour') AS w1 \gset
 SELECT castle.rotate(:'w1') AS w2 \gset
-UPDATE castle.sessions SET expires_at = now() - interval '1 second' WHERE id = (castle.verify(:'w2')).id;
+SELECT (castle.verify(:'w2')).id AS w2_id \gset
+UPDATE castle.sessions SET expires_at = now() - interval '1 second' WHERE id = :w2_id;
 SELECT castle.prune() >= 1 AS pruned_successor, castle.prune() >= 1 AS pruned_rotated;
 SELECT count(*) AS wes_rows FROM castle.sessions WHERE user_id = 'wes';
 
