@@ -42,11 +42,14 @@ PORT=25430
 say "SQL edition: a cluster of the machine's own PostgreSQL 15, without our library (port $PORT)"
 cluster_stop managed
 rm -rf "$(cluster_root)/managed"
-cluster_start managed $PORT "password_encryption = 'scram-sha-256'"
+# pg_cron, as managed services offer it (the prune recipe's test)
+cluster_start managed $PORT "password_encryption = 'scram-sha-256'" \
+    "shared_preload_libraries = 'pg_cron'" "cron.database_name = 'castle_py'"
 # as a managed service does: a password for the loopback role dblink logs in as
 {
     echo "host all castle_revoker 127.0.0.1/32 scram-sha-256"
     echo "host all all 127.0.0.1/32 trust"
+    echo "host replication all 127.0.0.1/32 trust"
     echo "local all all trust"
 } >"$PGDIR/data/pg_hba.conf"
 sudo -u postgres "$PG_BIN/pg_ctl" -D "$PGDIR/data" reload >/dev/null

@@ -16,6 +16,16 @@ def one_server_only(why):
     return pytest.mark.skipif(VIA_ROUTER, reason=f"one server only, not through the router: {why}")
 
 
+# scripts/managed.sh runs the shared tests against the SQL edition
+# (managed/castle_sessions.sql, docs/managed.md) on a server without our
+# library; what needs the library says so by name
+EDITION = os.environ.get("CASTLE_EDITION", "extension")
+
+
+def library_only(why):
+    return pytest.mark.skipif(EDITION == "sql", reason=f"the library's own, not the SQL edition's: {why}")
+
+
 def dsn(dbname=DB, **extra):
     parts = {"host": "127.0.0.1", "port": PORT, "user": "postgres", "dbname": dbname, **extra}
     return " ".join(f"{k}={v}" for k, v in parts.items())

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 import seed_algorithm as seed
-from conftest import DB, PG_BIN, PORT, create, dsn
+from conftest import DB, PG_BIN, PORT, create, dsn, library_only
 
 CLUSTERS = Path(os.environ.get("CASTLE_CLUSTER_ROOT", "/tmp/castle_sessions-clusters"))
 BOUNCER_PORT = 25418
@@ -216,6 +216,7 @@ def test_a_reuse_on_a_standby_is_refused_and_revoked_on_the_primary(replica):
             time.sleep(0.05)
 
 
+@library_only("castle.stats counts in the library's shared memory")
 def test_a_standbys_uses_are_recorded_once_the_session_reaches_the_primary(replica):
     """A hot standby cannot write, and has no worker: a check there records
     nothing (counted as skipped); the session's next check on the primary

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 import seed_algorithm as seed
-from conftest import DB, PG_BIN, create, dsn, user_of, one_server_only
+from conftest import DB, PG_BIN, create, dsn, user_of, one_server_only, library_only
 
 MESSAGE = "Not a valid session"
 
@@ -190,6 +190,7 @@ def test_repeatable_read_sign_in_on_a_stale_snapshot_is_a_serialization_failure(
 
 
 @one_server_only("castle.* settings are each shard's own; ALTER DATABASE on the router sets nothing there")
+@library_only("the SQL edition reads its settings from castle.settings, never a role's or database's castle.* (tests/managed/test_edition.py)")
 def test_settings_from_database_and_role():
     with psycopg.connect(dsn(), autocommit=True) as admin:
         admin.execute(f"ALTER DATABASE {DB} SET castle.token_prefix = 'db_'")
@@ -213,6 +214,7 @@ def test_settings_from_database_and_role():
             admin.execute("DROP ROLE castle_py_role")
 
 
+@library_only('without the library castle.* are placeholders any SET accepts; the SQL edition refuses a bad value in castle.settings (tests/managed/test_edition.py)')
 def test_bad_settings_are_refused_when_set(conn):
     for setting, value in [("castle.secret_size", "21"), ("castle.max_sessions", "-1"),
                            ("castle.default_ttl", "-5"), ("castle.token_prefix", "has.dot"),

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import PG_BIN, create, dsn
+from conftest import PG_BIN, create, dsn, library_only
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import refusal_timing  # noqa: E402 - bench/, beside the tests
@@ -138,6 +138,7 @@ def test_a_reuse_looks_like_any_bad_token(conn):
     wait_family_revoked_and_workers_gone(conn, "reused-0")
 
 
+@library_only("the SQL edition revokes a reuse's family through a dblink connection within the call, which takes milliseconds (docs/managed.md)")
 def test_a_reuse_takes_as_long_as_any_other_refusal(conn):
     """bench/refusal_timing.py's method (docs/security.md, "Timing of
     refusals"), in one run: reuses, wrong secrets, unknown ids and expired
@@ -168,6 +169,7 @@ def test_verify_and_revoke_of_a_reuse_revoke_the_family_too(conn):
         wait_revoked(conn, new)
 
 
+@library_only('background workers need the library')
 def test_without_a_free_worker_slot_the_caller_still_sees_only_a_refusal():
     """max_worker_processes = 0: no worker can start. The reuse is refused as
     ever, nothing is written in the caller's transaction (which may be
