@@ -41,6 +41,13 @@ CREATE SCHEMA castle_internal;
 
 -- A plain table, not an extension's: pg_dump keeps its rows and sequence anyway.
 
+-- Every function in castle_internal runs only under the pinned search_path
+-- of castle's functions (pg_catalog, pg_temp) and names every table by its
+-- schema: none carries a SET clause of its own, which would cost every call
+-- and keep a SQL function from being inlined. No other role can reach them
+-- (castle_internal grants no USAGE), but for revoke_family, which dblink's
+-- role calls and which pins its own.
+
 -- ---------------------------------------------------------------------------
 -- Settings. Without the library, castle.* names are placeholders any role may
 -- SET, so the edition reads its settings from this row, which only the owner
@@ -66,7 +73,7 @@ CREATE TABLE castle.settings (
 -- The settings' rules, the extension's (src/settings.rs): NULL when s is good,
 -- else what is wrong, for the message.
 CREATE FUNCTION castle_internal.settings_problem(s castle.settings) RETURNS text
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE
         WHEN s.max_sessions < 0 THEN 'castle.max_sessions must be 0 (unlimited) or more'
         WHEN s.token_prefix !~ '^[A-Za-z0-9_-]{0,64}$'
@@ -120,7 +127,7 @@ END $import$;
 
 -- The settings a call runs with (see castle.settings).
 CREATE FUNCTION castle_internal.current_settings() RETURNS castle.settings
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
     s castle.settings;
     value text;
@@ -169,7 +176,7 @@ END $$;
 
 -- A duration as the extension's settings take it: seconds, or with a unit ('2h', '30d').
 CREATE FUNCTION castle_internal.seconds(value text) RETURNS integer
-LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql IMMUTABLE STRICT AS $$
     SELECT CASE WHEN value ~ '^\s*-?[0-9]+\s*$' THEN value::integer
                 ELSE extract(epoch FROM value::interval)::integer END
 $$;
@@ -204,18 +211,18 @@ DECLARE
 BEGIN
     EXECUTE pg_catalog.format($f$
         CREATE FUNCTION castle_internal.random_bytes(n integer) RETURNS bytea
-        LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, pg_temp
+        LANGUAGE sql VOLATILE STRICT
         AS 'SELECT %I.gen_random_bytes(n)' $f$, crypto);
     EXECUTE pg_catalog.format($f$
         CREATE FUNCTION castle_internal.hmac_sha256(message bytea, key bytea) RETURNS bytea
-        LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp
+        LANGUAGE sql IMMUTABLE STRICT
         AS 'SELECT %I.hmac(message, key, ''sha256'')' $f$, crypto);
     INSERT INTO castle_internal.keys (context_key) SELECT castle_internal.random_bytes(32);
     -- CRC-32 (zlib's, as the seed's checksum): PostgreSQL 18 has it built in;
     -- before, a table-driven loop with the table written in as a constant
     IF pg_catalog.to_regprocedure('pg_catalog.crc32(bytea)') IS NOT NULL THEN
         CREATE FUNCTION castle_internal.crc32(data bytea) RETURNS bigint
-        LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp
+        LANGUAGE sql IMMUTABLE STRICT
         AS 'SELECT pg_catalog.crc32(data)';
     ELSE
         FOR byte IN 0..255 LOOP
@@ -225,15 +232,15 @@ BEGIN
             END LOOP;
             crc_table := crc_table || crc;
         END LOOP;
+        -- the table is a constant of the loop's expression, never copied
         EXECUTE pg_catalog.format($f$
             CREATE FUNCTION castle_internal.crc32(data bytea) RETURNS bigint
-            LANGUAGE plpgsql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $body$
+            LANGUAGE plpgsql IMMUTABLE STRICT AS $body$
             DECLARE
-                crc_of_byte CONSTANT bigint[] := %L;
                 crc bigint := 4294967295;
             BEGIN
                 FOR i IN 0 .. pg_catalog.length(data) - 1 LOOP
-                    crc := crc_of_byte[((crc # pg_catalog.get_byte(data, i)) & 255) + 1] # (crc >> 8);
+                    crc := (%L::bigint[])[((crc # pg_catalog.get_byte(data, i)) & 255) + 1] # (crc >> 8);
                 END LOOP;
                 RETURN crc # 4294967295;
             END $body$ $f$, crc_table);
@@ -247,7 +254,7 @@ END $pgcrypto$;
 --   hash   = lowercase hex(sha256(secret))         -- the only thing stored
 
 CREATE FUNCTION castle_internal.base64url(data bytea) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql IMMUTABLE STRICT AS $$
     -- encode() breaks lines every 76 characters: drop them with the padding
     SELECT pg_catalog.translate(pg_catalog.encode(data, 'base64'), E'+/=\n', '-_')
 $$;
@@ -255,7 +262,7 @@ $$;
 -- A secret from random bytes: each byte's low six bits pick a character, then
 -- the checksum of those characters.
 CREATE FUNCTION castle_internal.secret_from_bytes(random bytea) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql IMMUTABLE STRICT AS $$
     WITH chars AS (
         SELECT pg_catalog.string_agg(pg_catalog.substr(
                    'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_',
@@ -265,8 +272,19 @@ LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
     SELECT c.text || castle_internal.crc32(pg_catalog.convert_to(c.text, 'UTF8'))::text FROM chars AS c
 $$;
 
+-- A fresh secret: `size` characters, each six bits of the CSPRNG (base64 of
+-- whole groups of three random bytes is exactly the alphabet, uniformly,
+-- once + and / are - and _), and their checksum. The extension draws a byte
+-- for each character and keeps its low six bits: the same distribution.
+CREATE FUNCTION castle_internal.new_secret(size integer) RETURNS text
+LANGUAGE sql VOLATILE STRICT AS $$
+    SELECT r.chars || castle_internal.crc32(pg_catalog.convert_to(r.chars, 'UTF8'))::text
+      FROM (SELECT pg_catalog.left(pg_catalog.translate(pg_catalog.encode(
+                       castle_internal.random_bytes((size + 3) / 4 * 3), 'base64'), E'+/\n', '-_'), size) AS chars) AS r
+$$;
+
 CREATE FUNCTION castle_internal.encode_token(prefix text, id bigint, secret text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql IMMUTABLE STRICT AS $$
     SELECT prefix || castle_internal.base64url(pg_catalog.convert_to(id::text, 'UTF8'))
         || '.' || castle_internal.base64url(pg_catalog.convert_to(secret, 'UTF8'))
 $$;
@@ -277,7 +295,7 @@ $$;
 -- Touches no table. The checksum is not checked: the hash is, and refuses the
 -- same tokens.
 CREATE FUNCTION castle_internal.decode_token(token text, prefix text, OUT session_id bigint, OUT secret bytea)
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     rest text;
     dot integer;
@@ -315,7 +333,7 @@ BEGIN
 END $$;
 
 CREATE FUNCTION castle_internal.hash_secret(secret bytea) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql IMMUTABLE STRICT AS $$
     SELECT pg_catalog.encode(pg_catalog.sha256(secret), 'hex')
 $$;
 
@@ -324,7 +342,7 @@ $$;
 -- to `size` bytes, then made a secret like random bytes.
 CREATE FUNCTION castle_internal.successor_secret(key bytea, rotated_id bigint, rotated_secret bytea, size integer)
 RETURNS text
-LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql IMMUTABLE STRICT AS $$
     SELECT castle_internal.secret_from_bytes(pg_catalog.substr(pg_catalog.string_agg(
                castle_internal.hmac_sha256('castle_sessions successor'::bytea || '\x00'::bytea
                    || pg_catalog.int4send(block) || pg_catalog.int8send(rotated_id) || rotated_secret, key),
@@ -337,57 +355,57 @@ $$;
 -- a function whose parameters are the statement's $1, $2...
 
 CREATE FUNCTION castle_internal.trim_sessions(text, bigint, integer, timestamptz) RETURNS SETOF bigint
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $q$
+LANGUAGE sql VOLATILE AS $q$
     -- @QUERY src/queries/trim_sessions.sql@
 $q$;
 CREATE FUNCTION castle_internal.delete_user_sessions(text, bigint) RETURNS SETOF bigint
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $q$
+LANGUAGE sql VOLATILE AS $q$
     -- @QUERY src/queries/delete_user_sessions.sql@
 $q$;
 CREATE FUNCTION castle_internal.delete_whole_family(bigint, text) RETURNS SETOF bigint
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $q$
+LANGUAGE sql VOLATILE AS $q$
     -- @QUERY src/queries/delete_whole_family.sql@
 $q$;
 CREATE FUNCTION castle_internal.end_graces(bigint, text) RETURNS void
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $q$
+LANGUAGE sql VOLATILE AS $q$
     -- @QUERY src/queries/end_graces.sql@
 $q$;
 CREATE FUNCTION castle_internal.forget_rotated(bigint, integer, timestamptz) RETURNS void
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $q$
+LANGUAGE sql VOLATILE AS $q$
     -- @QUERY src/queries/forget_rotated.sql@
 $q$;
 CREATE FUNCTION castle_internal.recent_rotations(bigint, timestamptz) RETURNS bigint
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $q$
+LANGUAGE sql STABLE AS $q$
     -- @QUERY src/queries/recent_rotations.sql@
 $q$;
 CREATE FUNCTION castle_internal.live_sessions(text, integer, timestamptz) RETURNS SETOF castle.session
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $q$
+LANGUAGE sql STABLE AS $q$
     -- @QUERY src/queries/live_sessions.sql@
 $q$;
 CREATE FUNCTION castle_internal.prune_sessions(integer, integer) RETURNS SETOF bigint
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $q$
+LANGUAGE sql VOLATILE AS $q$
     -- @QUERY src/queries/prune_sessions.sql@
 $q$;
 CREATE FUNCTION castle_internal.read_successor(bigint) RETURNS bigint
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $q$
+LANGUAGE sql STABLE AS $q$
     -- @QUERY src/queries/read_successor.sql@
 $q$;
 CREATE FUNCTION castle_internal.next_in_family(bigint, bigint, OUT id bigint, OUT hash text, OUT rotated_at timestamptz)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $q$
+LANGUAGE sql STABLE AS $q$
     -- @QUERY src/queries/next_in_family.sql@
 $q$;
 CREATE FUNCTION castle_internal.rotate_session(bigint, timestamptz,
     OUT data jsonb, OUT family bigint, OUT rotated_at timestamptz, OUT live boolean)
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $q$
+LANGUAGE sql VOLATILE AS $q$
     -- @QUERY src/queries/rotate_session.sql@
 $q$;
 CREATE FUNCTION castle_internal.revoke_everything_before(timestamptz) RETURNS bigint
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $q$
+LANGUAGE sql VOLATILE AS $q$
     -- @QUERY src/queries/revoke_everything.sql@
 $q$;
 CREATE FUNCTION castle_internal.overview_of(integer, OUT live_sessions bigint, OUT users bigint,
     OUT dead_sessions bigint, OUT rotated_sessions bigint, OUT oldest_live timestamptz)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $q$
+LANGUAGE sql STABLE AS $q$
     -- @QUERY src/queries/overview.sql@
 $q$;
 
@@ -397,7 +415,7 @@ $q$;
 -- reaches the client only if it asks for LOG; it holds ids, never a token.
 CREATE FUNCTION castle_internal.event(s castle.settings, event text, sessions bigint[], user_id text DEFAULT NULL)
 RETURNS void
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     payload jsonb;
 BEGIN
@@ -424,13 +442,13 @@ END $$;
 -- committed after this transaction's snapshot makes this a serialization
 -- failure (40001), as the extension refuses a stale snapshot.
 CREATE FUNCTION castle_internal.lock_user(user_id text) RETURNS void
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql VOLATILE AS $$
     INSERT INTO castle.user_locks AS l (user_id, locked_at) VALUES (user_id, pg_catalog.clock_timestamp())
     ON CONFLICT ON CONSTRAINT user_locks_pkey DO UPDATE SET locked_at = excluded.locked_at
 $$;
 
 CREATE FUNCTION castle_internal.refuse_on_standby(function_name text) RETURNS void
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     IF pg_catalog.pg_is_in_recovery() THEN
         RAISE EXCEPTION 'castle.% cannot run on a read-only standby', function_name
@@ -441,7 +459,7 @@ END $$;
 
 -- A user id as stored: refused when NULL (22004) or empty (22023).
 CREATE FUNCTION castle_internal.user_key(user_id text) RETURNS text
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF user_id IS NULL THEN
         RAISE EXCEPTION 'user_id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -457,7 +475,7 @@ END $$;
 CREATE FUNCTION castle_internal.insert_session(s castle.settings, user_id text, secret text, called_at timestamptz,
                                       expires_at timestamptz, data jsonb, family bigint)
 RETURNS bigint
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     trimmed bigint[];
     new_id bigint;
@@ -487,7 +505,7 @@ BEGIN
 END $$;
 
 CREATE FUNCTION castle_internal.checked_ttl(ttl interval) RETURNS interval
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF ttl <= interval '0' THEN
         RAISE EXCEPTION 'ttl must be a positive interval' USING ERRCODE = 'invalid_parameter_value',
@@ -505,7 +523,7 @@ DECLARE
     called_at CONSTANT timestamptz := pg_catalog.clock_timestamp();
     lifetime CONSTANT interval := coalesce(castle_internal.checked_ttl(ttl),
         CASE WHEN s.default_ttl > 0 THEN pg_catalog.make_interval(secs => s.default_ttl) END);
-    secret CONSTANT text := castle_internal.secret_from_bytes(castle_internal.random_bytes(s.secret_size));
+    secret CONSTANT text := castle_internal.new_secret(s.secret_size);
     new_id bigint;
 BEGIN
     new_id := castle_internal.insert_session(s, stored, secret, called_at, called_at + lifetime, data, NULL);
@@ -551,7 +569,7 @@ CREATE TYPE castle_internal.found AS (
 -- no worker), never waiting for the row, and not in a read-only, REPEATABLE
 -- READ or SERIALIZABLE transaction or on a standby.
 CREATE FUNCTION castle_internal.find(token text, s castle.settings, touch boolean) RETURNS castle_internal.found
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     decoded record;
     named castle.sessions;
@@ -610,14 +628,14 @@ BEGIN
 END $$;
 
 CREATE FUNCTION castle_internal.as_session(f castle_internal.found) RETURNS castle.session
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql IMMUTABLE AS $$
     SELECT ROW(f.id, f.user_id, f.created_at, f.updated_at, f.expires_at, f.used_at, f.data)::castle.session
 $$;
 
 -- Every refusal is this one error: 28000 and castle.invalid_message, with no
 -- detail or hint.
 CREATE FUNCTION castle_internal.refuse(s castle.settings) RETURNS void
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     RAISE EXCEPTION USING ERRCODE = 'invalid_authorization_specification', MESSAGE = s.invalid_message;
 END $$;
@@ -658,7 +676,7 @@ $$;
 -- refusal rolls it back (authenticate, login, rotate), in which case the next
 -- verify or is_valid of the token revokes it. Never raises.
 CREATE FUNCTION castle_internal.reuse(s castle.settings, family bigint, presented bigint) RETURNS void
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     link castle_internal.autonomous;
 BEGIN
@@ -705,7 +723,7 @@ END $$;
 
 -- A value in a libpq connection string: single-quoted, with \ and ' escaped.
 CREATE FUNCTION castle_internal.conninfo_value(value text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql IMMUTABLE STRICT AS $$
     SELECT '''' || pg_catalog.replace(pg_catalog.replace(value, '\', '\\'), '''', '\''') || ''''
 $$;
 
@@ -764,7 +782,7 @@ END $$;
 -- in read-only transactions and on standbys.
 
 CREATE FUNCTION castle_internal.binding_mac(session_id bigint, user_hex text) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE AS $$
     SELECT pg_catalog.encode(castle_internal.hmac_sha256(pg_catalog.convert_to(pg_catalog.concat_ws('/',
                pg_catalog.pg_backend_pid(),
                (extract(epoch FROM pg_catalog.now()) * 1000000)::bigint, session_id, user_hex), 'UTF8'),
@@ -773,7 +791,7 @@ $$;
 
 -- The binding in force: (session id, user id), or NULLs.
 CREATE FUNCTION castle_internal.binding(OUT session_id bigint, OUT user_id text)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
     value CONSTANT text := pg_catalog.current_setting('castle_internal.binding', true);
     parts text[];
@@ -828,7 +846,7 @@ $$;
 -- The logged-in user, for the request-side functions; 28000 when castle.login
 -- bound nothing in this transaction.
 CREATE FUNCTION castle_internal.logged_in_user() RETURNS text
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
     bound CONSTANT text := (castle_internal.binding()).user_id;
 BEGIN
@@ -845,7 +863,7 @@ END $$;
 -- Deletes session `id`'s family, if it is `only_user`'s (when given), under
 -- the user's lock. Returns the ids.
 CREATE FUNCTION castle_internal.delete_family_of_session(id bigint, only_user text) RETURNS bigint[]
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     family bigint;
     owner_of text;
@@ -901,7 +919,7 @@ END $$;
 -- revoke_all's work: every session of the user, but except_session's family,
 -- whose tokens rotated away lose what is left of their grace.
 CREATE FUNCTION castle_internal.revoke_all_of(user_id text, except_session bigint, event text) RETURNS bigint
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     revoked bigint[];
 BEGIN
@@ -964,21 +982,21 @@ $$;
 -- always its 8 newest; more than 60 rotations within an hour is a thief
 -- flushing a copy out of that memory.
 CREATE FUNCTION castle_internal.remember_rotations(family bigint, called_at timestamptz) RETURNS boolean
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     PERFORM castle_internal.forget_rotated(family, 8, called_at - interval '1 hour');
     RETURN castle_internal.recent_rotations(family, called_at - interval '1 hour') <= 60;
 END $$;
 
 CREATE FUNCTION castle_internal.minute_of(at timestamptz) RETURNS bigint
-LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql IMMUTABLE STRICT AS $$
     SELECT pg_catalog.floor(extract(epoch FROM at) / 60)::bigint - 15778080
 $$;
 
 -- The key for rotations in the minute of `rotated_at`: made (and the keys no
 -- grace needs any more deleted) when `make`.
 CREATE FUNCTION castle_internal.rotation_key(rotated_at timestamptz, grace integer, make boolean) RETURNS bytea
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     -- the extension's minute: since 2000-01-01, PostgreSQL's epoch
     minute CONSTANT bigint := castle_internal.minute_of(rotated_at);
@@ -1005,7 +1023,7 @@ END $$;
 CREATE FUNCTION castle_internal.follow_successors(s castle.settings, family bigint, id bigint, secret bytea,
                                          rotated_at timestamptz)
 RETURNS text
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     key bytea;
     following record;

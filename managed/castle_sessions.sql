@@ -110,6 +110,13 @@ CREATE TYPE castle.session AS (
 
 -- A plain table, not an extension's: pg_dump keeps its rows and sequence anyway.
 
+-- Every function in castle_internal runs only under the pinned search_path
+-- of castle's functions (pg_catalog, pg_temp) and names every table by its
+-- schema: none carries a SET clause of its own, which would cost every call
+-- and keep a SQL function from being inlined. No other role can reach them
+-- (castle_internal grants no USAGE), but for revoke_family, which dblink's
+-- role calls and which pins its own.
+
 -- ---------------------------------------------------------------------------
 -- Settings. Without the library, castle.* names are placeholders any role may
 -- SET, so the edition reads its settings from this row, which only the owner
@@ -135,7 +142,7 @@ CREATE TABLE castle.settings (
 -- The settings' rules, the extension's (src/settings.rs): NULL when s is good,
 -- else what is wrong, for the message.
 CREATE FUNCTION castle_internal.settings_problem(s castle.settings) RETURNS text
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE
         WHEN s.max_sessions < 0 THEN 'castle.max_sessions must be 0 (unlimited) or more'
         WHEN s.token_prefix !~ '^[A-Za-z0-9_-]{0,64}$'
@@ -189,7 +196,7 @@ END $import$;
 
 -- The settings a call runs with (see castle.settings).
 CREATE FUNCTION castle_internal.current_settings() RETURNS castle.settings
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
     s castle.settings;
     value text;
@@ -238,7 +245,7 @@ END $$;
 
 -- A duration as the extension's settings take it: seconds, or with a unit ('2h', '30d').
 CREATE FUNCTION castle_internal.seconds(value text) RETURNS integer
-LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql IMMUTABLE STRICT AS $$
     SELECT CASE WHEN value ~ '^\s*-?[0-9]+\s*$' THEN value::integer
                 ELSE extract(epoch FROM value::interval)::integer END
 $$;
@@ -273,18 +280,18 @@ DECLARE
 BEGIN
     EXECUTE pg_catalog.format($f$
         CREATE FUNCTION castle_internal.random_bytes(n integer) RETURNS bytea
-        LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, pg_temp
+        LANGUAGE sql VOLATILE STRICT
         AS 'SELECT %I.gen_random_bytes(n)' $f$, crypto);
     EXECUTE pg_catalog.format($f$
         CREATE FUNCTION castle_internal.hmac_sha256(message bytea, key bytea) RETURNS bytea
-        LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp
+        LANGUAGE sql IMMUTABLE STRICT
         AS 'SELECT %I.hmac(message, key, ''sha256'')' $f$, crypto);
     INSERT INTO castle_internal.keys (context_key) SELECT castle_internal.random_bytes(32);
     -- CRC-32 (zlib's, as the seed's checksum): PostgreSQL 18 has it built in;
     -- before, a table-driven loop with the table written in as a constant
     IF pg_catalog.to_regprocedure('pg_catalog.crc32(bytea)') IS NOT NULL THEN
         CREATE FUNCTION castle_internal.crc32(data bytea) RETURNS bigint
-        LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp
+        LANGUAGE sql IMMUTABLE STRICT
         AS 'SELECT pg_catalog.crc32(data)';
     ELSE
         FOR byte IN 0..255 LOOP
@@ -294,15 +301,15 @@ BEGIN
             END LOOP;
             crc_table := crc_table || crc;
         END LOOP;
+        -- the table is a constant of the loop's expression, never copied
         EXECUTE pg_catalog.format($f$
             CREATE FUNCTION castle_internal.crc32(data bytea) RETURNS bigint
-            LANGUAGE plpgsql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $body$
+            LANGUAGE plpgsql IMMUTABLE STRICT AS $body$
             DECLARE
-                crc_of_byte CONSTANT bigint[] := %L;
                 crc bigint := 4294967295;
             BEGIN
                 FOR i IN 0 .. pg_catalog.length(data) - 1 LOOP
-                    crc := crc_of_byte[((crc # pg_catalog.get_byte(data, i)) & 255) + 1] # (crc >> 8);
+                    crc := (%L::bigint[])[((crc # pg_catalog.get_byte(data, i)) & 255) + 1] # (crc >> 8);
                 END LOOP;
                 RETURN crc # 4294967295;
             END $body$ $f$, crc_table);
@@ -316,7 +323,7 @@ END $pgcrypto$;
 --   hash   = lowercase hex(sha256(secret))         -- the only thing stored
 
 CREATE FUNCTION castle_internal.base64url(data bytea) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql IMMUTABLE STRICT AS $$
     -- encode() breaks lines every 76 characters: drop them with the padding
     SELECT pg_catalog.translate(pg_catalog.encode(data, 'base64'), E'+/=\n', '-_')
 $$;
@@ -324,7 +331,7 @@ $$;
 -- A secret from random bytes: each byte's low six bits pick a character, then
 -- the checksum of those characters.
 CREATE FUNCTION castle_internal.secret_from_bytes(random bytea) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql IMMUTABLE STRICT AS $$
     WITH chars AS (
         SELECT pg_catalog.string_agg(pg_catalog.substr(
                    'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_',
@@ -334,8 +341,19 @@ LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
     SELECT c.text || castle_internal.crc32(pg_catalog.convert_to(c.text, 'UTF8'))::text FROM chars AS c
 $$;
 
+-- A fresh secret: `size` characters, each six bits of the CSPRNG (base64 of
+-- whole groups of three random bytes is exactly the alphabet, uniformly,
+-- once + and / are - and _), and their checksum. The extension draws a byte
+-- for each character and keeps its low six bits: the same distribution.
+CREATE FUNCTION castle_internal.new_secret(size integer) RETURNS text
+LANGUAGE sql VOLATILE STRICT AS $$
+    SELECT r.chars || castle_internal.crc32(pg_catalog.convert_to(r.chars, 'UTF8'))::text
+      FROM (SELECT pg_catalog.left(pg_catalog.translate(pg_catalog.encode(
+                       castle_internal.random_bytes((size + 3) / 4 * 3), 'base64'), E'+/\n', '-_'), size) AS chars) AS r
+$$;
+
 CREATE FUNCTION castle_internal.encode_token(prefix text, id bigint, secret text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql IMMUTABLE STRICT AS $$
     SELECT prefix || castle_internal.base64url(pg_catalog.convert_to(id::text, 'UTF8'))
         || '.' || castle_internal.base64url(pg_catalog.convert_to(secret, 'UTF8'))
 $$;
@@ -346,7 +364,7 @@ $$;
 -- Touches no table. The checksum is not checked: the hash is, and refuses the
 -- same tokens.
 CREATE FUNCTION castle_internal.decode_token(token text, prefix text, OUT session_id bigint, OUT secret bytea)
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     rest text;
     dot integer;
@@ -384,7 +402,7 @@ BEGIN
 END $$;
 
 CREATE FUNCTION castle_internal.hash_secret(secret bytea) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql IMMUTABLE STRICT AS $$
     SELECT pg_catalog.encode(pg_catalog.sha256(secret), 'hex')
 $$;
 
@@ -393,7 +411,7 @@ $$;
 -- to `size` bytes, then made a secret like random bytes.
 CREATE FUNCTION castle_internal.successor_secret(key bytea, rotated_id bigint, rotated_secret bytea, size integer)
 RETURNS text
-LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql IMMUTABLE STRICT AS $$
     SELECT castle_internal.secret_from_bytes(pg_catalog.substr(pg_catalog.string_agg(
                castle_internal.hmac_sha256('castle_sessions successor'::bytea || '\x00'::bytea
                    || pg_catalog.int4send(block) || pg_catalog.int8send(rotated_id) || rotated_secret, key),
@@ -406,7 +424,7 @@ $$;
 -- a function whose parameters are the statement's $1, $2...
 
 CREATE FUNCTION castle_internal.trim_sessions(text, bigint, integer, timestamptz) RETURNS SETOF bigint
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $q$
+LANGUAGE sql VOLATILE AS $q$
 -- Make room for one more sign-in of user $1: delete the user's dead sessions
 -- (expired, or idle for longer than $3 seconds when $3 > 0, at time $4), then
 -- the families (sign-ins, with every session rotated from them) least
@@ -470,7 +488,7 @@ DELETE FROM castle.sessions AS s
 RETURNING s.id
 $q$;
 CREATE FUNCTION castle_internal.delete_user_sessions(text, bigint) RETURNS SETOF bigint
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $q$
+LANGUAGE sql VOLATILE AS $q$
 -- Sign out everywhere ($2 NULL), or everywhere but session $2's family.
 DELETE FROM castle.sessions AS s
  WHERE s.user_id = $1
@@ -480,7 +498,7 @@ DELETE FROM castle.sessions AS s
 RETURNING s.id
 $q$;
 CREATE FUNCTION castle_internal.delete_whole_family(bigint, text) RETURNS SETOF bigint
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $q$
+LANGUAGE sql VOLATILE AS $q$
 -- Sign out one device, or a reuse's revocation: every session of family $1
 -- (the first session's id, whether or not that session is still stored;
 -- every successor carries it), if the family is user $2's, whose lock the
@@ -490,7 +508,7 @@ DELETE FROM castle.sessions AS s
 RETURNING s.id
 $q$;
 CREATE FUNCTION castle_internal.end_graces(bigint, text) RETURNS void
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $q$
+LANGUAGE sql VOLATILE AS $q$
 -- After revoke_all spared session $1's family, of user $2 (a password
 -- change, "sign out everywhere else"): every token that family rotated away loses what is left
 -- of its grace, so a copy of one is a reuse from now on and cannot follow
@@ -508,7 +526,7 @@ UPDATE castle.sessions AS s
    AND s.rotated_at <> '-infinity'
 $q$;
 CREATE FUNCTION castle_internal.forget_rotated(bigint, integer, timestamptz) RETURNS void
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $q$
+LANGUAGE sql VOLATILE AS $q$
 -- After a rotation in family $1: forget the tokens it rotated away beyond
 -- its newest $2 that were rotated before $3, so that a session rotated every
 -- few minutes for months keeps a few rows, not thousands, while a copy
@@ -527,7 +545,7 @@ DELETE FROM castle.sessions AS s
                  WHERE k.rotated_at < $3)
 $q$;
 CREATE FUNCTION castle_internal.recent_rotations(bigint, timestamptz) RETURNS bigint
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $q$
+LANGUAGE sql STABLE AS $q$
 -- How many tokens family $1 rotated away since $2: what it remembers as
 -- copies whatever else it forgets.
 SELECT pg_catalog.count(*)
@@ -536,7 +554,7 @@ SELECT pg_catalog.count(*)
         SELECT FROM castle.sessions AS f WHERE f.family_id = $1 AND f.rotated_at >= $2) AS r
 $q$;
 CREATE FUNCTION castle_internal.live_sessions(text, integer, timestamptz) RETURNS SETOF castle.session
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $q$
+LANGUAGE sql STABLE AS $q$
 -- The user's devices at time $3 ($2: idle timeout in seconds, 0 = off), most
 -- recently used first: the "active devices" page. A device is a family (a
 -- sign-in and every session rotated from it), shown as its newest live
@@ -554,7 +572,7 @@ SELECT d.session
  ORDER BY d.last_use DESC, d.id DESC
 $q$;
 CREATE FUNCTION castle_internal.prune_sessions(integer, integer) RETURNS SETOF bigint
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $q$
+LANGUAGE sql VOLATILE AS $q$
 -- One batch of what no longer serves: sessions that are dead (expired, or
 -- idle for longer than $2 seconds when $2 > 0), and sessions rotated away
 -- that either expired or whose family has no session left that was not
@@ -581,7 +599,7 @@ DELETE FROM castle.sessions AS s
 RETURNING s.id
 $q$;
 CREATE FUNCTION castle_internal.read_successor(bigint) RETURNS bigint
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $q$
+LANGUAGE sql STABLE AS $q$
 -- The newest session of family $1 that was not rotated away: what a token
 -- rotated away from the family stands for within castle.rotate_grace. Every
 -- successor carries its family's id; the family's first session never does.
@@ -592,7 +610,7 @@ SELECT s.id
  LIMIT 1
 $q$;
 CREATE FUNCTION castle_internal.next_in_family(bigint, bigint, OUT id bigint, OUT hash text, OUT rotated_at timestamptz)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $q$
+LANGUAGE sql STABLE AS $q$
 -- The session a rotation made from session $2 of family $1: the family's
 -- next, since a family grows only by rotating its newest session (rotating
 -- a token again within its grace hands back that same successor). Its hash
@@ -606,7 +624,7 @@ SELECT s.id, s.hash, s.rotated_at
 $q$;
 CREATE FUNCTION castle_internal.rotate_session(bigint, timestamptz,
     OUT data jsonb, OUT family bigint, OUT rotated_at timestamptz, OUT live boolean)
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $q$
+LANGUAGE sql VOLATILE AS $q$
 -- Rotate session $1 away at time $2: the row stays, marked, for its grace
 -- and then for reuse detection. A session rotated before keeps its first
 -- rotated_at. Returns what the successor carries over: the data and the
@@ -626,7 +644,7 @@ UPDATE castle.sessions AS s
 RETURNING s.data, COALESCE(s.family_id, s.id), s.rotated_at, b.live
 $q$;
 CREATE FUNCTION castle_internal.revoke_everything_before(timestamptz) RETURNS bigint
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $q$
+LANGUAGE sql VOLATILE AS $q$
 -- The incident switch: deletes every session whose token was issued before
 -- $1 (NULL: every session), rotated away or not, and counts them. The caller
 -- holds castle.sessions in SHARE ROW EXCLUSIVE mode, so no sign-in or
@@ -640,7 +658,7 @@ SELECT pg_catalog.count(*) FROM revoked
 $q$;
 CREATE FUNCTION castle_internal.overview_of(integer, OUT live_sessions bigint, OUT users bigint,
     OUT dead_sessions bigint, OUT rotated_sessions bigint, OUT oldest_live timestamptz)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $q$
+LANGUAGE sql STABLE AS $q$
 -- castle.overview(): live sessions, their distinct users, dead sessions
 -- waiting for prune, sessions rotated away (kept for their grace and for
 -- reuse detection), and the oldest live session's creation ($1: idle
@@ -666,7 +684,7 @@ $q$;
 -- reaches the client only if it asks for LOG; it holds ids, never a token.
 CREATE FUNCTION castle_internal.event(s castle.settings, event text, sessions bigint[], user_id text DEFAULT NULL)
 RETURNS void
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     payload jsonb;
 BEGIN
@@ -693,13 +711,13 @@ END $$;
 -- committed after this transaction's snapshot makes this a serialization
 -- failure (40001), as the extension refuses a stale snapshot.
 CREATE FUNCTION castle_internal.lock_user(user_id text) RETURNS void
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql VOLATILE AS $$
     INSERT INTO castle.user_locks AS l (user_id, locked_at) VALUES (user_id, pg_catalog.clock_timestamp())
     ON CONFLICT ON CONSTRAINT user_locks_pkey DO UPDATE SET locked_at = excluded.locked_at
 $$;
 
 CREATE FUNCTION castle_internal.refuse_on_standby(function_name text) RETURNS void
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     IF pg_catalog.pg_is_in_recovery() THEN
         RAISE EXCEPTION 'castle.% cannot run on a read-only standby', function_name
@@ -710,7 +728,7 @@ END $$;
 
 -- A user id as stored: refused when NULL (22004) or empty (22023).
 CREATE FUNCTION castle_internal.user_key(user_id text) RETURNS text
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF user_id IS NULL THEN
         RAISE EXCEPTION 'user_id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -726,7 +744,7 @@ END $$;
 CREATE FUNCTION castle_internal.insert_session(s castle.settings, user_id text, secret text, called_at timestamptz,
                                       expires_at timestamptz, data jsonb, family bigint)
 RETURNS bigint
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     trimmed bigint[];
     new_id bigint;
@@ -756,7 +774,7 @@ BEGIN
 END $$;
 
 CREATE FUNCTION castle_internal.checked_ttl(ttl interval) RETURNS interval
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF ttl <= interval '0' THEN
         RAISE EXCEPTION 'ttl must be a positive interval' USING ERRCODE = 'invalid_parameter_value',
@@ -774,7 +792,7 @@ DECLARE
     called_at CONSTANT timestamptz := pg_catalog.clock_timestamp();
     lifetime CONSTANT interval := coalesce(castle_internal.checked_ttl(ttl),
         CASE WHEN s.default_ttl > 0 THEN pg_catalog.make_interval(secs => s.default_ttl) END);
-    secret CONSTANT text := castle_internal.secret_from_bytes(castle_internal.random_bytes(s.secret_size));
+    secret CONSTANT text := castle_internal.new_secret(s.secret_size);
     new_id bigint;
 BEGIN
     new_id := castle_internal.insert_session(s, stored, secret, called_at, called_at + lifetime, data, NULL);
@@ -820,7 +838,7 @@ CREATE TYPE castle_internal.found AS (
 -- no worker), never waiting for the row, and not in a read-only, REPEATABLE
 -- READ or SERIALIZABLE transaction or on a standby.
 CREATE FUNCTION castle_internal.find(token text, s castle.settings, touch boolean) RETURNS castle_internal.found
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     decoded record;
     named castle.sessions;
@@ -879,14 +897,14 @@ BEGIN
 END $$;
 
 CREATE FUNCTION castle_internal.as_session(f castle_internal.found) RETURNS castle.session
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql IMMUTABLE AS $$
     SELECT ROW(f.id, f.user_id, f.created_at, f.updated_at, f.expires_at, f.used_at, f.data)::castle.session
 $$;
 
 -- Every refusal is this one error: 28000 and castle.invalid_message, with no
 -- detail or hint.
 CREATE FUNCTION castle_internal.refuse(s castle.settings) RETURNS void
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     RAISE EXCEPTION USING ERRCODE = 'invalid_authorization_specification', MESSAGE = s.invalid_message;
 END $$;
@@ -927,7 +945,7 @@ $$;
 -- refusal rolls it back (authenticate, login, rotate), in which case the next
 -- verify or is_valid of the token revokes it. Never raises.
 CREATE FUNCTION castle_internal.reuse(s castle.settings, family bigint, presented bigint) RETURNS void
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     link castle_internal.autonomous;
 BEGIN
@@ -974,7 +992,7 @@ END $$;
 
 -- A value in a libpq connection string: single-quoted, with \ and ' escaped.
 CREATE FUNCTION castle_internal.conninfo_value(value text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql IMMUTABLE STRICT AS $$
     SELECT '''' || pg_catalog.replace(pg_catalog.replace(value, '\', '\\'), '''', '\''') || ''''
 $$;
 
@@ -1033,7 +1051,7 @@ END $$;
 -- in read-only transactions and on standbys.
 
 CREATE FUNCTION castle_internal.binding_mac(session_id bigint, user_hex text) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE AS $$
     SELECT pg_catalog.encode(castle_internal.hmac_sha256(pg_catalog.convert_to(pg_catalog.concat_ws('/',
                pg_catalog.pg_backend_pid(),
                (extract(epoch FROM pg_catalog.now()) * 1000000)::bigint, session_id, user_hex), 'UTF8'),
@@ -1042,7 +1060,7 @@ $$;
 
 -- The binding in force: (session id, user id), or NULLs.
 CREATE FUNCTION castle_internal.binding(OUT session_id bigint, OUT user_id text)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
     value CONSTANT text := pg_catalog.current_setting('castle_internal.binding', true);
     parts text[];
@@ -1097,7 +1115,7 @@ $$;
 -- The logged-in user, for the request-side functions; 28000 when castle.login
 -- bound nothing in this transaction.
 CREATE FUNCTION castle_internal.logged_in_user() RETURNS text
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
     bound CONSTANT text := (castle_internal.binding()).user_id;
 BEGIN
@@ -1114,7 +1132,7 @@ END $$;
 -- Deletes session `id`'s family, if it is `only_user`'s (when given), under
 -- the user's lock. Returns the ids.
 CREATE FUNCTION castle_internal.delete_family_of_session(id bigint, only_user text) RETURNS bigint[]
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     family bigint;
     owner_of text;
@@ -1170,7 +1188,7 @@ END $$;
 -- revoke_all's work: every session of the user, but except_session's family,
 -- whose tokens rotated away lose what is left of their grace.
 CREATE FUNCTION castle_internal.revoke_all_of(user_id text, except_session bigint, event text) RETURNS bigint
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     revoked bigint[];
 BEGIN
@@ -1233,21 +1251,21 @@ $$;
 -- always its 8 newest; more than 60 rotations within an hour is a thief
 -- flushing a copy out of that memory.
 CREATE FUNCTION castle_internal.remember_rotations(family bigint, called_at timestamptz) RETURNS boolean
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     PERFORM castle_internal.forget_rotated(family, 8, called_at - interval '1 hour');
     RETURN castle_internal.recent_rotations(family, called_at - interval '1 hour') <= 60;
 END $$;
 
 CREATE FUNCTION castle_internal.minute_of(at timestamptz) RETURNS bigint
-LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql IMMUTABLE STRICT AS $$
     SELECT pg_catalog.floor(extract(epoch FROM at) / 60)::bigint - 15778080
 $$;
 
 -- The key for rotations in the minute of `rotated_at`: made (and the keys no
 -- grace needs any more deleted) when `make`.
 CREATE FUNCTION castle_internal.rotation_key(rotated_at timestamptz, grace integer, make boolean) RETURNS bytea
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     -- the extension's minute: since 2000-01-01, PostgreSQL's epoch
     minute CONSTANT bigint := castle_internal.minute_of(rotated_at);
@@ -1274,7 +1292,7 @@ END $$;
 CREATE FUNCTION castle_internal.follow_successors(s castle.settings, family bigint, id bigint, secret bytea,
                                          rotated_at timestamptz)
 RETURNS text
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     key bytea;
     following record;

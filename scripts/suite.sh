@@ -103,6 +103,14 @@ else
     echo "skipped: the client stacks (tests/clients) run on one major, Debian's 15 (CASTLE_CLIENT_STACKS=1)"
 fi
 
+# The SQL edition for managed services, on a server without our library
+# (scripts/managed.sh): on one major (scripts/test.sh sets it for Debian's 15).
+if [ "${CASTLE_SQL_EDITION:-0}" = 1 ]; then
+    "$REPO/scripts/managed.sh"
+else
+    echo "skipped: the SQL edition (scripts/managed.sh) runs on one major, Debian's 15 (CASTLE_SQL_EDITION=1)"
+fi
+
 # A crash or a failed Assert() anywhere fails the run, whatever the tests said.
 for log in "$(cluster_root)"/{test,audit,replica,noworkers,shards/a,shards/b}/server.log; do
     if [ -f "$log" ] && grep -E "TRAP:|terminated by signal" "$log"; then

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test, on every major this project supports. For each, the whole suite
 # (scripts/suite.sh: cargo pgrx test, the pg_regress files, the psycopg
-# suite; and, on Debian's 15 only, the client stacks of tests/clients) against:
+# suite; and, on Debian's 15 only, the client stacks of tests/clients and the
+# SQL edition of managed/, scripts/managed.sh) against:
 #   15  Debian 12's PostgreSQL 15, then an assert-enabled 15 (CASTLE_CASSERT=0 skips it)
 #   17  Debian 13's PostgreSQL 17, inside a Debian 13 root (scripts/trixie.sh)
 #   18  an assert-enabled PostgreSQL 18.6 built from Debian's source (scripts/build_pg.sh)
@@ -38,7 +39,7 @@ for major in $majors; do
     case "$major" in
         15)
             say "PostgreSQL 15 (Debian 12's)"
-            CASTLE_TARGET=debian15 CASTLE_CLIENT_STACKS=1 "$REPO/scripts/suite.sh"
+            CASTLE_TARGET=debian15 CASTLE_CLIENT_STACKS=1 CASTLE_SQL_EDITION=1 "$REPO/scripts/suite.sh"
             CASTLE_TARGET=debian15 "$REPO/scripts/package.sh" --here
             passed+=("15 (Debian 12)")
             if [ "${CASTLE_CASSERT:-1}" != 0 ]; then
