@@ -277,11 +277,13 @@ $$;
 -- once + and / are - and _), and their checksum. The extension draws a byte
 -- for each character and keeps its low six bits: the same distribution.
 CREATE FUNCTION castle_internal.new_secret(size integer) RETURNS text
-LANGUAGE sql VOLATILE STRICT AS $$
-    SELECT r.chars || castle_internal.crc32(pg_catalog.convert_to(r.chars, 'UTF8'))::text
-      FROM (SELECT pg_catalog.left(pg_catalog.translate(pg_catalog.encode(
-                       castle_internal.random_bytes((size + 3) / 4 * 3), 'base64'), E'+/\n', '-_'), size) AS chars) AS r
-$$;
+LANGUAGE plpgsql VOLATILE STRICT AS $$
+DECLARE
+    chars CONSTANT text := pg_catalog.left(pg_catalog.translate(pg_catalog.encode(
+        castle_internal.random_bytes((size + 3) / 4 * 3), 'base64'), E'+/\n', '-_'), size);
+BEGIN
+    RETURN chars || castle_internal.crc32(pg_catalog.convert_to(chars, 'UTF8'))::text;
+END $$;
 
 CREATE FUNCTION castle_internal.encode_token(prefix text, id bigint, secret text) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT AS $$
@@ -436,16 +438,39 @@ BEGIN
 END $$;
 
 -- ---------------------------------------------------------------------------
--- Users' locks: every sign-in, rotation and sign-out of a user takes the
--- user's row of castle.user_locks first, so trimming is exact under any
--- concurrency. Under REPEATABLE READ a sign-in or sign-out of the user
--- committed after this transaction's snapshot makes this a serialization
--- failure (40001), as the extension refuses a stale snapshot.
-CREATE FUNCTION castle_internal.lock_user(user_id text) RETURNS void
-LANGUAGE sql VOLATILE AS $$
-    INSERT INTO castle.user_locks AS l (user_id, locked_at) VALUES (user_id, pg_catalog.clock_timestamp())
-    ON CONFLICT ON CONSTRAINT user_locks_pkey DO UPDATE SET locked_at = excluded.locked_at
-$$;
+-- Users' locks. Every sign-in, rotation and sign-out of a user first takes the
+-- user's lock, so trimming is exact under any concurrency: a transaction-level
+-- advisory lock whose key is a keyed hash of the user id (the key is the
+-- owner's), so no other role can name it to hold a user's sign-ins back.
+--
+-- A lock held now does not help a REPEATABLE READ snapshot taken before
+-- another sign-in committed: it would trim by the wrong set of sessions. So a
+-- transaction at REPEATABLE READ or above also writes the user's row of
+-- castle.user_locks, which fails with 40001 (as the extension refuses a stale
+-- snapshot) when another transaction wrote it after that snapshot; and every
+-- sign-in that leaves the user at the limit writes it too (mark_user), as do
+-- sign-outs, so that a sign-in such a snapshot cannot see is always one that
+-- wrote it. Sign-ins under the limit at READ COMMITTED write no lock row.
+CREATE FUNCTION castle_internal.mark_user(marked text) RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    INSERT INTO castle.user_locks AS l (user_id, locked_at) VALUES (marked, pg_catalog.clock_timestamp())
+    ON CONFLICT ON CONSTRAINT user_locks_pkey DO UPDATE SET locked_at = excluded.locked_at;
+END $$;
+
+-- PL/pgSQL, not SQL, here and wherever a statement runs on every sign-in: a
+-- PL/pgSQL function keeps its statements' plans for the session, a SQL
+-- function (not inlined) plans them again at every call.
+CREATE FUNCTION castle_internal.lock_user(locked text) RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM pg_catalog.pg_advisory_xact_lock(('x' || pg_catalog.left(pg_catalog.encode(pg_catalog.sha256(
+        (SELECT k.context_key FROM castle_internal.keys AS k)
+        || pg_catalog.convert_to('castle_sessions user lock/' || locked, 'UTF8')), 'hex'), 16))::bit(64)::bigint);
+    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+        PERFORM castle_internal.mark_user(locked);
+    END IF;
+END $$;
 
 CREATE FUNCTION castle_internal.refuse_on_standby(function_name text) RETURNS void
 LANGUAGE plpgsql VOLATILE AS $$
@@ -478,19 +503,24 @@ RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     trimmed bigint[];
+    held bigint;
     new_id bigint;
 BEGIN
-    PERFORM castle_internal.refuse_on_standby('create_session');
     IF pg_catalog.current_setting('transaction_read_only') = 'on' THEN
+        PERFORM castle_internal.refuse_on_standby('create_session');
         RAISE EXCEPTION 'cannot execute castle.create_session() in a read-only transaction'
             USING ERRCODE = 'read_only_sql_transaction';
     END IF;
     IF s.max_sessions > 0 THEN
         PERFORM castle_internal.lock_user(user_id);
         -- most sign-ins find the user under the limit from the index alone
-        IF (SELECT pg_catalog.count(*) FROM (SELECT FROM castle.sessions AS o
-                                              WHERE o.user_id = insert_session.user_id
-                                              LIMIT s.max_sessions) AS e) >= s.max_sessions THEN
+        held := (SELECT pg_catalog.count(*) FROM (SELECT FROM castle.sessions AS o
+                                                   WHERE o.user_id = insert_session.user_id
+                                                   LIMIT s.max_sessions) AS e);
+        IF held >= s.max_sessions - 1 THEN
+            PERFORM castle_internal.mark_user(user_id);
+        END IF;
+        IF held >= s.max_sessions THEN
             trimmed := ARRAY(SELECT castle_internal.trim_sessions(user_id, s.max_sessions, s.idle_timeout, called_at));
             IF pg_catalog.cardinality(trimmed) > 0 THEN
                 PERFORM castle_internal.event(s, 'trim', trimmed, user_id);
@@ -715,6 +745,7 @@ BEGIN
         RETURN 0;
     END IF;
     PERFORM castle_internal.lock_user(owner_of);
+    PERFORM castle_internal.mark_user(owner_of);
     revoked := ARRAY(SELECT castle_internal.delete_whole_family(family, owner_of));
     RAISE LOG 'castle_sessions: reuse of a rotated token: family of session % revoked', presented;
     PERFORM castle_internal.event(s, 'family', revoked);
@@ -874,6 +905,7 @@ BEGIN
         RETURN '{}';
     END IF;
     PERFORM castle_internal.lock_user(owner_of);
+    PERFORM castle_internal.mark_user(owner_of);
     RETURN ARRAY(SELECT castle_internal.delete_whole_family(family, owner_of));
 END $$;
 
@@ -926,6 +958,7 @@ BEGIN
     PERFORM castle_internal.refuse_on_standby('revoke_all');
     -- after any sign-in of the user in progress, so that it is revoked too
     PERFORM castle_internal.lock_user(user_id);
+    PERFORM castle_internal.mark_user(user_id);
     revoked := ARRAY(SELECT castle_internal.delete_user_sessions(user_id, except_session));
     IF except_session IS NOT NULL THEN
         PERFORM castle_internal.end_graces(except_session, user_id);
