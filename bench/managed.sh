@@ -2,7 +2,7 @@
 # The SQL edition (managed/castle_sessions.sql) against the extension, the
 # primary-key floor and the PL/pgSQL rival (bench/plpgsql.sql), in one run:
 #   bash bench/managed.sh
-# One throwaway cluster of Debian's 15 with the library (port 25417), two
+# One throwaway cluster of Debian's 15 with the library (port 25435), two
 # databases: bench_ext (CREATE EXTENSION castle_sessions) and bench_sql (the
 # SQL edition, installed by a database owner who is not a superuser). Both
 # get the rival and the same token table; pgbench connects as an application
@@ -21,7 +21,7 @@ ROUNDS=${BENCH_ROUNDS:-3}
 T=${BENCH_SECONDS:-10}
 NTOKENS=${BENCH_TOKENS:-100000}
 USERS=1000000
-PORT=25417
+PORT=25435
 BENCH="$REPO/bench"
 REPORT="$BENCH/results/managed-pg15.md"
 WORK=$(mktemp -d)

@@ -354,8 +354,10 @@ BEGIN
     RETURN chars || castle_internal.crc32(pg_catalog.convert_to(chars, 'UTF8'))::text;
 END $$;
 
+-- STABLE (convert_to is) and not STRICT, so that the planner inlines it; its
+-- callers never pass a NULL.
 CREATE FUNCTION castle_internal.encode_token(prefix text, id bigint, secret text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT AS $$
+LANGUAGE sql STABLE AS $$
     SELECT prefix || castle_internal.base64url(pg_catalog.convert_to(id::text, 'UTF8'))
         || '.' || castle_internal.base64url(pg_catalog.convert_to(secret, 'UTF8'))
 $$;
@@ -832,15 +834,22 @@ BEGIN
     RETURN castle_internal.encode_token(s.token_prefix, new_id, secret);
 END $$;
 
+-- The API's functions are PL/pgSQL wherever they run a statement on every
+-- call: a SQL function with a SET clause is never inlined, and plans its
+-- statement again at every call.
 CREATE FUNCTION castle.create_session(user_id bigint, ttl interval DEFAULT NULL, data jsonb DEFAULT NULL)
 RETURNS text
-LANGUAGE sql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
-RETURN castle.create_session(user_id::text, ttl, data);
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN castle.create_session(user_id::text, ttl, data);
+END $$;
 
 CREATE FUNCTION castle.create_session(user_id uuid, ttl interval DEFAULT NULL, data jsonb DEFAULT NULL)
 RETURNS text
-LANGUAGE sql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
-RETURN castle.create_session(user_id::text, ttl, data);
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN castle.create_session(user_id::text, ttl, data);
+END $$;
 
 -- ---------------------------------------------------------------------------
 -- Checking a token (the extension's auth.rs, find).
@@ -963,9 +972,10 @@ BEGIN
 END $$;
 
 CREATE FUNCTION castle.is_valid(token text) RETURNS boolean
-LANGUAGE sql VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT (castle_internal.find(token, castle_internal.current_settings(), false)).id IS NOT NULL
-$$;
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (castle_internal.find(token, castle_internal.current_settings(), false)).id IS NOT NULL;
+END $$;
 
 -- ---------------------------------------------------------------------------
 -- Reuse: a token rotated away came back after its grace. Every session of
@@ -1082,12 +1092,13 @@ END $$;
 -- in read-only transactions and on standbys.
 
 CREATE FUNCTION castle_internal.binding_mac(session_id bigint, user_hex text) RETURNS text
-LANGUAGE sql STABLE AS $$
-    SELECT pg_catalog.encode(castle_internal.hmac_sha256(pg_catalog.convert_to(pg_catalog.concat_ws('/',
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN pg_catalog.encode(castle_internal.hmac_sha256(pg_catalog.convert_to(pg_catalog.concat_ws('/',
                pg_catalog.pg_backend_pid(),
                (extract(epoch FROM pg_catalog.now()) * 1000000)::bigint, session_id, user_hex), 'UTF8'),
-               (SELECT k.context_key FROM castle_internal.keys AS k)), 'hex')
-$$;
+               (SELECT k.context_key FROM castle_internal.keys AS k)), 'hex');
+END $$;
 
 -- The binding in force: (session id, user id), or NULLs.
 CREATE FUNCTION castle_internal.binding(OUT session_id bigint, OUT user_id text)
@@ -1134,14 +1145,16 @@ LANGUAGE sql VOLATILE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp 
 $$;
 
 CREATE FUNCTION castle.user_id() RETURNS text
-LANGUAGE sql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT (castle_internal.binding()).user_id
-$$;
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (castle_internal.binding()).user_id;
+END $$;
 
 CREATE FUNCTION castle.session_id() RETURNS bigint
-LANGUAGE sql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT (castle_internal.binding()).session_id
-$$;
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (castle_internal.binding()).session_id;
+END $$;
 
 -- The logged-in user, for the request-side functions; 28000 when castle.login
 -- bound nothing in this transaction.
@@ -1504,9 +1517,10 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_tem
 RETURN castle.user_hash(user_id::text);
 
 CREATE FUNCTION castle.token_session_id(token text) RETURNS bigint
-LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT (castle_internal.decode_token(token, (castle_internal.current_settings()).token_prefix)).session_id
-$$;
+LANGUAGE plpgsql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (castle_internal.decode_token(token, (castle_internal.current_settings()).token_prefix)).session_id;
+END $$;
 
 -- ---------------------------------------------------------------------------
 -- BEGIN shared with castle_sessions_router: scripts/common.sh (router_files)
