@@ -44,12 +44,22 @@ BEGIN
                AND d.refobjid IN (SELECT c.oid FROM pg_catalog.pg_class AS c WHERE c.relnamespace = ANY (edition)))
            OR (d.refclassid = 'pg_catalog.pg_type'::regclass
                AND d.refobjid IN (SELECT t.oid FROM pg_catalog.pg_type AS t WHERE t.typnamespace = ANY (edition))))
-       AND NOT (d.classid = 'pg_catalog.pg_proc'::regclass
-                AND d.objid IN (SELECT p.oid FROM pg_catalog.pg_proc AS p WHERE p.pronamespace = ANY (edition)))
-       AND NOT (d.classid IN ('pg_catalog.pg_class'::regclass, 'pg_catalog.pg_type'::regclass,
-                              'pg_catalog.pg_rewrite'::regclass, 'pg_catalog.pg_constraint'::regclass,
-                              'pg_catalog.pg_attrdef'::regclass, 'pg_catalog.pg_trigger'::regclass)
-                AND pg_catalog.pg_identify_object(d.classid, d.objid, 0)).schema = ANY (ARRAY['castle', 'castle_internal', 'pg_toast']));
+       -- the schema the dependent object lives in, by its kind: only what
+       -- lives outside the edition's two schemas is the application's
+       AND COALESCE(CASE d.classid
+               WHEN 'pg_catalog.pg_proc'::regclass THEN (SELECT p.pronamespace FROM pg_catalog.pg_proc AS p WHERE p.oid = d.objid)
+               WHEN 'pg_catalog.pg_class'::regclass THEN (SELECT c.relnamespace FROM pg_catalog.pg_class AS c WHERE c.oid = d.objid)
+               WHEN 'pg_catalog.pg_type'::regclass THEN (SELECT t.typnamespace FROM pg_catalog.pg_type AS t WHERE t.oid = d.objid)
+               WHEN 'pg_catalog.pg_constraint'::regclass THEN (SELECT c.connamespace FROM pg_catalog.pg_constraint AS c WHERE c.oid = d.objid)
+               WHEN 'pg_catalog.pg_rewrite'::regclass THEN (SELECT c.relnamespace FROM pg_catalog.pg_rewrite AS r
+                                                              JOIN pg_catalog.pg_class AS c ON c.oid = r.ev_class WHERE r.oid = d.objid)
+               WHEN 'pg_catalog.pg_attrdef'::regclass THEN (SELECT c.relnamespace FROM pg_catalog.pg_attrdef AS a
+                                                              JOIN pg_catalog.pg_class AS c ON c.oid = a.adrelid WHERE a.oid = d.objid)
+               WHEN 'pg_catalog.pg_trigger'::regclass THEN (SELECT c.relnamespace FROM pg_catalog.pg_trigger AS t
+                                                              JOIN pg_catalog.pg_class AS c ON c.oid = t.tgrelid WHERE t.oid = d.objid)
+               WHEN 'pg_catalog.pg_policy'::regclass THEN (SELECT c.relnamespace FROM pg_catalog.pg_policy AS p
+                                                             JOIN pg_catalog.pg_class AS c ON c.oid = p.polrelid WHERE p.oid = d.objid)
+           END, 0) <> ALL (edition);
     SELECT pg_catalog.string_agg(pg_catalog.pg_describe_object(x.classid, x.objid, 0), '; ')
       INTO blocking
       FROM castle_move_dependents AS x
@@ -65,7 +75,7 @@ BEGIN
                CASE WHEN p.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END,
                CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE'
                              WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,
-               (SELECT pg_catalog.string_agg(CASE WHEN r = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r::regrole::text) END, ', ')
+               (SELECT pg_catalog.string_agg(CASE WHEN r = 0 THEN 'PUBLIC' ELSE r::regrole::text END, ', ')
                   FROM pg_catalog.unnest(p.polroles) AS r),
                ' USING (' || pg_catalog.pg_get_expr(p.polqual, p.polrelid) || ')',
                ' WITH CHECK (' || pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) || ')') AS statement,
