@@ -251,9 +251,9 @@ LANGUAGE sql IMMUTABLE STRICT AS $$
 $$;
 
 -- ---------------------------------------------------------------------------
--- Secrets only the owner reads: the key that signs a login's binding
--- (castle.login), and the key that makes users' lock rows unguessable is not
--- needed (they are rows of castle.user_locks, which nobody else can touch).
+-- The owner's secret key: it signs a login's binding (castle.login) and keys
+-- the hash that names a user's advisory lock (castle_internal.lock_user), so
+-- no other role can forge the one or name the other. Only the owner reads it.
 CREATE TABLE castle_internal.keys (
     one_row     boolean PRIMARY KEY DEFAULT true CHECK (one_row),
     context_key bytea NOT NULL CHECK (pg_catalog.octet_length(context_key) = 32)
