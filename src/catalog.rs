@@ -15,6 +15,15 @@
 //!   user_id with text_ops in the column's own collation ("C"), no
 //!   expression and no predicate.
 //!
+//! - `insert_sequence`: rows may be inserted straight through the access
+//!   methods (a sign-in's INSERT, store.rs). The table is as `primary_key`
+//!   needs, with this version's ten columns and no other (but dropped ones); no
+//!   trigger, rule or forced row security; no generated column; no default
+//!   on a column the INSERT leaves out (used_at, rotated_at, data); id an
+//!   identity BY DEFAULT, whose sequence this is; and the owner may INSERT.
+//!   Constraints and indexes, whatever a DBA made of them, are checked and
+//!   maintained on that path as by the executor.
+//!
 //! Indexes are found through the table's index list, never by name, so a
 //! renamed or replaced table or index is never mistaken for ours. Anything
 //! else gives None and the caller takes its SQL path. The verdict is kept
@@ -91,6 +100,8 @@ pub struct Catalog {
     /// castle.sessions has code of a DBA's that an UPDATE would run: a
     /// trigger (or a foreign key's), a rule, forced row-level security
     pub has_dba_code: bool,
+    /// castle.sessions' identity sequence, when a row may be inserted directly
+    pub insert_sequence: Option<Oid>,
 }
 
 thread_local! {
@@ -166,10 +177,19 @@ impl Catalog {
     /// processes the invalidations of any DDL committed before), then
     /// resolved, and the lock kept to the end of the transaction.
     pub fn locked() -> Catalog {
+        Catalog::locked_in(pg_sys::AccessShareLock)
+    }
+
+    /// `locked`, in the mode an INSERT takes.
+    pub fn locked_for_insert() -> Catalog {
+        Catalog::locked_in(pg_sys::RowExclusiveLock)
+    }
+
+    fn locked_in(mode: u32) -> Catalog {
         let mut catalog = Catalog::get();
         // a table replaced meanwhile: lock the new one, and look again
         for _ in 0..3 {
-            unsafe { pg_sys::LockRelationOid(catalog.table, pg_sys::AccessShareLock as _) };
+            unsafe { pg_sys::LockRelationOid(catalog.table, mode as _) };
             let now = Catalog::get();
             if now.table == catalog.table {
                 return now;
@@ -261,6 +281,11 @@ fn resolve() -> Catalog {
             }
             pg_sys::list_free(indexes);
         }
+        let insert_sequence = if readable && !has_dba_code {
+            insertable(rel)
+        } else {
+            None
+        };
         pg_sys::table_close(rel, pg_sys::NoLock as _);
         let user_locks = pg_sys::get_relname_relid(c"user_locks".as_ptr(), schema);
         Catalog {
@@ -277,7 +302,38 @@ fn resolve() -> Catalog {
             user_locks,
             columns,
             has_dba_code,
+            insert_sequence,
         }
+    }
+}
+
+/// The identity sequence of a table `table_as_made` accepted, when an
+/// INSERT of a sign-in's row would run nothing but its constraints and
+/// indexes (see `insert_sequence` above).
+unsafe fn insertable(rel: pg_sys::Relation) -> Option<Oid> {
+    unsafe {
+        let attributes = compat::attributes((*rel).rd_att);
+        let left_out = [USED_AT, DATA, ROTATED_AT];
+        // columns a DBA added and dropped since are NULL in every new row
+        let plain = attributes.len() >= COLUMNS
+            && attributes[..COLUMNS]
+                .iter()
+                .all(|a| !a.attisdropped && a.attgenerated == 0)
+            && attributes[COLUMNS..].iter().all(|a| a.attisdropped)
+            && left_out.iter().all(|&column| !attributes[column].atthasdef)
+            && attributes[ID].attidentity
+                == pg_sys::ATTRIBUTE_IDENTITY_BY_DEFAULT as std::ffi::c_char;
+        let table = (*rel).rd_id;
+        let owner = (*(*rel).rd_rel).relowner;
+        let may_insert = || {
+            pg_sys::pg_class_aclcheck(table, owner, pg_sys::ACL_INSERT as _)
+                == pg_sys::AclResult::ACLCHECK_OK
+        };
+        if !plain || !may_insert() {
+            return None;
+        }
+        let sequence = compat::identity_sequence(rel, (ID + 1) as i16);
+        (sequence != pg_sys::InvalidOid).then_some(sequence)
     }
 }
 

@@ -52,3 +52,16 @@ pub unsafe fn index_beginscan(
         return pg_sys::index_beginscan(rel, index, snapshot, std::ptr::null_mut(), nkeys, 0);
     }
 }
+
+/// The sequence of a table's identity column, InvalidOid when there is none;
+/// 17 passes the relation (for partitions), 15 its oid.
+///
+/// SAFETY: `rel` is open.
+pub unsafe fn identity_sequence(rel: pg_sys::Relation, column: pg_sys::AttrNumber) -> pg_sys::Oid {
+    unsafe {
+        #[cfg(feature = "pg15")]
+        return pg_sys::getIdentitySequence((*rel).rd_id, column, true);
+        #[cfg(any(feature = "pg17", feature = "pg18"))]
+        return pg_sys::getIdentitySequence(rel, column, true);
+    }
+}

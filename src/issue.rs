@@ -146,7 +146,9 @@ pub fn create_with_secret(
     let hash = token::hash_secret(secret.as_bytes());
     let max_sessions = settings::max_sessions();
     let idle_timeout = settings::idle_timeout_seconds();
-    let id = plans::as_owner(store::table_owner(), || {
+    // the owner's search_path is pinned only around statements: most
+    // sign-ins run none (a direct count and a direct INSERT)
+    let id = plans::as_owner_unpinned(store::table_owner(), || {
         Spi::connect_mut(|client| {
             if max_sessions > 0 {
                 crate::user_lock::lock_user(user_id);
@@ -155,68 +157,97 @@ pub fn create_with_secret(
                 let under_limit = store::entries_of(user_id, max_sessions)
                     .is_some_and(|entries| entries < max_sessions);
                 if !under_limit {
-                    let trimmed = match oldest_to_trim(user_id, max_sessions, idle_timeout, now) {
-                        Some(oldest) if oldest.is_empty() => oldest,
-                        Some(oldest) => {
-                            let delete = plans::kept(client, &DELETE_SESSIONS);
-                            plans::returned_ids(plans::or_raise(client.update(
-                                delete,
-                                None,
-                                &[oldest.into()],
-                            )))
+                    let trimmed = plans::pinned(|| {
+                        match oldest_to_trim(user_id, max_sessions, idle_timeout, now) {
+                            Some(oldest) if oldest.is_empty() => oldest,
+                            Some(oldest) => {
+                                plans::generic_plans();
+                                let delete = plans::kept(client, &DELETE_SESSIONS);
+                                plans::returned_ids(plans::or_raise(client.update(
+                                    delete,
+                                    None,
+                                    &[oldest.into()],
+                                )))
+                            }
+                            None => {
+                                let trim = plans::kept(client, &TRIM_SESSIONS);
+                                let args = [
+                                    plans::text(user_id),
+                                    max_sessions.into(),
+                                    idle_timeout.into(),
+                                    plans::timestamptz(now),
+                                ];
+                                plans::returned_ids(plans::or_raise(
+                                    client.update(trim, None, &args),
+                                ))
+                            }
                         }
-                        None => {
-                            let trim = plans::kept(client, &TRIM_SESSIONS);
-                            let args = [
-                                plans::text(user_id),
-                                max_sessions.into(),
-                                idle_timeout.into(),
-                                plans::timestamptz(now),
-                            ];
-                            plans::returned_ids(plans::or_raise(client.update(trim, None, &args)))
-                        }
-                    };
+                    });
                     events::trimmed(&trimmed, user_id);
                 }
             }
-            let mut args = vec![
-                plans::text(&hash),
-                plans::text(user_id),
-                plans::timestamptz(now),
-                unsafe {
-                    pgrx::datum::DatumWithOid::new(
-                        expires_at.map(pg_sys::Datum::from),
-                        pg_sys::TIMESTAMPTZOID,
-                    )
-                },
-            ];
-            // a shard's id carries the user's bucket (shard.rs)
-            let insert = match (crate::shard::bucket_of_new_session(user_id), data) {
-                (Some(bucket), data) => {
-                    args.push(unsafe { pgrx::datum::DatumWithOid::new(data, pg_sys::JSONBOID) });
-                    args.push(family.into());
-                    args.push(bucket.into());
-                    plans::kept(client, &INSERT_SESSION_IN_BUCKET)
-                }
-                (None, Some(data)) => {
-                    args.push(unsafe { pgrx::datum::DatumWithOid::new(data, pg_sys::JSONBOID) });
-                    args.push(family.into());
-                    plans::kept(client, &INSERT_SESSION)
-                }
-                (None, None) => {
-                    args.push(family.into());
-                    plans::kept(client, &INSERT_SESSION_WITHOUT_DATA)
-                }
+            let data = data.and_then(|data| data.into_datum());
+            // a shard's id carries the user's bucket (shard.rs): SQL only
+            let bucket = crate::shard::bucket_of_new_session(user_id);
+            let row = store::NewSession {
+                hash: &hash,
+                user_id,
+                now,
+                expires_at,
+                data,
+                family,
             };
-            let inserted = plans::or_raise(client.update(insert, None, &args));
-            plans::or_raise(inserted.first().get_one::<i64>())
-                .unwrap_or_else(|| error!("castle_sessions: INSERT returned no id"))
+            let direct = match bucket {
+                None => store::insert_directly(&row),
+                Some(_) => None,
+            };
+            direct.unwrap_or_else(|| plans::pinned(|| insert_with_sql(client, &row, bucket)))
         })
     });
     (
         id,
         settings::with_token_prefix(|prefix| token::encode(prefix, id, &secret)),
     )
+}
+
+/// The row inserted by insert_session*.sql; `bucket`: a shard's (shard.rs).
+fn insert_with_sql(
+    client: &mut pgrx::spi::SpiClient<'_>,
+    row: &store::NewSession,
+    bucket: Option<i64>,
+) -> i64 {
+    let mut args = vec![
+        plans::text(row.hash),
+        plans::text(row.user_id),
+        plans::timestamptz(row.now),
+        unsafe {
+            pgrx::datum::DatumWithOid::new(
+                row.expires_at.map(pg_sys::Datum::from),
+                pg_sys::TIMESTAMPTZOID,
+            )
+        },
+    ];
+    let data = || unsafe { pgrx::datum::DatumWithOid::new(row.data, pg_sys::JSONBOID) };
+    let insert = match (bucket, row.data) {
+        (Some(bucket), _) => {
+            args.push(data());
+            args.push(row.family.into());
+            args.push(bucket.into());
+            plans::kept(client, &INSERT_SESSION_IN_BUCKET)
+        }
+        (None, Some(_)) => {
+            args.push(data());
+            args.push(row.family.into());
+            plans::kept(client, &INSERT_SESSION)
+        }
+        (None, None) => {
+            args.push(row.family.into());
+            plans::kept(client, &INSERT_SESSION_WITHOUT_DATA)
+        }
+    };
+    let inserted = plans::or_raise(client.update(insert, None, &args));
+    plans::or_raise(inserted.first().get_one::<i64>())
+        .unwrap_or_else(|| error!("castle_sessions: INSERT returned no id"))
 }
 
 /// Trimming's common case, decided from a direct read of the user's

@@ -83,6 +83,14 @@ pub fn or_raise<T>(result: pgrx::spi::SpiResult<T>) -> T {
 /// (sub)transaction, and loses its detail: the owner may read the table, so a
 /// failed constraint's detail would quote the row, hash included.
 pub fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    as_owner_unpinned(owner, || pinned(f))
+}
+
+/// `as_owner` without the pinned settings, for work that runs no statement
+/// (the direct reads and INSERT of store.rs): setting two parameters and
+/// undoing them costs a sign-in more than its direct INSERT saves. A
+/// statement inside runs under `pinned`.
+pub fn as_owner_unpinned<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     without_detail(|| unsafe {
         let mut caller = pg_sys::InvalidOid;
         let mut context = 0;
@@ -91,6 +99,17 @@ pub fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
             owner,
             context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
         );
+        let result = f();
+        pg_sys::SetUserIdAndSecContext(caller, context);
+        result
+    })
+}
+
+/// Runs `f` — statements on the table — with search_path pinned to
+/// `pg_catalog, pg_temp` and bitmap scans off, undone when it returns (an
+/// error undoes them with the (sub)transaction).
+pub fn pinned<R>(f: impl FnOnce() -> R) -> R {
+    unsafe {
         let nest_level = pg_sys::NewGUCNestLevel();
         set_for_now(c"search_path", c"pg_catalog, pg_temp");
         // Plain index scans, never bitmap ones: only an index scan marks the
@@ -100,9 +119,16 @@ pub fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
         set_for_now(c"enable_bitmapscan", c"off");
         let result = f();
         pg_sys::AtEOXact_GUC(true, nest_level);
-        pg_sys::SetUserIdAndSecContext(caller, context);
         result
-    })
+    }
+}
+
+/// Inside `pinned`: the statements run next take their generic plan. A
+/// custom plan of `= ANY ($1)` always looks cheaper (it knows the array's
+/// length), so PostgreSQL would plan such a statement anew at every call:
+/// 85,000 instructions, a third of a sign-in at the limit.
+pub fn generic_plans() {
+    unsafe { set_for_now(c"plan_cache_mode", c"force_generic_plan") };
 }
 
 /// Sets a parameter until the GUC nest level the caller opened is closed.

@@ -178,7 +178,7 @@ fn config() -> Option<Config> {
         return cached.config;
     }
     let table = shard_table();
-    let config = table.and_then(|_| unsafe { read_config() });
+    let config = table.and_then(|_| crate::plans::pinned(|| unsafe { read_config() }));
     CACHED.with(|cached| {
         cached.set(Some(Cached {
             table: table.unwrap_or(pg_sys::InvalidOid),

@@ -1,20 +1,24 @@
-//! Reading castle.sessions on the hot paths: authenticate's read of one
-//! session by id, and the sign-in's count of a user's index entries.
+//! castle.sessions on the hot paths: authenticate's read of one session by
+//! id, the sign-in's count of a user's index entries, and the sign-in's
+//! INSERT.
 //!
 //! Each has two ways: straight through the access methods, when `catalog`
 //! has verified every object involved and no executor or permission hook
-//! wants to see the read; otherwise the same read in SQL, run as the table's
+//! wants to see it; otherwise the same statement in SQL, run as the table's
 //! owner under a pinned search_path. Every PostgreSQL call here is pgrx's
 //! guarded binding, so an ERROR unwinds through these frames as a panic.
 //!
-//! Writes are all SQL (`src/queries`), so defaults, constraints, triggers,
-//! error fields and audit hooks behave exactly as for an INSERT or DELETE.
+//! The direct INSERT is the executor's own routine for a row (the one
+//! logical replication applies rows with): constraints checked, every index
+//! maintained, the same errors. The catalog allows it only where an INSERT
+//! would run nothing else (no trigger, rule, forced policy or default of a
+//! DBA's). Every other write is SQL (`src/queries`).
 
 use pgrx::pg_sys::{self, Datum, Oid};
 use pgrx::prelude::*;
 
 use crate::catalog::{self, Catalog, COLUMNS, CREATED_AT, EXPIRES_AT, HASH, SESSION_COLUMNS};
-use crate::catalog::{DATA, FAMILY_ID, ID, ROTATED_AT, USED_AT, USER_ID};
+use crate::catalog::{DATA, FAMILY_ID, ID, ROTATED_AT, UPDATED_AT, USED_AT, USER_ID};
 use crate::compat;
 use crate::plans::{self, Statement, INT8};
 use crate::session_row::SessionValues;
@@ -263,6 +267,72 @@ pub fn entries_of(user_id: &[u8], limit: i64) -> Option<i64> {
         pg_sys::table_close(rel, pg_sys::NoLock as _);
     }
     Some(entries)
+}
+
+/// A sign-in's row, as insert_session.sql takes it.
+pub struct NewSession<'a> {
+    pub hash: &'a [u8],
+    pub user_id: &'a [u8],
+    /// created_at and updated_at
+    pub now: i64,
+    pub expires_at: Option<i64>,
+    pub data: Option<Datum>,
+    pub family: Option<i64>,
+}
+
+/// Inserts the row straight through the access methods and returns its id,
+/// or None (nothing done) when the catalog does not allow it: the caller
+/// runs the SQL. Called as the table's owner; the row is visible to the
+/// transaction's next statement, as after SPI's INSERT.
+pub fn insert_directly(row: &NewSession) -> Option<i64> {
+    if catalog::hooks_want_the_executor() {
+        return None;
+    }
+    let catalog = Catalog::locked_for_insert();
+    let sequence = catalog.insert_sequence?;
+    unsafe {
+        let id = pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[sequence.into_datum()])
+            .expect("nextval is never NULL");
+        let rel = pg_sys::table_open(catalog.table, pg_sys::NoLock as _);
+        let estate = pg_sys::CreateExecutorState();
+        let info = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
+            .cast::<pg_sys::ResultRelInfo>();
+        // no range table entry: nothing here reads one (permissions were
+        // verified with the catalog, there are no triggers)
+        pg_sys::InitResultRelInfo(info, rel, 0, std::ptr::null_mut(), 0);
+        pg_sys::ExecOpenIndices(info, false);
+        let slot = pg_sys::table_slot_create(rel, &raw mut (*estate).es_tupleTable);
+        let width = (*(*rel).rd_att).natts as usize;
+        let values = std::slice::from_raw_parts_mut((*slot).tts_values, width);
+        let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, width);
+        // columns dropped since (the catalog allows no other beyond ours)
+        values[COLUMNS..].fill(Datum::from(0));
+        nulls[COLUMNS..].fill(true);
+        let mut set = |column: usize, value: Option<Datum>| {
+            values[column] = value.unwrap_or(Datum::from(0));
+            nulls[column] = value.is_none();
+        };
+        set(ID, Some(Datum::from(id)));
+        set(HASH, Some(crate::raw_text::text_datum(row.hash)));
+        set(USER_ID, Some(crate::raw_text::text_datum(row.user_id)));
+        set(CREATED_AT, Some(Datum::from(row.now)));
+        set(UPDATED_AT, Some(Datum::from(row.now)));
+        set(EXPIRES_AT, row.expires_at.map(Datum::from));
+        set(USED_AT, None);
+        set(DATA, row.data);
+        set(FAMILY_ID, row.family.map(Datum::from));
+        set(ROTATED_AT, None);
+        // as ExecInsert does: a CHECK may read tableoid
+        (*slot).tts_tableOid = catalog.table;
+        pg_sys::ExecStoreVirtualTuple(slot);
+        pg_sys::ExecSimpleRelationInsert(info, estate, slot);
+        pg_sys::ExecCloseIndices(info);
+        pg_sys::ExecResetTupleTable((*estate).es_tupleTable, false);
+        pg_sys::FreeExecutorState(estate);
+        pg_sys::table_close(rel, pg_sys::NoLock as _);
+        pg_sys::CommandCounterIncrement();
+        Some(id)
+    }
 }
 
 /// A user's session as trimming needs it.

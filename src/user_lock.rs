@@ -4,7 +4,7 @@
 //! every committed session and `max_sessions` holds under any concurrency.
 //!
 //! Contract: `lock_user(user_id)` is called, as the table's owner with SPI
-//! connected, before any of the user's sessions is read or touched. It takes
+//! connected (its statements pin their search_path), before any of the user's sessions is read or touched. It takes
 //! a heavyweight lock in PostgreSQL's lock table, written nowhere: no row, no
 //! WAL, no transaction id (0.5.0's upsert of a row in castle.user_locks was a
 //! second INSERT in every sign-in of a new user).
@@ -117,8 +117,12 @@ fn refuse_a_stale_snapshot(user_id: &[u8]) {
     if unsafe { pg_sys::XactIsoLevel } < pg_sys::XACT_REPEATABLE_READ as i32 {
         return;
     }
-    let seen = unsafe { sessions_of(user_id, pg_sys::GetTransactionSnapshot()) };
-    let now = unsafe { sessions_of(user_id, pg_sys::GetLatestSnapshot()) };
+    let (seen, now) = crate::plans::pinned(|| unsafe {
+        (
+            sessions_of(user_id, pg_sys::GetTransactionSnapshot()),
+            sessions_of(user_id, pg_sys::GetLatestSnapshot()),
+        )
+    });
     if seen != now {
         ereport!(
             ERROR,

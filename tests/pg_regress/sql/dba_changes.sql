@@ -59,6 +59,26 @@ ALTER TABLE castle.sessions DROP CONSTRAINT no_banned;
 ALTER TABLE castle.sessions DROP CONSTRAINT sessions_hash_check;
 SELECT castle.create_session('unchecked') IS NOT NULL AS created_without_checks;
 ALTER TABLE castle.sessions ADD CONSTRAINT sessions_hash_check CHECK (hash ~ '^[0-9a-f]{64}$');
+-- The sign-in's direct INSERT evaluates a DBA's CHECK as an INSERT would,
+-- tableoid included, and maintains a DBA's unique partial index, whose
+-- violation is 23505 and writes nothing
+ALTER TABLE castle.sessions ADD CONSTRAINT in_place CHECK (tableoid = 'castle.sessions'::regclass);
+SELECT castle.create_session('in-place') IS NOT NULL AS created_with_tableoid_check;
+ALTER TABLE castle.sessions DROP CONSTRAINT in_place;
+CREATE UNIQUE INDEX one_solo_session ON castle.sessions (user_id) WHERE user_id LIKE 'solo%';
+SELECT castle.create_session('solo') IS NOT NULL AS first_solo;
+SELECT refusal($$SELECT castle.create_session('solo')$$) AS second_solo;
+SELECT count(*) AS solo_rows FROM castle.sessions WHERE user_id = 'solo';
+DROP INDEX castle.one_solo_session;
+-- the new row is seen by the same statement's next call and the same
+-- transaction's next statement, and is gone with a rollback
+SELECT (castle.verify(castle.create_session('same-statement'))).user_id AS seen_in_statement;
+BEGIN;
+SELECT castle.create_session('rolled-back') AS rolled_back \gset
+SELECT user_id AS seen_in_transaction FROM castle.authenticate(:'rolled_back');
+ROLLBACK;
+SELECT castle.is_valid(:'rolled_back') AS valid_after_rollback;
+SELECT count(*) AS rows_after_rollback FROM castle.sessions WHERE user_id = 'rolled-back';
 -- a column of another type: reads and writes go through SQL, which casts
 SELECT castle.create_session('retyped') AS retyped \gset
 ALTER TABLE castle.sessions ALTER COLUMN data TYPE json USING data::json;
