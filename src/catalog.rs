@@ -20,9 +20,11 @@
 //!   needs, with this version's ten columns and no other (but dropped ones); no
 //!   trigger, rule or forced row security; no generated column; no default
 //!   on a column the INSERT leaves out (used_at, rotated_at, data); id an
-//!   identity BY DEFAULT, whose sequence this is; and the owner may INSERT.
+//!   identity BY DEFAULT, whose sequence this is, and no other identity.
 //!   Constraints and indexes, whatever a DBA made of them, are checked and
-//!   maintained on that path as by the executor.
+//!   maintained on that path as by the executor. Privileges are not part of
+//!   the verdict (a role's membership changes without invalidating it): the
+//!   INSERT checks them at every call.
 //!
 //! Indexes are found through the table's index list, never by name, so a
 //! renamed or replaced table or index is never mistaken for ours. Anything
@@ -149,14 +151,17 @@ unsafe extern "C-unwind" fn invalidated(_arg: Datum, relid: Oid) {
 /// Whether an executor or permission hook is set (pgaudit, sepgsql, …): then
 /// every read and write goes through the executor, so they see it.
 pub fn hooks_want_the_executor() -> bool {
-    let (start, run, check) = unsafe {
+    // copied, not borrowed: they are mutable statics
+    let (start, run, finish, end, check) = unsafe {
         (
             pg_sys::ExecutorStart_hook,
             pg_sys::ExecutorRun_hook,
+            pg_sys::ExecutorFinish_hook,
+            pg_sys::ExecutorEnd_hook,
             pg_sys::ExecutorCheckPerms_hook,
         )
     };
-    start.is_some() || run.is_some() || check.is_some()
+    start.is_some() || run.is_some() || finish.is_some() || end.is_some() || check.is_some()
 }
 
 /// Refuses to write when the extension's SQL objects predate this library
@@ -322,14 +327,10 @@ unsafe fn insertable(rel: pg_sys::Relation) -> Option<Oid> {
             && attributes[COLUMNS..].iter().all(|a| a.attisdropped)
             && left_out.iter().all(|&column| !attributes[column].atthasdef)
             && attributes[ID].attidentity
-                == pg_sys::ATTRIBUTE_IDENTITY_BY_DEFAULT as std::ffi::c_char;
-        let table = (*rel).rd_id;
-        let owner = (*(*rel).rd_rel).relowner;
-        let may_insert = || {
-            pg_sys::pg_class_aclcheck(table, owner, pg_sys::ACL_INSERT as _)
-                == pg_sys::AclResult::ACLCHECK_OK
-        };
-        if !plain || !may_insert() {
+                == pg_sys::ATTRIBUTE_IDENTITY_BY_DEFAULT as std::ffi::c_char
+            // an identity ALWAYS elsewhere refuses the value a rotation gives
+            && attributes[ID + 1..COLUMNS].iter().all(|a| a.attidentity == 0);
+        if !plain {
             return None;
         }
         let sequence = compat::identity_sequence(rel, (ID + 1) as i16);

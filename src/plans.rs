@@ -87,9 +87,9 @@ pub fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
 }
 
 /// `as_owner` without the pinned settings, for work that runs no statement
-/// (the direct reads and INSERT of store.rs): setting two parameters and
-/// undoing them costs a sign-in more than its direct INSERT saves. A
-/// statement inside runs under `pinned`.
+/// (the direct reads and INSERT of store.rs): a sign-in under the limit
+/// sets one parameter (`search_path_pinned`), not two. A statement inside
+/// runs under `pinned`.
 pub fn as_owner_unpinned<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     without_detail(|| unsafe {
         let mut caller = pg_sys::InvalidOid;
@@ -117,6 +117,20 @@ pub fn pinned<R>(f: impl FnOnce() -> R) -> R {
         // sign-in at the limit deletes one), so bitmap scans of the user index
         // would revisit every dead row until the next VACUUM.
         set_for_now(c"enable_bitmapscan", c"off");
+        let result = f();
+        pg_sys::AtEOXact_GUC(true, nest_level);
+        result
+    }
+}
+
+/// Runs `f` with search_path pinned to `pg_catalog, pg_temp`, undone when it
+/// returns: for the direct INSERT, which runs no statement of ours but may
+/// run a DBA's (a CHECK's or an index's functions, resolving their names as
+/// they run), as the owner, so never under the caller's search_path.
+pub fn search_path_pinned<R>(f: impl FnOnce() -> R) -> R {
+    unsafe {
+        let nest_level = pg_sys::NewGUCNestLevel();
+        set_for_now(c"search_path", c"pg_catalog, pg_temp");
         let result = f();
         pg_sys::AtEOXact_GUC(true, nest_level);
         result

@@ -177,8 +177,10 @@ fn config() -> Option<Config> {
     if let Some(cached) = CACHED.with(Cell::get) {
         return cached.config;
     }
-    let table = shard_table();
-    let config = table.and_then(|_| crate::plans::pinned(|| unsafe { read_config() }));
+    let (table, config) = crate::plans::pinned(|| {
+        let table = shard_table();
+        (table, table.and_then(|_| unsafe { read_config() }))
+    });
     CACHED.with(|cached| {
         cached.set(Some(Cached {
             table: table.unwrap_or(pg_sys::InvalidOid),

@@ -290,6 +290,23 @@ pub fn insert_directly(row: &NewSession) -> Option<i64> {
     }
     let catalog = Catalog::locked_for_insert();
     let sequence = catalog.insert_sequence?;
+    // What the SQL INSERT's permission check would ask: INSERT on the table.
+    // nextval_oid also asks USAGE or UPDATE on the sequence, which an
+    // identity's nextval does not: without it, the SQL INSERT goes ahead.
+    let may = |relation: Oid, privileges: u32| unsafe {
+        pg_sys::pg_class_aclcheck(relation, pg_sys::GetUserId(), privileges as _)
+            == pg_sys::AclResult::ACLCHECK_OK
+    };
+    if !may(catalog.table, pg_sys::ACL_INSERT)
+        || !may(sequence, pg_sys::ACL_USAGE | pg_sys::ACL_UPDATE)
+    {
+        return None;
+    }
+    plans::search_path_pinned(|| unsafe { insert_row(&catalog, sequence, row) })
+}
+
+/// insert_directly's INSERT, once allowed.
+unsafe fn insert_row(catalog: &Catalog, sequence: Oid, row: &NewSession) -> Option<i64> {
     unsafe {
         let id = pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[sequence.into_datum()])
             .expect("nextval is never NULL");

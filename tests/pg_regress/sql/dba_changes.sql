@@ -65,6 +65,27 @@ ALTER TABLE castle.sessions ADD CONSTRAINT sessions_hash_check CHECK (hash ~ '^[
 ALTER TABLE castle.sessions ADD CONSTRAINT in_place CHECK (tableoid = 'castle.sessions'::regclass);
 SELECT castle.create_session('in-place') IS NOT NULL AS created_with_tableoid_check;
 ALTER TABLE castle.sessions DROP CONSTRAINT in_place;
+-- a DBA's CHECK calls a function that names length() unqualified: it runs as
+-- the owner under the pinned search_path, never the caller's, so a caller's
+-- look-alike is never called
+CREATE FUNCTION public.hash_is_long(text) RETURNS boolean LANGUAGE sql AS $$ SELECT length($1) = 64 $$;
+ALTER TABLE castle.sessions ADD CONSTRAINT hash_is_long CHECK (public.hash_is_long(hash));
+CREATE SCHEMA regress_shadow;
+CREATE TABLE regress_shadow.calls (who text);
+CREATE FUNCTION regress_shadow.length(text) RETURNS integer LANGUAGE sql
+    AS $$ INSERT INTO regress_shadow.calls VALUES (current_user) RETURNING 64 $$;
+SET search_path = regress_shadow, pg_catalog;
+SELECT castle.create_session('shadowed') IS NOT NULL AS created_under_a_hostile_path;
+RESET search_path;
+SELECT count(*) AS look_alike_calls FROM regress_shadow.calls;
+-- (the look-alike is live for the caller's own call of the same function)
+SET search_path = regress_shadow, pg_catalog;
+SELECT public.hash_is_long(repeat('a', 64)) AS callers_own_check;
+RESET search_path;
+SELECT count(*) AS look_alike_calls_by_the_caller FROM regress_shadow.calls;
+ALTER TABLE castle.sessions DROP CONSTRAINT hash_is_long;
+DROP SCHEMA regress_shadow CASCADE;
+DROP FUNCTION public.hash_is_long(text);
 CREATE UNIQUE INDEX one_solo_session ON castle.sessions (user_id) WHERE user_id LIKE 'solo%';
 SELECT castle.create_session('solo') IS NOT NULL AS first_solo;
 SELECT refusal($$SELECT castle.create_session('solo')$$) AS second_solo;
