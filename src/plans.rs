@@ -109,24 +109,20 @@ pub fn as_owner_unpinned<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
 /// `pg_catalog, pg_temp` and bitmap scans off, undone when it returns (an
 /// error undoes them with the (sub)transaction).
 pub fn pinned<R>(f: impl FnOnce() -> R) -> R {
-    unsafe {
-        let nest_level = pg_sys::NewGUCNestLevel();
-        set_for_now(c"search_path", c"pg_catalog, pg_temp");
+    search_path_pinned(|| {
         // Plain index scans, never bitmap ones: only an index scan marks the
         // entries of dead rows as dead, and a user's sessions churn (every
         // sign-in at the limit deletes one), so bitmap scans of the user index
         // would revisit every dead row until the next VACUUM.
-        set_for_now(c"enable_bitmapscan", c"off");
-        let result = f();
-        pg_sys::AtEOXact_GUC(true, nest_level);
-        result
-    }
+        unsafe { set_for_now(c"enable_bitmapscan", c"off") };
+        f()
+    })
 }
 
 /// Runs `f` with search_path pinned to `pg_catalog, pg_temp`, undone when it
-/// returns: for the direct INSERT, which runs no statement of ours but may
-/// run a DBA's (a CHECK's or an index's functions, resolving their names as
-/// they run), as the owner, so never under the caller's search_path.
+/// returns. Alone, for the direct INSERT, which runs no statement of ours but
+/// may run a DBA's (a CHECK's or an index's functions, resolving their names
+/// as they run), as the owner, so never under the caller's search_path.
 pub fn search_path_pinned<R>(f: impl FnOnce() -> R) -> R {
     unsafe {
         let nest_level = pg_sys::NewGUCNestLevel();

@@ -302,11 +302,13 @@ pub fn insert_directly(row: &NewSession) -> Option<i64> {
     {
         return None;
     }
-    plans::search_path_pinned(|| unsafe { insert_row(&catalog, sequence, row) })
+    Some(plans::search_path_pinned(|| unsafe {
+        insert_row(&catalog, sequence, row)
+    }))
 }
 
 /// insert_directly's INSERT, once allowed.
-unsafe fn insert_row(catalog: &Catalog, sequence: Oid, row: &NewSession) -> Option<i64> {
+unsafe fn insert_row(catalog: &Catalog, sequence: Oid, row: &NewSession) -> i64 {
     unsafe {
         let id = pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[sequence.into_datum()])
             .expect("nextval is never NULL");
@@ -348,7 +350,7 @@ unsafe fn insert_row(catalog: &Catalog, sequence: Oid, row: &NewSession) -> Opti
         pg_sys::FreeExecutorState(estate);
         pg_sys::table_close(rel, pg_sys::NoLock as _);
         pg_sys::CommandCounterIncrement();
-        Some(id)
+        id
     }
 }
 
