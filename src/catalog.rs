@@ -22,7 +22,13 @@
 //!   on a column the INSERT leaves out (used_at, rotated_at, data); id an
 //!   identity BY DEFAULT, whose sequence this is, and no other identity.
 //!   Constraints and indexes, whatever a DBA made of them, are checked and
-//!   maintained on that path as by the executor. Privileges are not part of
+//!   maintained on that path as by the executor.
+//! - `hash_check`: with `insert_sequence`, the position among the table's
+//!   CHECKs of the one this version makes on hash, its expression verified
+//!   node by node to be `hash ~ '^[0-9a-f]{64}$'` (text's regex match, on
+//!   column 2, in the database's or the "C" collation, enforced). The direct
+//!   INSERT tests that rule on the row's bytes (`token::is_stored_hash`)
+//!   instead of running the regex engine, which takes 90,000 instructions. Privileges are not part of
 //!   the verdict (a role's membership changes without invalidating it): the
 //!   INSERT checks them at every call.
 //!
@@ -104,6 +110,9 @@ pub struct Catalog {
     pub has_dba_code: bool,
     /// castle.sessions' identity sequence, when a row may be inserted directly
     pub insert_sequence: Option<Oid>,
+    /// with insert_sequence: which of the relcache's CHECKs is this
+    /// version's on hash, verified (see the contract above)
+    pub hash_check: Option<usize>,
 }
 
 thread_local! {
@@ -291,6 +300,7 @@ fn resolve() -> Catalog {
         } else {
             None
         };
+        let hash_check = insert_sequence.and_then(|_| own_hash_check(rel));
         pg_sys::table_close(rel, pg_sys::NoLock as _);
         let user_locks = pg_sys::get_relname_relid(c"user_locks".as_ptr(), schema);
         Catalog {
@@ -308,6 +318,7 @@ fn resolve() -> Catalog {
             columns,
             has_dba_code,
             insert_sequence,
+            hash_check,
         }
     }
 }
@@ -335,6 +346,76 @@ unsafe fn insertable(rel: pg_sys::Relation) -> Option<Oid> {
         }
         let sequence = compat::identity_sequence(rel, (ID + 1) as i16);
         (sequence != pg_sys::InvalidOid).then_some(sequence)
+    }
+}
+
+/// The position among the table's CHECKs (its relcache entry's) of the one
+/// sql/bootstrap.sql makes on hash, when its expression is exactly
+/// `hash ~ '^[0-9a-f]{64}$'` and it is enforced.
+unsafe fn own_hash_check(rel: pg_sys::Relation) -> Option<usize> {
+    unsafe {
+        let constraints = (*(*rel).rd_att).constr;
+        if constraints.is_null() || (*constraints).num_check == 0 {
+            return None;
+        }
+        let checks =
+            std::slice::from_raw_parts((*constraints).check, (*constraints).num_check as usize);
+        checks
+            .iter()
+            .position(|check| compat::check_enforced(check) && is_hash_rule(check.ccbin))
+    }
+}
+
+/// Whether a CHECK's stored expression is `hash ~ '^[0-9a-f]{64}$'`: text's
+/// regex match (textregexeq) of column 2 against that constant, in a
+/// deterministic collation (the database's or "C").
+unsafe fn is_hash_rule(expression: *mut std::ffi::c_char) -> bool {
+    unsafe {
+        let node = pg_sys::stringToNode(expression).cast::<pg_sys::Node>();
+        if node.is_null() || (*node).type_ != pg_sys::NodeTag::T_OpExpr {
+            return false;
+        }
+        let op = node.cast::<pg_sys::OpExpr>();
+        let args = list_pointers((*op).args);
+        let collation = (*op).inputcollid;
+        if (*op).opfuncid != pg_sys::Oid::from(pg_sys::F_TEXTREGEXEQ)
+            || (*op).opretset
+            || !(collation == pg_sys::DEFAULT_COLLATION_OID || collation == pg_sys::C_COLLATION_OID)
+            || args.len() != 2
+        {
+            return false;
+        }
+        let (column, pattern) = (
+            args[0].cast::<pg_sys::Node>(),
+            args[1].cast::<pg_sys::Node>(),
+        );
+        let is_hash_column = (*column).type_ == pg_sys::NodeTag::T_Var && {
+            let var = column.cast::<pg_sys::Var>();
+            (*var).varattno == (HASH + 1) as i16
+                && (*var).varlevelsup == 0
+                && (*var).vartype == pg_sys::TEXTOID
+        };
+        let is_the_pattern = (*pattern).type_ == pg_sys::NodeTag::T_Const && {
+            let constant = pattern.cast::<pg_sys::Const>();
+            (*constant).consttype == pg_sys::TEXTOID
+                && !(*constant).constisnull
+                && pgrx::varlena::varlena_to_byte_slice(
+                    (*constant).constvalue.cast_mut_ptr::<pg_sys::varlena>(),
+                ) == crate::token::STORED_HASH_PATTERN.as_bytes()
+        };
+        is_hash_column && is_the_pattern
+    }
+}
+
+unsafe fn list_pointers(list: *mut pg_sys::List) -> Vec<*mut std::ffi::c_void> {
+    unsafe {
+        if list.is_null() {
+            return Vec::new();
+        }
+        std::slice::from_raw_parts((*list).elements, (*list).length as usize)
+            .iter()
+            .map(|cell| cell.ptr_value)
+            .collect()
     }
 }
 

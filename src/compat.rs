@@ -65,3 +65,36 @@ pub unsafe fn identity_sequence(rel: pg_sys::Relation, column: pg_sys::AttrNumbe
         return pg_sys::getIdentitySequence(rel, column, true);
     }
 }
+
+/// Whether a CHECK is enforced: 18 added NOT ENFORCED (`ccenforced`); up to
+/// 17 every CHECK is.
+pub fn check_enforced(check: &pg_sys::ConstrCheck) -> bool {
+    #[cfg(any(feature = "pg15", feature = "pg17"))]
+    return {
+        let _ = check;
+        true
+    };
+    #[cfg(feature = "pg18")]
+    return check.ccenforced;
+}
+
+/// Gives a result relation its CHECKs' prepared expressions, one per CHECK
+/// of its relcache entry (NULL: not evaluated), which ExecRelCheck would
+/// otherwise build; 18 renamed the field `ri_CheckConstraintExprs`.
+///
+/// SAFETY: `info` is initialized; `expressions` lives as long as it.
+pub unsafe fn set_check_expressions(
+    info: *mut pg_sys::ResultRelInfo,
+    expressions: *mut *mut pg_sys::ExprState,
+) {
+    unsafe {
+        #[cfg(any(feature = "pg15", feature = "pg17"))]
+        {
+            (*info).ri_ConstraintExprs = expressions;
+        }
+        #[cfg(feature = "pg18")]
+        {
+            (*info).ri_CheckConstraintExprs = expressions;
+        }
+    }
+}

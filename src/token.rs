@@ -121,6 +121,16 @@ pub fn hash_secret(secret: &[u8]) -> [u8; 64] {
     hex
 }
 
+/// The rule castle.sessions' CHECK puts on hash (sql/bootstrap.sql), as
+/// written there; catalog.rs verifies the table's CHECK is exactly this.
+pub const STORED_HASH_PATTERN: &str = "^[0-9a-f]{64}$";
+
+/// What STORED_HASH_PATTERN accepts: 64 characters, each 0-9 or a-f (so 64
+/// bytes in any server encoding).
+pub fn is_stored_hash(hash: &[u8]) -> bool {
+    hash.len() == 64 && hash.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// Each byte's two lowercase hex digits: one look-up a byte.
 const HEX_PAIRS: [[u8; 2]; 256] = {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

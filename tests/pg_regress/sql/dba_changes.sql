@@ -59,6 +59,18 @@ ALTER TABLE castle.sessions DROP CONSTRAINT no_banned;
 ALTER TABLE castle.sessions DROP CONSTRAINT sessions_hash_check;
 SELECT castle.create_session('unchecked') IS NOT NULL AS created_without_checks;
 ALTER TABLE castle.sessions ADD CONSTRAINT sessions_hash_check CHECK (hash ~ '^[0-9a-f]{64}$');
+-- The direct INSERT tests the extension's own CHECK on hash in Rust (its
+-- regex costs half an INSERT), only while its expression is exactly this
+-- version's: another rule under the same name is evaluated, and refuses
+ALTER TABLE castle.sessions DROP CONSTRAINT sessions_hash_check;
+ALTER TABLE castle.sessions ADD CONSTRAINT sessions_hash_check CHECK (hash ~ '^[0-9a-f]{63}$') NOT VALID;
+SELECT refusal($$SELECT castle.create_session('other-rule')$$) AS other_rule_evaluated;
+ALTER TABLE castle.sessions DROP CONSTRAINT sessions_hash_check;
+ALTER TABLE castle.sessions ADD CONSTRAINT sessions_hash_check CHECK (hash ~ '^[0-9a-f]{64}$');
+SELECT castle.create_session('own-rule') IS NOT NULL AS own_rule_passes;
+-- and the rule still holds for every other writer
+SELECT split_part(refusal($$INSERT INTO castle.sessions (hash, user_id) VALUES (repeat('A', 64), 'upper')$$),
+    ' DETAIL', 1) AS own_rule_for_sql;
 -- The sign-in's direct INSERT evaluates a DBA's CHECK as an INSERT would,
 -- tableoid included, and maintains a DBA's unique partial index, whose
 -- violation is 23505 and writes nothing
