@@ -22,15 +22,16 @@
 //!   on a column the INSERT leaves out (used_at, rotated_at, data); id an
 //!   identity BY DEFAULT, whose sequence this is, and no other identity.
 //!   Constraints and indexes, whatever a DBA made of them, are checked and
-//!   maintained on that path as by the executor.
-//! - `hash_check`: with `insert_sequence`, the position among the table's
-//!   CHECKs of the one this version makes on hash, its expression verified
-//!   node by node to be `hash ~ '^[0-9a-f]{64}$'` (text's regex match, on
-//!   column 2, in the database's or the "C" collation, enforced). The direct
-//!   INSERT tests that rule on the row's bytes (`token::is_stored_hash`)
-//!   instead of running the regex engine, which takes 90,000 instructions. Privileges are not part of
+//!   maintained on that path as by the executor. Privileges are not part of
 //!   the verdict (a role's membership changes without invalidating it): the
 //!   INSERT checks them at every call.
+//! - `hash_check`: with `insert_sequence`, the position among the table's
+//!   CHECKs (sorted by name in the relcache entry) of the one this version
+//!   makes on hash, its expression verified node by node to be
+//!   `hash ~ '^[0-9a-f]{64}$'` (text's regex match, on column 2, in the
+//!   database's or the "C" collation, enforced). The direct INSERT tests that
+//!   rule on the row's bytes (`token::is_stored_hash`) instead of running
+//!   the regex engine, which takes 90,000 instructions.
 //!
 //! Indexes are found through the table's index list, never by name, so a
 //! renamed or replaced table or index is never mistaken for ours. Anything

@@ -98,3 +98,24 @@ pub unsafe fn set_check_expressions(
         }
     }
 }
+
+/// A CHECK's expression as ExecRelCheck prepares it: its stored tree, and on
+/// 18 with the relation's virtual generated columns expanded (none on the
+/// direct INSERT's path, whose verdict allows none: kept for equality).
+///
+/// SAFETY: `rel` is open; `check` is one of its relcache entry's CHECKs.
+pub unsafe fn check_expression(
+    check: &pg_sys::ConstrCheck,
+    rel: pg_sys::Relation,
+) -> *mut pg_sys::Expr {
+    unsafe {
+        let tree = pg_sys::stringToNode(check.ccbin).cast::<pg_sys::Node>();
+        #[cfg(any(feature = "pg15", feature = "pg17"))]
+        return {
+            let _ = rel;
+            tree.cast()
+        };
+        #[cfg(feature = "pg18")]
+        return pg_sys::expand_generated_columns_in_expr(tree, rel, 1).cast();
+    }
+}

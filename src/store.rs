@@ -363,8 +363,7 @@ unsafe fn insert_row(catalog: &Catalog, sequence: Oid, row: &NewSession) -> i64 
 /// would (in the query's memory, each enforced one from its stored
 /// expression), but `own`: the extension's CHECK on hash, whose rule the
 /// caller has tested on the row's bytes, stays NULL (passed). Its regex
-/// would cost 90,000 instructions, half a bare INSERT. No generated column
-/// is allowed on this path, so 18's expansion of them has nothing to do.
+/// would cost 90,000 instructions, half a bare INSERT.
 unsafe fn prepare_checks_but(
     info: *mut pg_sys::ResultRelInfo,
     rel: pg_sys::Relation,
@@ -373,6 +372,11 @@ unsafe fn prepare_checks_but(
 ) {
     unsafe {
         let constraints = (*(*rel).rd_att).constr;
+        // the verdict's position belongs to this relcache entry (the table
+        // is locked); anything else leaves every CHECK to ExecRelCheck
+        if constraints.is_null() || own >= (*constraints).num_check as usize {
+            return;
+        }
         let checks =
             std::slice::from_raw_parts((*constraints).check, (*constraints).num_check as usize);
         let caller = pg_sys::MemoryContextSwitchTo((*estate).es_query_cxt);
@@ -381,7 +385,7 @@ unsafe fn prepare_checks_but(
                 .cast::<*mut pg_sys::ExprState>();
         for (i, check) in checks.iter().enumerate() {
             if i != own && crate::compat::check_enforced(check) {
-                let expression = pg_sys::stringToNode(check.ccbin).cast::<pg_sys::Expr>();
+                let expression = crate::compat::check_expression(check, rel);
                 *prepared.add(i) = pg_sys::ExecPrepareExpr(expression, estate);
             }
         }

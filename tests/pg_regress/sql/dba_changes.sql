@@ -68,6 +68,15 @@ SELECT refusal($$SELECT castle.create_session('other-rule')$$) AS other_rule_eva
 ALTER TABLE castle.sessions DROP CONSTRAINT sessions_hash_check;
 ALTER TABLE castle.sessions ADD CONSTRAINT sessions_hash_check CHECK (hash ~ '^[0-9a-f]{64}$');
 SELECT castle.create_session('own-rule') IS NOT NULL AS own_rule_passes;
+-- the same rule on another column is a DBA's, and evaluated; so is a CHECK
+-- sorted after the extension's
+ALTER TABLE castle.sessions ADD CONSTRAINT a_user_is_hex CHECK (user_id ~ '^[0-9a-f]{64}$') NOT VALID;
+SELECT refusal($$SELECT castle.create_session('alice')$$) AS same_rule_other_column;
+ALTER TABLE castle.sessions DROP CONSTRAINT a_user_is_hex;
+ALTER TABLE castle.sessions ADD CONSTRAINT zz_no_banned CHECK (user_id <> 'banned');
+SELECT refusal($$SELECT castle.create_session('banned')$$) AS banned_after_own_check;
+SELECT castle.create_session('not-banned') IS NOT NULL AS others_pass_after_own_check;
+ALTER TABLE castle.sessions DROP CONSTRAINT zz_no_banned;
 -- and the rule still holds for every other writer
 SELECT split_part(refusal($$INSERT INTO castle.sessions (hash, user_id) VALUES (repeat('A', 64), 'upper')$$),
     ' DETAIL', 1) AS own_rule_for_sql;
