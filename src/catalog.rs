@@ -408,28 +408,22 @@ unsafe fn is_hash_rule(expression: *mut std::ffi::c_char) -> bool {
     }
 }
 
-unsafe fn list_pointers(list: *mut pg_sys::List) -> Vec<*mut std::ffi::c_void> {
+/// A List's cells, none for NIL.
+unsafe fn list_cells<'a>(list: *mut pg_sys::List) -> &'a [pg_sys::ListCell] {
     unsafe {
         if list.is_null() {
-            return Vec::new();
+            return &[];
         }
         std::slice::from_raw_parts((*list).elements, (*list).length as usize)
-            .iter()
-            .map(|cell| cell.ptr_value)
-            .collect()
     }
 }
 
+unsafe fn list_pointers(list: *mut pg_sys::List) -> Vec<*mut std::ffi::c_void> {
+    unsafe { list_cells(list).iter().map(|cell| cell.ptr_value).collect() }
+}
+
 unsafe fn list_oids(list: *mut pg_sys::List) -> Vec<Oid> {
-    unsafe {
-        if list.is_null() {
-            return Vec::new();
-        }
-        std::slice::from_raw_parts((*list).elements, (*list).length as usize)
-            .iter()
-            .map(|cell| cell.oid_value)
-            .collect()
-    }
+    unsafe { list_cells(list).iter().map(|cell| cell.oid_value).collect() }
 }
 
 /// Whether the first attributes are, in order, of these types with no typmod,
