@@ -217,9 +217,10 @@ def split(router, old, new, partition, partitions, router_shards):
     new.execute("SELECT setval('castle.sessions_id_seq', %s)", (last,))
     new.execute("SELECT castle.configure_shard(%s, %s)", (partition + partitions // 2, partitions))
     # 4. the router sends them to the new shard, once every call routed
-    #    before the change has ended
-    changed = router.execute("SELECT clock_timestamp()").fetchone()[0]
+    #    before the change has ended: the time is taken after the change
+    #    commits (a call begun before that reads the old map)
     set_shards(router, router_shards)
+    changed = router.execute("SELECT clock_timestamp()").fetchone()[0]
     router.execute("SELECT castle_router.wait_for_calls_before(%s)", (changed,))
     # 5. the old shard forgets them
     old.execute(f"DELETE FROM castle.sessions WHERE {moving}")
