@@ -297,6 +297,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_stored_hash_is_what_the_tables_check_accepts() {
+        // every hash a sign-in stores passes; what the CHECK's regex refuses fails
+        for secret in [&b""[..], b"a", &[0xff; 200]] {
+            assert!(is_stored_hash(&hash_secret(secret)));
+        }
+        let good = hash_secret(b"x");
+        assert!(!is_stored_hash(&good[..63]));
+        assert!(!is_stored_hash(&[&good[..], b"0"].concat()));
+        assert!(!is_stored_hash(&good.to_ascii_uppercase()));
+        assert!(!is_stored_hash(&[b'g'; 64]));
+        assert!(!is_stored_hash(b""));
+    }
+
+    #[test]
     fn hmac_matches_rfc_4231() {
         // test cases 2 (a short key) and 6 (a key longer than a block)
         let hex = |bytes: [u8; 32]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
