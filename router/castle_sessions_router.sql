@@ -202,9 +202,10 @@ LANGUAGE plproxy AS $$
 $$;
 
 -- Resharding's wait (docs/sharding.md): returns once no transaction in this
--- database that began before `changed` (when castle_shards was altered) is
--- still open: PL/Proxy reads the new map only in a later transaction, so
--- until then a call may still be on its way to a shard the change retired.
+-- database that began before `changed` is still open. Take `changed` after
+-- the change to castle_shards commits: PL/Proxy reads the new map only in a
+-- later transaction, so until then a call may still be on its way to a shard
+-- the change retired.
 CREATE FUNCTION castle_router.wait_for_calls_before(changed timestamptz, timeout interval DEFAULT '1 min')
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
