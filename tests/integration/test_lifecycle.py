@@ -46,9 +46,10 @@ def test_no_write_due_takes_no_transaction_id(conn):
         assert conn.execute("SELECT pg_current_xact_id_if_assigned() IS NULL").fetchone()[0]
 
 
-@one_server_only("it loads a million rows into the one table and times one server's locks")
+@one_server_only("it loads 200,000 rows into the one table and times one server's locks")
 def test_prune_does_not_block_logins_for_longer_than_a_batch(conn):
-    dead = 1_000_000
+    # forty batches of dead rows, with logins running throughout
+    dead, batch = 200_000, 5_000
     conn.execute("""
         INSERT INTO castle.sessions (hash, user_id, created_at, expires_at)
         SELECT md5(i::text) || md5((-i)::text), 'pruned-' || (i %% 500),
@@ -75,9 +76,9 @@ def test_prune_does_not_block_logins_for_longer_than_a_batch(conn):
         with psycopg.connect(dsn(), autocommit=True) as c:
             while True:
                 t0 = time.monotonic()
-                n = c.execute("SELECT castle.prune(10000)").fetchone()[0]
+                n = c.execute("SELECT castle.prune(%s)", (batch,)).fetchone()[0]
                 batch_times.append(time.monotonic() - t0)
-                if n < 10000:
+                if n < batch:
                     return
 
     workers = [threading.Thread(target=sign_in_and_check, args=(n,)) for n in range(3)]
@@ -91,7 +92,7 @@ def test_prune_does_not_block_logins_for_longer_than_a_batch(conn):
         w.join()
 
     assert not errors, errors
-    assert len(batch_times) >= dead // 10000
+    assert len(batch_times) >= dead // batch
     assert latencies, "logins ran during the prune"
     slowest_batch = max(batch_times)
     assert max(latencies) <= slowest_batch + 0.5, (max(latencies), slowest_batch)
@@ -184,7 +185,11 @@ def test_pg_cron_runs_the_prune_recipe(conn):
         tok = create(conn, "cron-user", "1 hour")
         conn.execute("UPDATE castle.sessions SET expires_at = now() - interval '1 second' WHERE id = %s",
                      (seed.split(tok)[0],))
-    job = conn.execute("SELECT cron.schedule('castle-prune', '* * * * *', 'CALL castle.prune_all()')").fetchone()[0]
+    # every minute (the recipe's own schedule) waits for the next minute; pg_cron
+    # 1.5 and later (Debian 13's) also take seconds
+    version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'").fetchone()[0]
+    every = "2 seconds" if tuple(map(int, version.split(".")[:2])) >= (1, 5) else "* * * * *"
+    job = conn.execute("SELECT cron.schedule('castle-prune', %s, 'CALL castle.prune_all()')", (every,)).fetchone()[0]
     try:
         deadline = time.monotonic() + 90
         status = None
