@@ -25,6 +25,11 @@
 //!   maintained on that path as by the executor. Privileges are not part of
 //!   the verdict (a role's membership changes without invalidating it): the
 //!   INSERT checks them at every call.
+//! - Deleting rows straight through the heap (trimming's common case,
+//!   `store::delete_directly`) needs `primary_key` (to find a row again
+//!   after a concurrent update) and no `has_dba_code`: a heap delete runs no
+//!   trigger, rule or policy, and no constraint is checked on a delete but a
+//!   foreign key's, which is a trigger.
 //! - `hash_check`: with `insert_sequence`, the position among the table's
 //!   CHECKs (sorted by name in the relcache entry) of the one this version
 //!   makes on hash, its expression verified node by node to be

@@ -157,32 +157,7 @@ pub fn create_with_secret(
                 let under_limit = store::entries_of(user_id, max_sessions)
                     .is_some_and(|entries| entries < max_sessions);
                 if !under_limit {
-                    let trimmed = plans::pinned(|| {
-                        match oldest_to_trim(user_id, max_sessions, idle_timeout, now) {
-                            Some(oldest) if oldest.is_empty() => oldest,
-                            Some(oldest) => {
-                                plans::generic_plans();
-                                let delete = plans::kept(client, &DELETE_SESSIONS);
-                                plans::returned_ids(plans::or_raise(client.update(
-                                    delete,
-                                    None,
-                                    &[oldest.into()],
-                                )))
-                            }
-                            None => {
-                                let trim = plans::kept(client, &TRIM_SESSIONS);
-                                let args = [
-                                    plans::text(user_id),
-                                    max_sessions.into(),
-                                    idle_timeout.into(),
-                                    plans::timestamptz(now),
-                                ];
-                                plans::returned_ids(plans::or_raise(
-                                    client.update(trim, None, &args),
-                                ))
-                            }
-                        }
-                    });
+                    let trimmed = trim(client, user_id, max_sessions, idle_timeout, now);
                     events::trimmed(&trimmed, user_id);
                 }
             }
@@ -208,6 +183,40 @@ pub fn create_with_secret(
         id,
         settings::with_token_prefix(|prefix| token::encode(prefix, id, &secret)),
     )
+}
+
+/// Makes room for one more sign-in of a user at the limit, and returns the
+/// ids of the sessions deleted. The common case (`oldest_to_trim`) is read
+/// and, where the table allows, deleted directly; the rest is SQL's, under
+/// the owner's pinned search_path.
+fn trim(
+    client: &mut pgrx::spi::SpiClient<'_>,
+    user_id: &[u8],
+    max_sessions: i64,
+    idle_timeout: i32,
+    now: i64,
+) -> Vec<i64> {
+    match oldest_to_trim(user_id, max_sessions, idle_timeout, now) {
+        Some(oldest) if oldest.is_empty() => Vec::new(),
+        Some(oldest) => store::delete_directly(&oldest).unwrap_or_else(|| {
+            let ids: Vec<i64> = oldest.iter().map(|&(id, _)| id).collect();
+            plans::pinned(|| {
+                plans::generic_plans();
+                let delete = plans::kept(client, &DELETE_SESSIONS);
+                plans::returned_ids(plans::or_raise(client.update(delete, None, &[ids.into()])))
+            })
+        }),
+        None => plans::pinned(|| {
+            let trim = plans::kept(client, &TRIM_SESSIONS);
+            let args = [
+                plans::text(user_id),
+                max_sessions.into(),
+                idle_timeout.into(),
+                plans::timestamptz(now),
+            ];
+            plans::returned_ids(plans::or_raise(client.update(trim, None, &args)))
+        }),
+    }
 }
 
 /// The row inserted by insert_session*.sql; `bucket`: a shard's (shard.rs).
@@ -252,8 +261,8 @@ fn insert_with_sql(
 
 /// Trimming's common case, decided from a direct read of the user's
 /// sessions under their lock: every session live and a family of its own
-/// (none rotated), so the oldest beyond `max_sessions - 1` go, by one
-/// DELETE of their ids. None for everything else — a dead session, a
+/// (none rotated), so the oldest beyond `max_sessions - 1` go (each id
+/// with where the read found it). None for everything else — a dead session, a
 /// family, more sessions than a read should take, a table the direct read
 /// cannot verify — which trim_sessions.sql decides in SQL.
 fn oldest_to_trim(
@@ -261,7 +270,7 @@ fn oldest_to_trim(
     max_sessions: i64,
     idle_timeout: i32,
     now: i64,
-) -> Option<Vec<i64>> {
+) -> Option<Vec<(i64, pg_sys::ItemPointerData)>> {
     let limit = usize::try_from(max_sessions).ok()?.saturating_mul(2).max(8);
     let mut sessions = store::sessions_of_user(user_id, limit)?;
     let plain = sessions.iter().all(|s| {
@@ -279,7 +288,7 @@ fn oldest_to_trim(
     }
     sessions.sort_unstable_by_key(|s| (s.created_at, s.id));
     let excess = (sessions.len() as i64 - (max_sessions - 1)).max(0) as usize;
-    Some(sessions[..excess].iter().map(|s| s.id).collect())
+    Some(sessions[..excess].iter().map(|s| (s.id, s.tid)).collect())
 }
 
 /// now + ttl, with PostgreSQL's own arithmetic (months and days in the

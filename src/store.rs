@@ -91,20 +91,10 @@ unsafe fn read_through_index(
     columns: usize,
 ) -> Option<StoredSession> {
     unsafe {
-        // the transaction's own changes, and at READ COMMITTED a new snapshot
+        // the transaction's own changes
         pg_sys::CommandCounterIncrement();
-        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
         let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as _);
-        let index = pg_sys::index_open(index, pg_sys::AccessShareLock as _);
-        let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
-        let c = pg_sys::Oid::from(pg_sys::C_COLLATION_OID);
-        let mut key = first_key_equals(pg_sys::F_INT8EQ, Datum::from(id), c);
-        let scan = begin_index_scan(rel, index, pg_sys::GetActiveSnapshot(), &mut key);
-        let found = if pg_sys::index_getnext_slot(
-            scan,
-            pg_sys::ScanDirection::ForwardScanDirection,
-            slot,
-        ) {
+        let found = row_by_id(rel, index, id, |slot| {
             pg_sys::slot_getsomeattrs_int(slot, columns as i32);
             // the columns 0.4.0's objects lack read as NULL: no family, never rotated
             let mut values = [Datum::from(0); COLUMNS];
@@ -113,15 +103,36 @@ unsafe fn read_through_index(
                 .copy_from_slice(std::slice::from_raw_parts((*slot).tts_values, columns));
             nulls[..columns]
                 .copy_from_slice(std::slice::from_raw_parts((*slot).tts_isnull, columns));
-            Some(stored_session(&values, &nulls))
-        } else {
-            None
-        };
+            stored_session(&values, &nulls)
+        });
+        // locks are kept to the end of the transaction, as the executor does
+        pg_sys::table_close(rel, pg_sys::NoLock as _);
+        found
+    }
+}
+
+/// What `read` makes of the row with this id, if a new snapshot (at READ
+/// COMMITTED every commit before the call) sees one, found through the
+/// verified primary key `index` of `rel`.
+unsafe fn row_by_id<T>(
+    rel: pg_sys::Relation,
+    index: Oid,
+    id: i64,
+    read: impl FnOnce(*mut pg_sys::TupleTableSlot) -> T,
+) -> Option<T> {
+    unsafe {
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        let index = pg_sys::index_open(index, pg_sys::AccessShareLock as _);
+        let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+        let c = pg_sys::Oid::from(pg_sys::C_COLLATION_OID);
+        let mut key = first_key_equals(pg_sys::F_INT8EQ, Datum::from(id), c);
+        let scan = begin_index_scan(rel, index, pg_sys::GetActiveSnapshot(), &mut key);
+        let found =
+            pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot)
+                .then(|| read(slot));
         pg_sys::index_endscan(scan);
         pg_sys::ExecDropSingleTupleTableSlot(slot);
-        // locks are kept to the end of the transaction, as the executor does
         pg_sys::index_close(index, pg_sys::NoLock as _);
-        pg_sys::table_close(rel, pg_sys::NoLock as _);
         pg_sys::PopActiveSnapshot();
         found
     }
@@ -402,6 +413,8 @@ pub struct UserSession {
     pub used_at: Option<i64>,
     /// rotated away, or rotated from another: part of a family
     pub in_a_family: bool,
+    /// where the read found it
+    pub tid: pg_sys::ItemPointerData,
 }
 
 /// The user's sessions, as of a fresh snapshot (at READ COMMITTED every
@@ -443,6 +456,7 @@ pub fn sessions_of_user(user_id: &[u8], limit: usize) -> Option<Vec<UserSession>
                 expires_at: int64(EXPIRES_AT),
                 used_at: int64(USED_AT),
                 in_a_family: !nulls[FAMILY_ID] || !nulls[ROTATED_AT],
+                tid: (*slot).tts_tid,
             });
         }
         pg_sys::index_endscan(scan);
@@ -455,6 +469,74 @@ pub fn sessions_of_user(user_id: &[u8], limit: usize) -> Option<Vec<UserSession>
         }
     }
     Some(sessions)
+}
+
+/// Deletes these sessions of a user (each with where `sessions_of_user`
+/// found it) straight through the heap, as trimming's `DELETE … WHERE id =
+/// ANY (…) RETURNING id` would at READ COMMITTED, and returns the ids it
+/// deleted; None (nothing done) when the catalog, a hook or the isolation
+/// level does not allow it: the caller runs the SQL. A session another
+/// transaction deleted meanwhile (a revocation) is skipped; one it updated
+/// (a use recorded) is found again by id and deleted, as the executor's
+/// recheck of the DELETE would. A heap delete checks no constraint and runs
+/// no expression: without a DBA's trigger (a foreign key's included), rule or
+/// forced row security there is nothing else a DELETE would run. Called as
+/// the table's owner, under the user's lock.
+pub fn delete_directly(sessions: &[(i64, pg_sys::ItemPointerData)]) -> Option<Vec<i64>> {
+    // at REPEATABLE READ a concurrent update must fail the DELETE (40001): SQL's
+    let read_committed = unsafe { pg_sys::XactIsoLevel } < pg_sys::XACT_REPEATABLE_READ as i32;
+    if !read_committed || catalog::hooks_want_the_executor() {
+        return None;
+    }
+    let catalog = Catalog::locked_for_insert();
+    let index = catalog.primary_key?;
+    // what the SQL DELETE (its WHERE and RETURNING read id) would ask
+    let may = |privilege: u32| unsafe {
+        pg_sys::pg_class_aclcheck(catalog.table, pg_sys::GetUserId(), privilege as _)
+            == pg_sys::AclResult::ACLCHECK_OK
+    };
+    if catalog.has_dba_code || !may(pg_sys::ACL_DELETE) || !may(pg_sys::ACL_SELECT) {
+        return None;
+    }
+    let mut deleted = Vec::with_capacity(sessions.len());
+    unsafe {
+        let rel = pg_sys::table_open(catalog.table, pg_sys::NoLock as _);
+        let command = pg_sys::GetCurrentCommandId(true);
+        for &(id, found_at) in sessions {
+            let mut tid = found_at;
+            loop {
+                let mut failure = pg_sys::TM_FailureData::default();
+                let crosscheck = std::ptr::null_mut(); // none at READ COMMITTED
+                match pg_sys::heap_delete(
+                    rel,
+                    &mut tid,
+                    command,
+                    crosscheck,
+                    true,
+                    &mut failure,
+                    false,
+                ) {
+                    pg_sys::TM_Result::TM_Ok => {
+                        deleted.push(id);
+                        break;
+                    }
+                    // gone: deleted by another transaction, once it committed
+                    pg_sys::TM_Result::TM_Deleted | pg_sys::TM_Result::TM_SelfModified => break,
+                    pg_sys::TM_Result::TM_Updated => {
+                        match row_by_id(rel, index, id, |slot| (*slot).tts_tid) {
+                            Some(now_at) => tid = now_at,
+                            None => break,
+                        }
+                    }
+                    _ => error!("castle_sessions: unexpected result deleting a session"),
+                }
+            }
+        }
+        pg_sys::table_close(rel, pg_sys::NoLock as _);
+        // visible to the transaction's next statement, as after SPI's DELETE
+        pg_sys::CommandCounterIncrement();
+    }
+    Some(deleted)
 }
 
 /// Why a session is dead, if it is: expired, or unused (used_at, else
