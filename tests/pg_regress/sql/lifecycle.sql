@@ -71,7 +71,11 @@ SET castle.idle_timeout = 0;
 SELECT (castle.verify(:'idle')).user_id AS without_idle_timeout;
 
 -- prune: deletes dead sessions in batches and says how many
-SELECT castle.prune(1000000) >= 0 AS cleared_what_earlier_tests_left;
+-- earlier files' dead sessions go first, by a DELETE that waits for a row the
+-- standing worker holds while it records a use (prune skips such a row, and
+-- would count it in a batch below)
+WITH cleared AS (DELETE FROM castle.sessions WHERE expires_at <= now() RETURNING 1)
+SELECT count(*) >= 0 AS cleared_what_earlier_tests_left FROM cleared;
 SELECT count(castle.create_session('kim', '1 hour')) FROM generate_series(1, 5);
 UPDATE castle.sessions SET expires_at = now() - interval '1 second' WHERE user_id = 'kim';
 SELECT castle.prune(2) AS first_batch, castle.prune(2) AS second_batch, castle.prune() AS rest,
