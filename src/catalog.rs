@@ -200,7 +200,7 @@ impl Catalog {
         Catalog::locked_in(pg_sys::AccessShareLock)
     }
 
-    /// `locked`, in the mode an INSERT takes.
+    /// `locked`, in the mode an INSERT or a DELETE takes.
     pub fn locked_for_insert() -> Catalog {
         Catalog::locked_in(pg_sys::RowExclusiveLock)
     }

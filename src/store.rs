@@ -304,12 +304,8 @@ pub fn insert_directly(row: &NewSession) -> Option<i64> {
     // What the SQL INSERT's permission check would ask: INSERT on the table.
     // nextval_oid also asks USAGE or UPDATE on the sequence, which an
     // identity's nextval does not: without it, the SQL INSERT goes ahead.
-    let may = |relation: Oid, privileges: u32| unsafe {
-        pg_sys::pg_class_aclcheck(relation, pg_sys::GetUserId(), privileges as _)
-            == pg_sys::AclResult::ACLCHECK_OK
-    };
-    if !may(catalog.table, pg_sys::ACL_INSERT)
-        || !may(sequence, pg_sys::ACL_USAGE | pg_sys::ACL_UPDATE)
+    if !current_user_may(catalog.table, pg_sys::ACL_INSERT)
+        || !current_user_may(sequence, pg_sys::ACL_USAGE | pg_sys::ACL_UPDATE)
     {
         return None;
     }
@@ -491,11 +487,10 @@ pub fn delete_directly(sessions: &[(i64, pg_sys::ItemPointerData)]) -> Option<Ve
     let catalog = Catalog::locked_for_insert();
     let index = catalog.primary_key?;
     // what the SQL DELETE (its WHERE and RETURNING read id) would ask
-    let may = |privilege: u32| unsafe {
-        pg_sys::pg_class_aclcheck(catalog.table, pg_sys::GetUserId(), privilege as _)
-            == pg_sys::AclResult::ACLCHECK_OK
-    };
-    if catalog.has_dba_code || !may(pg_sys::ACL_DELETE) || !may(pg_sys::ACL_SELECT) {
+    if catalog.has_dba_code
+        || !current_user_may(catalog.table, pg_sys::ACL_DELETE)
+        || !current_user_may(catalog.table, pg_sys::ACL_SELECT)
+    {
         return None;
     }
     let mut deleted = Vec::with_capacity(sessions.len());
@@ -520,7 +515,8 @@ pub fn delete_directly(sessions: &[(i64, pg_sys::ItemPointerData)]) -> Option<Ve
                         deleted.push(id);
                         break;
                     }
-                    // gone: deleted by another transaction, once it committed
+                    // gone: deleted by another transaction once it committed, or
+                    // already by this command
                     pg_sys::TM_Result::TM_Deleted | pg_sys::TM_Result::TM_SelfModified => break,
                     pg_sys::TM_Result::TM_Updated => {
                         match row_by_id(rel, index, id, |slot| (*slot).tts_tid) {
@@ -537,6 +533,15 @@ pub fn delete_directly(sessions: &[(i64, pg_sys::ItemPointerData)]) -> Option<Ve
         pg_sys::CommandCounterIncrement();
     }
     Some(deleted)
+}
+
+/// Whether the current user (the table's owner, on the direct paths) holds
+/// any of `privileges` on `relation`, as the SQL statement's check would ask.
+fn current_user_may(relation: Oid, privileges: u32) -> bool {
+    unsafe {
+        pg_sys::pg_class_aclcheck(relation, pg_sys::GetUserId(), privileges as _)
+            == pg_sys::AclResult::ACLCHECK_OK
+    }
 }
 
 /// Why a session is dead, if it is: expired, or unused (used_at, else
