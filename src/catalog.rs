@@ -25,6 +25,9 @@
 //!   maintained on that path as by the executor. Privileges are not part of
 //!   the verdict (a role's membership changes without invalidating it): the
 //!   INSERT checks them at every call.
+//! - Recording uses straight through the heap (`store::touch_directly`)
+//!   needs `primary_key` and `insert_sequence`: an UPDATE of used_at and
+//!   updated_at then runs nothing but what ExecSimpleRelationUpdate does.
 //! - Deleting rows straight through the heap (trimming's common case,
 //!   `store::delete_directly`) needs `primary_key` (to find a row again
 //!   after a concurrent update) and no `has_dba_code`: a heap delete runs no

@@ -1,6 +1,6 @@
 //! castle.sessions on the hot paths: authenticate's read of one session by
-//! id, the sign-in's count of a user's index entries, and the sign-in's
-//! INSERT.
+//! id, the sign-in's count of a user's index entries, the sign-in's INSERT
+//! and trimming's DELETE, and the UPDATE that records uses.
 //!
 //! Each has two ways: straight through the access methods, when `catalog`
 //! has verified every object involved and no executor or permission hook
@@ -8,11 +8,12 @@
 //! owner under a pinned search_path. Every PostgreSQL call here is pgrx's
 //! guarded binding, so an ERROR unwinds through these frames as a panic.
 //!
-//! The direct INSERT is the executor's own routine for a row (the one
-//! logical replication applies rows with): constraints checked, every index
-//! maintained, the same errors. The catalog allows it only where an INSERT
-//! would run nothing else (no trigger, rule, forced policy or default of a
-//! DBA's). Every other write is SQL (`src/queries`).
+//! The direct INSERT and UPDATE are the executor's own routines for a row
+//! (the ones logical replication applies rows with): constraints checked,
+//! every index maintained, the same errors. The catalog allows them only
+//! where the statement would run nothing else (no trigger, rule, forced
+//! policy, generated column or default of a DBA's). Every other write is
+//! SQL (`src/queries`).
 
 use pgrx::pg_sys::{self, Datum, Oid};
 use pgrx::prelude::*;
@@ -319,21 +320,9 @@ unsafe fn insert_row(catalog: &Catalog, sequence: Oid, row: &NewSession) -> i64 
     unsafe {
         let id = pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[sequence.into_datum()])
             .expect("nextval is never NULL");
-        let rel = pg_sys::table_open(catalog.table, pg_sys::NoLock as _);
-        let estate = pg_sys::CreateExecutorState();
-        let info = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
-            .cast::<pg_sys::ResultRelInfo>();
-        // no range table entry: nothing here reads one (permissions were
-        // verified with the catalog, there are no triggers)
-        pg_sys::InitResultRelInfo(info, rel, 0, std::ptr::null_mut(), 0);
-        if let Some(own) = catalog.hash_check {
-            if crate::token::is_stored_hash(row.hash) {
-                prepare_checks_but(info, rel, estate, own);
-            }
-        }
-        pg_sys::ExecOpenIndices(info, false);
-        let slot = pg_sys::table_slot_create(rel, &raw mut (*estate).es_tupleTable);
-        let width = (*(*rel).rd_att).natts as usize;
+        let target = Target::open(catalog, crate::token::is_stored_hash(row.hash));
+        let slot = target.slot();
+        let width = (*(*target.rel).rd_att).natts as usize;
         let values = std::slice::from_raw_parts_mut((*slot).tts_values, width);
         let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, width);
         // columns dropped since (the catalog allows no other beyond ours)
@@ -353,16 +342,59 @@ unsafe fn insert_row(catalog: &Catalog, sequence: Oid, row: &NewSession) -> i64 
         set(DATA, row.data);
         set(FAMILY_ID, row.family.map(Datum::from));
         set(ROTATED_AT, None);
-        // as ExecInsert does: a CHECK may read tableoid
-        (*slot).tts_tableOid = catalog.table;
         pg_sys::ExecStoreVirtualTuple(slot);
-        pg_sys::ExecSimpleRelationInsert(info, estate, slot);
-        pg_sys::ExecCloseIndices(info);
-        pg_sys::ExecResetTupleTable((*estate).es_tupleTable, false);
-        pg_sys::FreeExecutorState(estate);
-        pg_sys::table_close(rel, pg_sys::NoLock as _);
+        pg_sys::ExecSimpleRelationInsert(target.info, target.estate, slot);
+        target.close();
         pg_sys::CommandCounterIncrement();
         id
+    }
+}
+
+/// castle.sessions opened for the executor's one-row routines (the ones
+/// logical replication applies rows with), with no range table entry:
+/// nothing they run reads one (permissions were verified with the catalog,
+/// and the catalog allows no trigger). Its indexes are open, and every
+/// enforced CHECK is prepared, this version's on hash too unless
+/// `hash_tested`: the caller tested that rule on the row's bytes.
+struct Target {
+    rel: pg_sys::Relation,
+    estate: *mut pg_sys::EState,
+    info: *mut pg_sys::ResultRelInfo,
+}
+
+impl Target {
+    unsafe fn open(catalog: &Catalog, hash_tested: bool) -> Target {
+        unsafe {
+            let rel = pg_sys::table_open(catalog.table, pg_sys::NoLock as _);
+            let estate = pg_sys::CreateExecutorState();
+            let info = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
+                .cast::<pg_sys::ResultRelInfo>();
+            pg_sys::InitResultRelInfo(info, rel, 0, std::ptr::null_mut(), 0);
+            if let Some(own) = catalog.hash_check.filter(|_| hash_tested) {
+                prepare_checks_but(info, rel, estate, own);
+            }
+            pg_sys::ExecOpenIndices(info, false);
+            Target { rel, estate, info }
+        }
+    }
+
+    /// A slot of the table's, freed with the target.
+    unsafe fn slot(&self) -> *mut pg_sys::TupleTableSlot {
+        unsafe {
+            let slot = pg_sys::table_slot_create(self.rel, &raw mut (*self.estate).es_tupleTable);
+            // as the executor does: a CHECK may read tableoid
+            (*slot).tts_tableOid = (*self.rel).rd_id;
+            slot
+        }
+    }
+
+    unsafe fn close(self) {
+        unsafe {
+            pg_sys::ExecCloseIndices(self.info);
+            pg_sys::ExecResetTupleTable((*self.estate).es_tupleTable, false);
+            pg_sys::FreeExecutorState(self.estate);
+            pg_sys::table_close(self.rel, pg_sys::NoLock as _);
+        }
     }
 }
 
@@ -533,6 +565,174 @@ pub fn delete_directly(sessions: &[(i64, pg_sys::ItemPointerData)]) -> Option<Ve
         pg_sys::CommandCounterIncrement();
     }
     Some(deleted)
+}
+
+/// Records uses (session id, time of use) straight through the heap, as
+/// `touch_sessions.sql` would at READ COMMITTED, and returns how many rows
+/// it wrote; None (nothing done) when the catalog, a hook, the privileges or
+/// the isolation level do not allow it: the caller runs the SQL. Each row
+/// is locked without waiting — one another transaction holds is skipped,
+/// as SKIP LOCKED would — and its newest version is updated, unless its
+/// used_at is already as late, by ExecSimpleRelationUpdate: CHECKs, indexes
+/// (when the update is not HOT) and replica identity, as the executor does.
+/// Only the regex of this version's CHECK on hash is left out, its rule
+/// tested on the row's bytes: an UPDATE runs it on every row although
+/// recording a use never changes hash, and it was most of the worker's
+/// time. The catalog must allow the direct INSERT (this version's columns
+/// and no other, no generated column, no trigger, rule or forced row
+/// security). Called as the table's owner.
+pub fn touch_directly(uses: &[(i64, i64)]) -> Option<u64> {
+    // at REPEATABLE READ a concurrent update must fail the UPDATE (40001): SQL's
+    let read_committed = unsafe { pg_sys::XactIsoLevel } < pg_sys::XACT_REPEATABLE_READ as i32;
+    if !read_committed || catalog::hooks_want_the_executor() {
+        return None;
+    }
+    let catalog = Catalog::locked_for_insert();
+    let index = catalog.primary_key?;
+    catalog.insert_sequence?;
+    // what the SQL UPDATE (it reads id, used_at and updated_at) would ask
+    if !current_user_may(catalog.table, pg_sys::ACL_UPDATE)
+        || !current_user_may(catalog.table, pg_sys::ACL_SELECT)
+    {
+        return None;
+    }
+    let mut written = 0;
+    unsafe {
+        // for a DBA's CHECK that reads (each row is read with a snapshot of its own)
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        let target = Target::open(&catalog, true);
+        let locked = target.slot();
+        let new = target.slot();
+        let width = (*(*target.rel).rd_att).natts as usize;
+        for &(id, at) in uses {
+            written += u64::from(touch_row(&target, index, id, at, locked, new, width));
+        }
+        target.close();
+        pg_sys::PopActiveSnapshot();
+        // visible to the transaction's next statement, as after SPI's UPDATE
+        pg_sys::CommandCounterIncrement();
+    }
+    Some(written)
+}
+
+/// Whether a use at `at` moves a session's used_at: never back (a long
+/// request may commit after a later use was recorded), as
+/// `touch_sessions.sql`'s WHERE says for the SQL path.
+fn moves_used_at(used_at: Option<i64>, at: i64) -> bool {
+    used_at.is_none_or(|used| used < at)
+}
+
+/// One use: whether the row was written.
+unsafe fn touch_row(
+    target: &Target,
+    index: Oid,
+    id: i64,
+    at: i64,
+    locked: *mut pg_sys::TupleTableSlot,
+    new: *mut pg_sys::TupleTableSlot,
+    width: usize,
+) -> bool {
+    unsafe {
+        // a row updated and committed since the read is read again, a few times
+        for _ in 0..3 {
+            let found = row_by_id(target.rel, index, id, |slot| {
+                pg_sys::slot_getsomeattrs_int(slot, (USED_AT + 1) as i32);
+                let used = !*(*slot).tts_isnull.add(USED_AT);
+                (
+                    (*slot).tts_tid,
+                    used.then(|| (*(*slot).tts_values.add(USED_AT)).value() as i64),
+                )
+            });
+            let Some((tid, used_at)) = found else {
+                return false; // revoked
+            };
+            if !moves_used_at(used_at, at) {
+                return false;
+            }
+            // lives until `locked` is cleared below: the slot points to it
+            let mut tuple = pg_sys::HeapTupleData {
+                t_self: tid,
+                t_tableOid: (*target.rel).rd_id,
+                ..Default::default()
+            };
+            let mut buffer: pg_sys::Buffer = 0;
+            let mut failure = pg_sys::TM_FailureData::default();
+            let result = pg_sys::heap_lock_tuple(
+                target.rel,
+                &mut tuple,
+                pg_sys::GetCurrentCommandId(true),
+                pg_sys::LockTupleMode::LockTupleNoKeyExclusive,
+                pg_sys::LockWaitPolicy::LockWaitSkip,
+                false,
+                &mut buffer,
+                &mut failure,
+            );
+            let written = match result {
+                pg_sys::TM_Result::TM_Ok => {
+                    pg_sys::ExecStoreBufferHeapTuple(&mut tuple, locked, buffer);
+                    let written = update_locked(target, locked, new, width, at);
+                    pg_sys::ExecClearTuple(locked);
+                    Some(written)
+                }
+                // updated by a transaction that committed: read it again
+                pg_sys::TM_Result::TM_Updated => None,
+                // held by another transaction (skipped, never waited for),
+                // deleted, or already written by this command
+                _ => Some(false),
+            };
+            pg_sys::ReleaseBuffer(buffer);
+            if let Some(written) = written {
+                return written;
+            }
+        }
+        false
+    }
+}
+
+/// Updates the row in `locked` (its newest version, locked by this
+/// transaction) with this use, unless its used_at is already as late.
+unsafe fn update_locked(
+    target: &Target,
+    locked: *mut pg_sys::TupleTableSlot,
+    new: *mut pg_sys::TupleTableSlot,
+    width: usize,
+    at: i64,
+) -> bool {
+    unsafe {
+        pg_sys::slot_getsomeattrs_int(locked, width as i32);
+        let values = std::slice::from_raw_parts((*locked).tts_values, width);
+        let nulls = std::slice::from_raw_parts((*locked).tts_isnull, width);
+        let int64 = |i: usize| (!nulls[i]).then(|| values[i].value() as i64);
+        if !moves_used_at(int64(USED_AT), at)
+            // a row whose hash breaks the rule the regex is skipped for (a
+            // CHECK once dropped) is left as it is: no session that
+            // authenticates has one
+            || nulls[HASH]
+            || !crate::token::is_stored_hash(text_bytes(values[HASH]))
+        {
+            return false;
+        }
+        pg_sys::ExecClearTuple(new);
+        let new_values = std::slice::from_raw_parts_mut((*new).tts_values, width);
+        let new_nulls = std::slice::from_raw_parts_mut((*new).tts_isnull, width);
+        new_values.copy_from_slice(values);
+        new_nulls.copy_from_slice(nulls);
+        let updated_at = int64(UPDATED_AT).map_or(at, |updated| updated.max(at));
+        new_values[USED_AT] = Datum::from(at);
+        new_nulls[USED_AT] = false;
+        new_values[UPDATED_AT] = Datum::from(updated_at);
+        new_nulls[UPDATED_AT] = false;
+        pg_sys::ExecStoreVirtualTuple(new);
+        // what a DBA's CHECK allocated for the row before, as the executor
+        // resets it row by row
+        let per_row = (*target.estate).es_per_tuple_exprcontext;
+        if !per_row.is_null() {
+            pg_sys::MemoryContextReset((*per_row).ecxt_per_tuple_memory);
+        }
+        let no_triggers = std::ptr::null_mut();
+        pg_sys::ExecSimpleRelationUpdate(target.info, target.estate, no_triggers, locked, new);
+        true
+    }
 }
 
 /// Whether the current user (the table's owner, on the direct paths) holds

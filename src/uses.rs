@@ -7,7 +7,8 @@
 //! returns: no transaction id, no lock but this table's, no wait, on a
 //! primary as in a read-only or REPEATABLE READ transaction. The standing
 //! workers (revocations.rs) take each database's uses in batches of at most
-//! BATCH and write each batch with one UPDATE (`write`: HOT, never moving
+//! BATCH and write each batch in a transaction (`write`: row by row through
+//! the heap where the catalog allows, else one UPDATE; HOT, never moving
 //! used_at back, skipping a row another transaction holds), within about a
 //! second of the commit.
 //!
@@ -198,9 +199,17 @@ pub fn take(database: u32) -> Vec<(i64, i64)> {
     taken
 }
 
-/// Writes uses with one UPDATE; returns how many rows it wrote. The rest
-/// were revoked, already newer, or held by another transaction.
+/// Writes uses — straight through the heap where the catalog allows
+/// (`store::touch_directly`), else with one UPDATE — and returns how many
+/// rows it wrote. The rest were revoked, already newer, or held by another
+/// transaction.
 pub fn write(uses: &[(i64, i64)]) -> u64 {
+    plans::as_owner(store::table_owner(), || {
+        store::touch_directly(uses).unwrap_or_else(|| write_with_sql(uses))
+    })
+}
+
+fn write_with_sql(uses: &[(i64, i64)]) -> u64 {
     let ids: Vec<i64> = uses.iter().map(|&(id, _)| id).collect();
     let times: Vec<pgrx::datum::TimestampWithTimeZone> = uses
         .iter()
@@ -209,12 +218,10 @@ pub fn write(uses: &[(i64, i64)]) -> u64 {
                 .expect("a timestamp")
         })
         .collect();
-    plans::as_owner(store::table_owner(), || {
-        Spi::connect_mut(|client| {
-            let touch = plans::kept(client, &TOUCH_SESSIONS);
-            let touched = plans::or_raise(client.update(touch, None, &[ids.into(), times.into()]));
-            touched.len() as u64
-        })
+    Spi::connect_mut(|client| {
+        let touch = plans::kept(client, &TOUCH_SESSIONS);
+        let touched = plans::or_raise(client.update(touch, None, &[ids.into(), times.into()]));
+        touched.len() as u64
     })
 }
 

@@ -4,14 +4,19 @@ request takes no transaction id and no lock, so the use of a READ ONLY or
 REPEATABLE READ request is recorded too; a rollback records nothing; a
 session in use never goes idle; castle.idle_timeout holds to its stated
 precision (castle.touch_interval plus the flush delay, about a second)."""
+import json
 import os
+import secrets
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
 
 import seed_algorithm as seed
-from conftest import create, dsn
+from conftest import create, dsn, user_of
+
+CLUSTER = Path(os.environ["CASTLE_CLUSTER_DIR"])  # the cluster scripts/test.sh started
 
 
 
@@ -179,6 +184,94 @@ def test_the_worker_writes_uses_in_hot_batches(conn):
     # (an indexed used_at would make none HOT; a page that fills before
     # pruning can make a few not)
     assert hot >= 0.8 * updates, f"used_at is in no index, so updates stay HOT ({hot} of {updates})"
+    conn.execute("SELECT castle.revoke_all(u) FROM unnest(%s::text[]) AS u", (users,))
+
+
+def test_a_session_another_transaction_holds_is_skipped_never_waited_for(conn):
+    """The worker never waits for a row: one held by another transaction (a
+    sign-out in progress, say) is skipped and counted, the uses queued with
+    it are written, and the skipped one is written at its next due check."""
+    held, free = create(conn, "use-held", "1 hour"), create(conn, "use-free", "1 hour")
+    skipped = "SELECT touches_skipped FROM castle.stats WHERE datname = current_database()"
+    before = conn.execute(skipped).fetchone()[0]
+    with psycopg.connect(dsn()) as holder, \
+            psycopg.connect(dsn(options="'-c castle.touch_interval=0'"), autocommit=True) as request:
+        holder.execute("SELECT 1 FROM castle.sessions WHERE id = %s FOR UPDATE", (seed.split(held)[0],))
+        request.execute("BEGIN")
+        request.execute("SELECT castle.authenticate(%s)", (held,))
+        request.execute("SELECT castle.authenticate(%s)", (free,))
+        request.execute("COMMIT")
+        # a worker that waited for the held row would write no later use
+        recorded_so_far(conn)
+        assert used_at(conn, free) is not None
+        assert used_at(conn, held) is None, "the held row was skipped"
+        assert conn.execute(skipped).fetchone()[0] - before >= 1, "and counted as skipped"
+        holder.rollback()
+        request.execute("SELECT castle.authenticate(%s)", (held,))
+        recorded_so_far(conn)
+        assert used_at(conn, held) is not None, "recorded at its next check"
+    conn.execute("SELECT castle.revoke_all(u) FROM unnest(ARRAY['use-held', 'use-free']) AS u")
+
+
+def test_a_dbas_check_holds_for_every_use_recorded(conn):
+    """Recording a use evaluates the table's CHECKs as an UPDATE would: a
+    use that breaks a DBA's CHECK is not written (the worker logs which
+    constraint, and no row), and others are."""
+    log = CLUSTER / "server.log"
+    token = create(conn, "use-checked", "1 hour")
+    start = log.stat().st_size
+    conn.execute("""ALTER TABLE castle.sessions ADD CONSTRAINT use_checked_never_used
+                    CHECK (user_id <> 'use-checked' OR used_at IS NULL) NOT VALID""")
+    try:
+        with psycopg.connect(dsn(options="'-c castle.touch_interval=0'"), autocommit=True) as request:
+            request.execute("SELECT castle.authenticate(%s)", (token,))
+
+        def logged():
+            text = log.read_bytes()[start:].decode(errors="replace")
+            return [line for line in text.splitlines() if "uses of sessions not recorded" in line]
+        lines = wait_for(logged)
+        assert lines, "the worker logged the uses it could not record"
+        assert "use_checked_never_used" in lines[0], "naming the constraint"
+        assert seed.split(token)[1] not in lines[0] and "Failing row" not in lines[0], "and no row"
+        assert used_at(conn, token) is None, "the CHECK held"
+    finally:
+        conn.execute("ALTER TABLE castle.sessions DROP CONSTRAINT use_checked_never_used")
+    with psycopg.connect(dsn(options="'-c castle.touch_interval=0'"), autocommit=True) as request:
+        request.execute("SELECT castle.authenticate(%s)", (token,))
+    recorded_so_far(conn)
+    assert used_at(conn, token) is not None
+    conn.execute("SELECT castle.revoke(%s)", (token,))
+
+
+def test_a_use_whose_row_moves_gives_every_index_its_new_entry(conn):
+    """A row with no room left on its page cannot be updated in place (HOT):
+    its new version goes to another page, and each index needs an entry for
+    it, or an index scan would no longer find the session."""
+    users = [f"use-moved-{i}" for i in range(8)]
+    # about 1,900 bytes a row, under the size PostgreSQL compresses at: four
+    # fill a page, and none leaves room for a second version of itself
+    tokens = [create(conn, user, "1 hour", json.dumps({"pad": secrets.token_hex(850)})) for user in users]
+    ids = [seed.split(token)[0] for token in tokens]
+    stats = """SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
+                WHERE relid = 'castle.sessions'::regclass"""
+    before = settled(conn, stats)
+    with psycopg.connect(dsn(options="'-c castle.touch_interval=0'"), autocommit=True) as request:
+        for token in tokens:
+            request.execute("SELECT castle.authenticate(%s)", (token,))
+    recorded_so_far(conn)
+    after = settled(conn, stats)
+    assert all(used_at(conn, token) is not None for token in tokens)
+    moved = (after[0] - before[0]) - (after[1] - before[1])
+    assert moved >= 1, "some of these rows had to move (the test needs them to)"
+    conn.execute("SET enable_seqscan = off")
+    conn.execute("SET enable_bitmapscan = off")
+    by_id = conn.execute("SELECT count(*) FROM castle.sessions WHERE id = ANY (%s)", (ids,)).fetchone()[0]
+    by_user = conn.execute("SELECT count(*) FROM castle.sessions WHERE user_id = ANY (%s)",
+                           (users,)).fetchone()[0]
+    conn.execute("RESET enable_seqscan")
+    conn.execute("RESET enable_bitmapscan")
+    assert (by_id, by_user) == (8, 8), "found through the primary key and the user index"
+    assert all(user_of(conn, token) == user for token, user in zip(tokens, users))
     conn.execute("SELECT castle.revoke_all(u) FROM unnest(%s::text[]) AS u", (users,))
 
 
