@@ -598,7 +598,11 @@ pub fn touch_directly(uses: &[(i64, i64)]) -> Option<u64> {
     }
     let mut written = 0;
     unsafe {
-        // for a DBA's CHECK that reads (each row is read with a snapshot of its own)
+        // the transaction's own changes, as before SPI's UPDATE
+        pg_sys::CommandCounterIncrement();
+        // Held to the end: it keeps the transaction's xmin, so a version
+        // found by `row_by_id` cannot be pruned (its TID reused) before it
+        // is locked; and a DBA's CHECK or TOAST may need one.
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
         let target = Target::open(&catalog, true);
         let locked = target.slot();
@@ -717,6 +721,9 @@ unsafe fn update_locked(
         let new_nulls = std::slice::from_raw_parts_mut((*new).tts_isnull, width);
         new_values.copy_from_slice(values);
         new_nulls.copy_from_slice(nulls);
+        // columns dropped since (the catalog allows no other beyond ours)
+        // are NULL in a new version, as an UPDATE makes them
+        new_nulls[COLUMNS.min(width)..].fill(true);
         let updated_at = int64(UPDATED_AT).map_or(at, |updated| updated.max(at));
         new_values[USED_AT] = Datum::from(at);
         new_nulls[USED_AT] = false;
