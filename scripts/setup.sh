@@ -13,9 +13,6 @@ else
     # root and the package tests need
     packages=(postgresql-15 postgresql-server-dev-15 postgresql-15-cron postgresql-15-pgaudit postgresql-15-plproxy
               "${common[@]}" debootstrap)
-    # scripts/build_pg.sh's, installed here so that scripts/test.sh can run
-    # it in the background without racing another apt-get for dpkg's lock
-    packages+=(dpkg-dev libicu-dev zlib1g-dev libssl-dev bison flex)
     # node and npm, where the machine has none of its own
     command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)
     # the client stacks of docs/recipes.md (tests/clients), from Debian

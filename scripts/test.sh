@@ -36,30 +36,6 @@ if has 17; then
     # an early exit does not leave it running
     trap 'kill "$trixie_setup" 2>/dev/null || true' EXIT
 fi
-# The assert-enabled servers build (CPU-bound, five minutes each on 2 cores)
-# at the lowest priority while Debian's 15 is tested, which mostly waits on
-# its servers and timers; each pass waits for its own.
-cassert=()
-if has 15 && [ "${CASTLE_CASSERT:-1}" != 0 ]; then cassert+=(15); fi
-if has 18; then cassert+=(18); fi
-if [ ${#cassert[@]} -gt 0 ]; then
-    mkdir -p target
-    rm -f target/cassert-built-*
-    (
-        set -e
-        for major in "${cassert[@]}"; do
-            nice -n 19 "$REPO/scripts/build_pg.sh" "$major" cassert
-            touch "target/cassert-built-$major"
-        done
-    ) >target/cassert-builds.log 2>&1 &
-    cassert_builds=$!
-    trap 'kill ${trixie_setup:-} "$cassert_builds" 2>/dev/null || true' EXIT
-fi
-# waits for the background build of the assert-enabled MAJOR
-cassert_built() {
-    while [ ! -f "target/cassert-built-$1" ] && kill -0 "$cassert_builds" 2>/dev/null; do sleep 2; done
-    [ -f "target/cassert-built-$1" ] || { cat target/cassert-builds.log; exit 1; }
-}
 passed=()
 for major in $majors; do
     case "$major" in
@@ -74,7 +50,6 @@ for major in $majors; do
             passed+=("15 (Debian 12)")
             if [ "${CASTLE_CASSERT:-1}" != 0 ]; then
                 say "PostgreSQL 15, assert-enabled"
-                cassert_built 15
                 CASTLE_TARGET=cassert15 CASTLE_INTEGRATION=0 "$REPO/scripts/suite.sh"
                 passed+=("15 (assert-enabled)")
             else
@@ -89,7 +64,6 @@ for major in $majors; do
             ;;
         18)
             say "PostgreSQL 18, assert-enabled"
-            cassert_built 18
             CASTLE_TARGET=cassert18 "$REPO/scripts/suite.sh"
             CASTLE_TARGET=cassert18 "$REPO/scripts/package.sh" --here
             passed+=("18 (assert-enabled)")
