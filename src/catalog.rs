@@ -203,7 +203,7 @@ impl Catalog {
         Catalog::locked_in(pg_sys::AccessShareLock)
     }
 
-    /// `locked`, in the mode an INSERT or a DELETE takes.
+    /// `locked`, in the mode an INSERT, an UPDATE or a DELETE takes.
     pub fn locked_for_insert() -> Catalog {
         Catalog::locked_in(pg_sys::RowExclusiveLock)
     }

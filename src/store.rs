@@ -511,18 +511,10 @@ pub fn sessions_of_user(user_id: &[u8], limit: usize) -> Option<Vec<UserSession>
 /// forced row security there is nothing else a DELETE would run. Called as
 /// the table's owner, under the user's lock.
 pub fn delete_directly(sessions: &[(i64, pg_sys::ItemPointerData)]) -> Option<Vec<i64>> {
-    // at REPEATABLE READ a concurrent update must fail the DELETE (40001): SQL's
-    let read_committed = unsafe { pg_sys::XactIsoLevel } < pg_sys::XACT_REPEATABLE_READ as i32;
-    if !read_committed || catalog::hooks_want_the_executor() {
-        return None;
-    }
-    let catalog = Catalog::locked_for_insert();
-    let index = catalog.primary_key?;
     // what the SQL DELETE (its WHERE and RETURNING read id) would ask
-    if catalog.has_dba_code
-        || !current_user_may(catalog.table, pg_sys::ACL_DELETE)
-        || !current_user_may(catalog.table, pg_sys::ACL_SELECT)
-    {
+    let catalog = allowing_a_direct_write(pg_sys::ACL_DELETE)?;
+    let index = catalog.primary_key?;
+    if catalog.has_dba_code {
         return None;
     }
     let mut deleted = Vec::with_capacity(sessions.len());
@@ -582,20 +574,10 @@ pub fn delete_directly(sessions: &[(i64, pg_sys::ItemPointerData)]) -> Option<Ve
 /// and no other, no generated column, no trigger, rule or forced row
 /// security). Called as the table's owner.
 pub fn touch_directly(uses: &[(i64, i64)]) -> Option<u64> {
-    // at REPEATABLE READ a concurrent update must fail the UPDATE (40001): SQL's
-    let read_committed = unsafe { pg_sys::XactIsoLevel } < pg_sys::XACT_REPEATABLE_READ as i32;
-    if !read_committed || catalog::hooks_want_the_executor() {
-        return None;
-    }
-    let catalog = Catalog::locked_for_insert();
+    // what the SQL UPDATE (it reads id, used_at and updated_at) would ask
+    let catalog = allowing_a_direct_write(pg_sys::ACL_UPDATE)?;
     let index = catalog.primary_key?;
     catalog.insert_sequence?;
-    // what the SQL UPDATE (it reads id, used_at and updated_at) would ask
-    if !current_user_may(catalog.table, pg_sys::ACL_UPDATE)
-        || !current_user_may(catalog.table, pg_sys::ACL_SELECT)
-    {
-        return None;
-    }
     let mut written = 0;
     unsafe {
         // the transaction's own changes, as before SPI's UPDATE
@@ -740,6 +722,23 @@ unsafe fn update_locked(
         pg_sys::ExecSimpleRelationUpdate(target.info, target.estate, no_triggers, locked, new);
         true
     }
+}
+
+/// The catalog, locked as a write locks the table, when a write of rows the
+/// caller found may go straight through the heap as far as the transaction
+/// and the current user go: READ COMMITTED (at REPEATABLE READ a concurrent
+/// update must fail the statement with SQL's 40001), no executor or
+/// permission hook, and `privilege` and SELECT (the statement reads the row)
+/// on the table. The caller still asks the catalog's verdict on the table.
+fn allowing_a_direct_write(privilege: u32) -> Option<Catalog> {
+    let read_committed = unsafe { pg_sys::XactIsoLevel } < pg_sys::XACT_REPEATABLE_READ as i32;
+    if !read_committed || catalog::hooks_want_the_executor() {
+        return None;
+    }
+    let catalog = Catalog::locked_for_insert();
+    (current_user_may(catalog.table, privilege)
+        && current_user_may(catalog.table, pg_sys::ACL_SELECT))
+    .then_some(catalog)
 }
 
 /// Whether the current user (the table's owner, on the direct paths) holds
