@@ -36,6 +36,12 @@ STAGE=$CACHE/stage
 BIN=$STAGE/usr/lib/postgresql/$MAJOR/bin
 LIB=$STAGE/usr/lib/postgresql/$MAJOR/lib
 
+# One build of a server at a time: scripts/test.sh builds in the background,
+# and a pass that needs the server meanwhile waits here, then finds it built.
+mkdir -p "$CACHE"
+exec 8>"$CACHE.lock"
+flock 8
+
 # what the build is made with: a cached one made otherwise is redone
 CONFIGURED="${FLAGS[*]} --with-icu --with-openssl --without-readline"
 # the isolation tester (tests/isolation), which `make install` leaves out

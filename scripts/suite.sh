@@ -41,12 +41,13 @@ test_data=${CARGO_TARGET_DIR:-$REPO/target}/pgrx-test-data-$CASTLE_TARGET
 mkdir -p "$test_data" && chown postgres "$test_data"
 # pgrx's test harness would copy its test build over the installed library
 # in place: given CARGO_PGRX, it installs through cargo-pgrx-by-rename.
-# The same #[pg_test]s on the same major twice would be the same work twice:
-# scripts/test.sh runs them on the assert-enabled 15 only (CASTLE_PGRX_TEST=0
-# here on Debian's 15), which checks them with assertions too.
+# scripts/test.sh runs the #[pg_test]s and the codec's unit tests where
+# assertions check them, on the assert-enabled 15 and 18 (CASTLE_PGRX_TEST=0
+# on Debian's 15 and 17: a test build of its own costs each pass three to
+# four minutes, for tests the golden files and the integration suite go past).
 pgrx_test="CARGO_PGRX='$REPO/scripts/cargo-pgrx-by-rename' cargo pgrx test 'pg$PG_MAJOR' --runas postgres --pgdata '$test_data'"
 if [ "${CASTLE_PGRX_TEST:-1}" = 0 ]; then
-    echo "skipped: cargo pgrx test on $CASTLE_TARGET: the assert-enabled build of the same major runs it (CASTLE_PGRX_TEST=0); the release is still reinstalled under the running server"
+    echo "skipped: cargo pgrx test on $CASTLE_TARGET: the assert-enabled 15 and 18 run it (CASTLE_PGRX_TEST=0); the release is still reinstalled under the running server"
     pgrx_test=true
 fi
 "$VENV/bin/python" tests/install/reinstall_under_server.py "$PGDIR/server.log" bash -c "
@@ -91,6 +92,10 @@ if [ "${CASTLE_INTEGRATION:-1}" = 1 ]; then
 else
     echo "skipped: the integration suite (tests/integration) on $CASTLE_TARGET: Debian's build of the same major runs it, and the assert-enabled 18 runs it with assertions (CASTLE_INTEGRATION=0)"
 fi
+# Nothing after this point measures time (the SQL edition skips the
+# refusal-timing test): scripts/test.sh, told so, builds the assert-enabled
+# servers beside the rest.
+if [ -n "${CASTLE_TIMING_DONE:-}" ]; then touch "$CASTLE_TIMING_DONE"; fi
 
 # Shards: castle_sessions_router on PL/Proxy over four shards on two clusters
 # of their own, one behind pgbouncer (docs/sharding.md), wherever this
