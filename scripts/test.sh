@@ -25,6 +25,8 @@ for major in $majors; do
     case "$major" in 15|17|18) ;; *) echo "PG=$major: this project supports 15, 17 and 18" >&2; exit 2 ;; esac
 done
 has() { [[ " $majors " == *" $1 "* ]]; }
+# the assert-enabled 15: with 15, unless CASTLE_CASSERT=0
+has_cassert15() { has 15 && [ "${CASTLE_CASSERT:-1}" != 0 ]; }
 
 "$REPO/scripts/setup.sh"
 started=$SECONDS
@@ -36,8 +38,8 @@ if has 17; then
     trixie_setup=$!
     # an early exit does not leave it running (the trap below)
 fi
-# The assert-enabled servers (scripts/build_pg.sh, five minutes of both cores
-# each) are built in the background at the lowest priority, beside what never
+# The assert-enabled servers (scripts/build_pg.sh, four to six minutes of both
+# cores each) are built in the background at the lowest priority, beside what never
 # measures time: from the end of Debian's 15 integration suite, through its
 # shards, client stacks and SQL edition, and the assert-enabled 15's pass (no
 # integration suite). Every pass with a refusal-timing test (17's, 18's)
@@ -51,12 +53,12 @@ builds_done() {
     builds=
 }
 timing_done=
-if has 15 && { has 18 || [ "${CASTLE_CASSERT:-1}" != 0 ]; }; then
+if has 15 && { has 18 || has_cassert15; }; then
     mkdir -p target
     timing_done=$REPO/target/debian15-timing-done
     rm -f "$timing_done"
     wanted=()
-    [ "${CASTLE_CASSERT:-1}" = 0 ] || wanted+=(15)
+    ! has_cassert15 || wanted+=(15)
     ! has 18 || wanted+=(18)
     # A session of its own, so that an early exit stops its make too, and
     # so an autogroup of its own where the kernel groups by session: niced
@@ -75,7 +77,7 @@ trap 'kill "${trixie_setup:-}" 2>/dev/null || true; [ -z "$builds" ] || kill -- 
 # costs a pass three to five minutes, for tests that every pass's golden
 # files and integration suite go past.
 if has 18; then pgrx_tested=cassert18
-elif has 15 && [ "${CASTLE_CASSERT:-1}" != 0 ]; then pgrx_tested=cassert15
+elif has_cassert15; then pgrx_tested=cassert15
 else pgrx_tested=every; fi
 pgrx_test_on() { if [ "$pgrx_tested" = every ] || [ "$pgrx_tested" = "$1" ]; then echo 1; else echo 0; fi; }
 passed=()
@@ -87,7 +89,7 @@ for major in $majors; do
                 CASTLE_TIMING_DONE=$timing_done "$REPO/scripts/suite.sh"
             CASTLE_TARGET=debian15 "$REPO/scripts/package.sh" --here
             passed+=("15 (Debian 12)")
-            if [ "${CASTLE_CASSERT:-1}" != 0 ]; then
+            if has_cassert15; then
                 say "PostgreSQL 15, assert-enabled"
                 CASTLE_TARGET=cassert15 CASTLE_INTEGRATION=0 CASTLE_PGRX_TEST=$(pgrx_test_on cassert15) \
                     "$REPO/scripts/suite.sh"
@@ -116,7 +118,7 @@ done
 # From the self-built 15.18, not Debian's 15.20: Debian's stamps every column
 # with an attribute option (pg_attver) that 18.6 does not know, so pg_upgrade
 # to this 18.6 fails for any database, with or without castle_sessions.
-if has 15 && has 18 && [ "${CASTLE_CASSERT:-1}" != 0 ]; then
+if has_cassert15 && has 18; then
     say "pg_upgrade from 15 to 18 with sessions in the database"
     CASTLE_OLD_BIN=$(pg_bin_of cassert15) CASTLE_NEW_BIN=$(pg_bin_of cassert18) \
         CASTLE_CLUSTER_ROOT="$(cluster_root)" "$VENV/bin/pytest" -q -rfEsP -p no:cacheprovider tests/majors
