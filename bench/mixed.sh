@@ -19,13 +19,13 @@
 # Latencies come from pgbench's per-transaction log. Writes the report to
 # stdout and bench/results/mixed-pgNN.md; FAIL lines name missed targets.
 #
-#   MIXED_ROUNDS   interleaved rounds                  (default 3)
+#   MIXED_ROUNDS   interleaved rounds                  (default 5)
 #   MIXED_SECONDS  seconds per mix per round           (default 10)
 #   MIXED_WARMUP   seconds of the mix before measuring (default 60, the touch_interval)
 source "$(dirname "$0")/target.sh"
 source "$(dirname "$0")/../scripts/common.sh"
 COMMIT=${CASTLE_COMMIT:-$(git -C "$REPO" describe --always --dirty)}
-ROUNDS=${MIXED_ROUNDS:-3}
+ROUNDS=${MIXED_ROUNDS:-5}
 T=${MIXED_SECONDS:-10}
 WARMUP=${MIXED_WARMUP:-60}
 PORT=25421
