@@ -187,7 +187,7 @@ done
 # the mixed load: a cluster of its own, the library preloaded, touch at its default
 cluster_stop bench
 PG=$PG_MAJOR CASTLE_COMMIT=$COMMIT bash "$BENCH/mixed.sh" >"$WORK/mixed.out" 2>&1 || { cat "$WORK/mixed.out" >&2; exit 1; }
-MIXED=$(sed '1,/^# castle_sessions mixed-load benchmark/d' "$BENCH/results/mixed-pg$PG_MAJOR.md" | sed 's/^## /### /')
+MIXED=$(sed '0,/^# castle_sessions mixed-load benchmark/d' "$BENCH/results/mixed-pg$PG_MAJOR.md" | sed 's/^## /### /')
 
 # ---- the report ----
 rounds_of() { tr -s ' ' <<<"${TPS[$1]}" | sed 's/ $//; s/ /, /g'; }
