@@ -19,7 +19,7 @@
 #
 #   ADONIS_ROUNDS (3)  ADONIS_SECONDS (10)  ADONIS_CLIENTS (8)  ADONIS_USERS (1000)
 source "$(dirname "$0")/../scripts/common.sh"
-COMMIT=$(git -C "$REPO" describe --always --dirty)
+COMMIT=$(measured_commit)
 ROUNDS=${ADONIS_ROUNDS:-3}
 SECONDS_EACH=${ADONIS_SECONDS:-10}
 CLIENTS=${ADONIS_CLIENTS:-8}

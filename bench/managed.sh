@@ -16,7 +16,7 @@
 #   BENCH_SECONDS  seconds per workload per round     (default 10)
 #   BENCH_TOKENS   sessions the workloads draw from   (default 100000)
 source "$(dirname "$0")/../scripts/common.sh"
-COMMIT=$(git -C "$REPO" describe --always --dirty)
+COMMIT=$(measured_commit)
 ROUNDS=${BENCH_ROUNDS:-3}
 T=${BENCH_SECONDS:-10}
 NTOKENS=${BENCH_TOKENS:-100000}

@@ -24,7 +24,7 @@
 #   MIXED_WARMUP   seconds of the mix before measuring (default 60, the touch_interval)
 source "$(dirname "$0")/target.sh"
 source "$(dirname "$0")/../scripts/common.sh"
-COMMIT=${CASTLE_COMMIT:-$(git -C "$REPO" describe --always --dirty)}
+COMMIT=${CASTLE_COMMIT:-$(measured_commit)}
 ROUNDS=${MIXED_ROUNDS:-5}
 T=${MIXED_SECONDS:-10}
 WARMUP=${MIXED_WARMUP:-60}

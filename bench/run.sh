@@ -16,7 +16,7 @@
 #                  built by scripts/build_pg.sh without assertions)
 source "$(dirname "$0")/target.sh"
 source "$(dirname "$0")/../scripts/common.sh"
-COMMIT=${CASTLE_COMMIT:-$(git -C "$REPO" describe --always --dirty)}
+COMMIT=${CASTLE_COMMIT:-$(measured_commit)}
 
 ROUNDS=${BENCH_ROUNDS:-5}
 T=${BENCH_SECONDS:-10}

@@ -23,7 +23,7 @@
 #   PG             15 (Debian 12's, the default) or 17 (Debian 13's, in scripts/trixie.sh's root)
 source "$(dirname "$0")/target.sh"
 source "$(dirname "$0")/../scripts/common.sh"
-COMMIT=${CASTLE_COMMIT:-$(git -C "$REPO" describe --always --dirty)}
+COMMIT=${CASTLE_COMMIT:-$(measured_commit)}
 ROUNDS=${BENCH_ROUNDS:-5}
 T=${BENCH_SECONDS:-10}
 NTOKENS=${BENCH_TOKENS:-40000}

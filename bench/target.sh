@@ -5,7 +5,7 @@
 case "${PG:-15}" in
     15) export CASTLE_TARGET=debian15 ;;
     17) if [ "${CASTLE_TARGET:-}" != debian17 ]; then
-            CASTLE_COMMIT=$(git -C "$(dirname "$0")" describe --always --dirty) \
+            CASTLE_COMMIT=$(source "$(dirname "$0")/../scripts/common.sh" && measured_commit) \
                 exec "$(dirname "$0")/../scripts/trixie.sh" "PG=17 bash bench/$(basename "$0")"
         fi ;;
     18) export CASTLE_TARGET=plain18 ;;

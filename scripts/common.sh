@@ -67,6 +67,15 @@ cluster_root() {
     echo "$root"
 }
 
+# The commit a benchmark measures, "-dirty" when a tracked file but the reports in
+# bench/results differs from it: a report that an earlier run wrote changes nothing measured.
+measured_commit() {
+    local commit
+    commit=$(git -C "$REPO" describe --always)
+    git -C "$REPO" diff --quiet HEAD -- . ':(exclude)bench/results' || commit+=-dirty
+    echo "$commit"
+}
+
 say() { printf '\033[1m== %s %s\033[0m\n' "$(date +%T)" "$*"; }
 
 # Every port the scripts and tests listen on is 254NN, below Linux's ephemeral
