@@ -66,34 +66,69 @@ impl SessionValues {
         unsafe { store::text_bytes(self.values[USER_ID]) }.to_vec()
     }
 
-    /// The castle.session composite a function returns, refused unless the type
-    /// has the seven attributes we fill, of their types: an altered type must
-    /// not make us read past our arrays or misread a datum.
-    pub fn into_row(mut self) -> SessionRow {
+    /// The castle.session composite a function returns, formed as it is
+    /// returned (`SessionRow`).
+    pub fn into_row(self) -> SessionRow {
+        SessionRow(self)
+    }
+
+    /// The composite datum, in the current memory context, refused unless
+    /// the type has the seven attributes we fill, of their types: an altered
+    /// type must not make us read past our arrays or misread a datum. A
+    /// Function Scan hands over the descriptor it looked up for this
+    /// statement (`expected`); anywhere else it is looked up here.
+    unsafe fn into_datum(mut self, expected: pg_sys::TupleDesc) -> Datum {
         unsafe {
-            let tupdesc = pg_sys::lookup_rowtype_tupdesc(store::session_type(), -1);
+            let session_type = store::session_type();
+            let looked_up = expected.is_null() || (*expected).tdtypeid != session_type;
+            let tupdesc = if looked_up {
+                pg_sys::lookup_rowtype_tupdesc(session_type, -1)
+            } else {
+                expected
+            };
+            let release = || {
+                if looked_up {
+                    pg_sys::DecrTupleDescRefCount(tupdesc);
+                }
+            };
             if !as_made(compat::attributes(tupdesc)) {
-                pg_sys::DecrTupleDescRefCount(tupdesc);
+                release();
                 error!(
                     "castle_sessions: castle.session does not have the attributes this version expects"
                 );
             }
             let tuple =
                 pg_sys::heap_form_tuple(tupdesc, self.values.as_mut_ptr(), self.nulls.as_mut_ptr());
-            pg_sys::DecrTupleDescRefCount(tupdesc);
+            release();
             // heap_form_tuple already stamped the header with the type
-            SessionRow(pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data))
+            pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data)
         }
     }
 }
 
-/// A castle.session composite datum in the current memory context: what
-/// authenticate, verify and login return when called as functions.
-pub struct SessionRow(Datum);
+/// The descriptor a Function Scan expects its function's rows in, if the
+/// caller is one.
+unsafe fn expected_tupdesc(fcinfo: &FcInfo<'_>) -> pg_sys::TupleDesc {
+    unsafe {
+        let result_info = (*fcinfo.as_mut_ptr()).resultinfo;
+        if pgrx::is_a(result_info, pg_sys::NodeTag::T_ReturnSetInfo) {
+            (*result_info.cast::<pg_sys::ReturnSetInfo>()).expectedDesc
+        } else {
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// What authenticate, verify and login return when called as functions: a
+/// castle.session composite, formed as it is returned.
+pub struct SessionRow(SessionValues);
 
 unsafe impl BoxRet for SessionRow {
     unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> pgrx::datum::Datum<'fcx> {
-        unsafe { fcinfo.return_raw_datum(self.0) }
+        unsafe {
+            let datum = self.0.into_datum(expected_tupdesc(fcinfo));
+            fcinfo.return_raw_datum(datum)
+        }
     }
 }
 

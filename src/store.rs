@@ -94,7 +94,8 @@ unsafe fn read_through_index(
     unsafe {
         // the transaction's own changes
         pg_sys::CommandCounterIncrement();
-        let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as _);
+        // Catalog::locked took the table's lock
+        let rel = pg_sys::table_open(table, pg_sys::NoLock as _);
         let found = row_by_id(rel, index, id, |slot| {
             pg_sys::slot_getsomeattrs_int(slot, columns as i32);
             // the columns 0.4.0's objects lack read as NULL: no family, never rotated
