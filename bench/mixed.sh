@@ -166,8 +166,8 @@ cat <<EOF
 
 Checks that found a \`used_at\` write due, in the measured mix rounds: $DUE.
 
-At 16 clients, against the floor in the same round (not targets: what \`SELECT * FROM\`
-adds to the check): \`SELECT * FROM castle.authenticate(t)\` $(ratio "authenticate, 16" "floor, 16")×,
+At 16 clients, against the floor in the same round (not targets: the check alone, and
+the row returned without the Function Scan): \`SELECT * FROM castle.authenticate(t)\` $(ratio "authenticate, 16" "floor, 16")×,
 \`(castle.authenticate(t)).user_id\` $(ratio "authenticate, one column, 16" "floor, 16")×,
 \`castle.is_valid(t)\` $(ratio "is_valid, 16" "floor, 16")×.
 
