@@ -73,6 +73,11 @@ const LAUNCHER_ALIVE: i64 = 5_000_000;
 const LAUNCHER_NAP: Duration = Duration::from_millis(200);
 /// The queue as the launcher last saved it, in the data directory.
 const SAVED_QUEUE: &str = "castle_sessions.revocations";
+/// How long a worker lets uses gather after a batch that emptied its
+/// database's queue: under steady traffic a batch every FLUSH_NAP, not a
+/// transaction (and a transaction id) for every few uses. A full batch is
+/// followed by the next at once, so the queue grows by at most a nap's uses.
+const FLUSH_NAP: Duration = Duration::from_millis(100);
 /// The longest backoff between two attempts at one family (microseconds).
 const MOST_BACKOFF: i64 = 10_000_000;
 /// A database's worker exits after this long with nothing to do (microseconds).
@@ -516,6 +521,8 @@ pub extern "C-unwind" fn castle_sessions_drain(argument: pg_sys::Datum) {
             if !crate::uses::write_in_a_transaction(database, &uses) {
                 // castle.sessions is locked by DDL: try again after a nap
                 BackgroundWorker::wait_latch(Some(LAUNCHER_NAP));
+            } else if uses.len() < crate::uses::BATCH {
+                BackgroundWorker::wait_latch(Some(FLUSH_NAP));
             }
         }
         // what this worker wrote, in pg_stat_user_tables now, not at its exit

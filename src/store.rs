@@ -261,7 +261,8 @@ pub fn entries_of(user_id: &[u8], limit: i64) -> Option<i64> {
     }
     let mut entries = 0;
     unsafe {
-        let rel = pg_sys::table_open(catalog.table, pg_sys::AccessShareLock as _);
+        // Catalog::locked took the table's lock
+        let rel = pg_sys::table_open(catalog.table, pg_sys::NoLock as _);
         let index = pg_sys::index_open(index, pg_sys::AccessShareLock as _);
         let mut key = first_key_equals(
             pg_sys::F_TEXTEQ,
@@ -460,7 +461,8 @@ pub fn sessions_of_user(user_id: &[u8], limit: usize) -> Option<Vec<UserSession>
     unsafe {
         pg_sys::CommandCounterIncrement();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-        let rel = pg_sys::table_open(catalog.table, pg_sys::AccessShareLock as _);
+        // Catalog::locked took the table's lock
+        let rel = pg_sys::table_open(catalog.table, pg_sys::NoLock as _);
         let index = pg_sys::index_open(index, pg_sys::AccessShareLock as _);
         let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
         let mut key = first_key_equals(

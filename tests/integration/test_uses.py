@@ -187,6 +187,39 @@ def test_the_worker_writes_uses_in_hot_batches(conn):
     conn.execute("SELECT castle.revoke_all(u) FROM unnest(%s::text[]) AS u", (users,))
 
 
+def test_under_steady_traffic_the_worker_writes_a_batch_per_flush_delay(conn):
+    """Uses that keep coming, one commit at a time, are gathered for the
+    flush delay (0.1 s) and written together. A worker that wrote whatever
+    it found the moment its last write was done would, given a core of its
+    own, take transaction ids as fast as it can commit: hundreds a second,
+    and an anti-wraparound vacuum every few days."""
+    users = [f"use-steady-{i}" for i in range(200)]
+    tokens = [create(conn, user, "1 hour") for user in users]
+    recorded_so_far(conn)
+    xid = "SELECT pg_current_xact_id()::text::bigint"  # takes one itself
+    with psycopg.connect(dsn(options="'-c castle.touch_interval=0'"), autocommit=True) as request:
+        first = conn.execute(xid).fetchone()[0]
+        started, uses = time.monotonic(), 0
+        while time.monotonic() - started < 1.5:
+            request.execute("SELECT castle.authenticate(%s)", (tokens[uses % 200],))  # takes none
+            uses += 1
+        spread = time.monotonic() - started
+    recorded_so_far(conn)  # its marker: a sign-in, a use and a sign-out
+    taken = conn.execute(xid).fetchone()[0] - first - 1
+    ids = [seed.split(token)[0] for token in tokens]
+    written = conn.execute("SELECT count(used_at) FROM castle.sessions WHERE id = ANY (%s)",
+                           (ids,)).fetchone()[0]
+    assert written == 200, f"{written} of 200 sessions' uses written"
+    # 200 sessions never fill a batch, so every batch is followed by a nap:
+    # one a flush delay at most, and the first; each takes two ids (its
+    # transaction, and the subtransaction a failure is caught in); the
+    # marker takes four
+    batches = int(spread / 0.1) + 2
+    assert taken <= 2 * batches + 4, \
+        f"{uses} uses over {spread:.2f} s took {taken} transaction ids (at most {batches} batches)"
+    conn.execute("SELECT castle.revoke_all(u) FROM unnest(%s::text[]) AS u", (users,))
+
+
 def test_a_session_another_transaction_holds_is_skipped_never_waited_for(conn):
     """The worker never waits for a row: one held by another transaction (a
     sign-out in progress, say) is skipped and counted, the uses queued with
