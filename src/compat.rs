@@ -119,3 +119,53 @@ pub unsafe fn check_expression(
         return pg_sys::expand_generated_columns_in_expr(tree, rel, 1).cast();
     }
 }
+
+/// Gives a fresh `estate` a range table of one entry, `rel`'s, for an UPDATE
+/// that changes the columns `updated` (attribute numbers), and returns the
+/// entry's index for InitResultRelInfo. ExecSimpleRelationUpdate reads those
+/// columns to hint "unchanged" only to the indexes whose keys have none of
+/// them (index_unchanged_by_update), as logical replication's apply worker
+/// has it do; without an entry every index gets the hint. 15 keeps the
+/// columns in the entry, 16 moved them to an RTEPermissionInfo, and 18 also
+/// takes the entries left after pruning.
+///
+/// SAFETY: `rel` is open; `estate` has no range table yet; the current
+/// memory context is the estate's query context.
+pub unsafe fn range_table_updating(
+    estate: *mut pg_sys::EState,
+    rel: pg_sys::Relation,
+    updated: &[pg_sys::AttrNumber],
+) -> pg_sys::Index {
+    unsafe {
+        let rte = pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblEntry>())
+            .cast::<pg_sys::RangeTblEntry>();
+        (*rte).type_ = pg_sys::NodeTag::T_RangeTblEntry;
+        (*rte).rtekind = pg_sys::RTEKind::RTE_RELATION;
+        (*rte).relid = (*rel).rd_id;
+        (*rte).relkind = (*(*rel).rd_rel).relkind;
+        (*rte).rellockmode = pg_sys::RowExclusiveLock as _;
+        let mut columns = std::ptr::null_mut();
+        for &column in updated {
+            columns = pg_sys::bms_add_member(
+                columns,
+                i32::from(column) - pg_sys::FirstLowInvalidHeapAttributeNumber,
+            );
+        }
+        let range_table = pg_sys::lappend(std::ptr::null_mut(), rte.cast());
+        #[cfg(feature = "pg15")]
+        {
+            (*rte).updatedCols = columns;
+            pg_sys::ExecInitRangeTable(estate, range_table);
+        }
+        #[cfg(any(feature = "pg17", feature = "pg18"))]
+        {
+            let mut permissions = std::ptr::null_mut();
+            (*pg_sys::addRTEPermissionInfo(&mut permissions, rte)).updatedCols = columns;
+            #[cfg(feature = "pg17")]
+            pg_sys::ExecInitRangeTable(estate, range_table, permissions);
+            #[cfg(feature = "pg18")]
+            pg_sys::ExecInitRangeTable(estate, range_table, permissions, pg_sys::bms_make_singleton(1));
+        }
+        1
+    }
+}

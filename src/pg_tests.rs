@@ -24,6 +24,24 @@ mod tests {
         .unwrap()
     }
 
+    /// The standing worker's one-row update names the columns it changes,
+    /// so PostgreSQL hints "unchanged" only to the indexes on neither: a
+    /// DBA's index on used_at is told its key moved (without the names every
+    /// index was told it had not).
+    #[pg_test]
+    fn a_recorded_use_tells_the_indexes_which_columns_it_changes() {
+        let attributes = crate::store::attributes_a_use_updates();
+        let names = Spi::get_one_with_args::<Vec<String>>(
+            "SELECT array_agg(attname::text ORDER BY attnum) FROM pg_attribute
+              WHERE attrelid = 'castle.sessions'::regclass AND attnum = ANY ($1)",
+            &[attributes.iter().map(|&a| a as i16).collect::<Vec<i16>>().into()],
+        )
+        .unwrap()
+        .unwrap_or_default();
+        assert_eq!(attributes.len(), 2, "{attributes:?}");
+        assert_eq!(names, ["updated_at", "used_at"]);
+    }
+
     #[pg_test]
     fn round_trip_for_every_user_id_type() {
         let by_bigint = create("SELECT castle.create_session(42, '1 hour')");

@@ -76,7 +76,8 @@ const SAVED_QUEUE: &str = "castle_sessions.revocations";
 /// How long a worker lets uses gather after a batch that emptied its
 /// database's queue: under steady traffic a batch every FLUSH_NAP, not a
 /// transaction (and a transaction id) for every few uses. A full batch is
-/// followed by the next at once, so the queue grows by at most a nap's uses.
+/// followed by the next at once, so the queue grows by at most the uses of a
+/// nap and a write.
 const FLUSH_NAP: Duration = Duration::from_millis(100);
 /// The longest backoff between two attempts at one family (microseconds).
 const MOST_BACKOFF: i64 = 10_000_000;
@@ -507,6 +508,8 @@ pub extern "C-unwind" fn castle_sessions_drain(argument: pg_sys::Datum) {
         if now - started > TURN && QUEUE.share().waiting {
             break;
         }
+        // a batch that emptied the queue: let uses gather (after reporting it)
+        let mut gather = false;
         if let Some((at, entry)) = take(database, me) {
             revoke(at, me, entry);
         } else {
@@ -521,13 +524,16 @@ pub extern "C-unwind" fn castle_sessions_drain(argument: pg_sys::Datum) {
             if !crate::uses::write_in_a_transaction(database, &uses) {
                 // castle.sessions is locked by DDL: try again after a nap
                 BackgroundWorker::wait_latch(Some(LAUNCHER_NAP));
-            } else if uses.len() < crate::uses::BATCH {
-                BackgroundWorker::wait_latch(Some(FLUSH_NAP));
+            } else {
+                gather = uses.len() < crate::uses::BATCH;
             }
         }
         // what this worker wrote, in pg_stat_user_tables now, not at its exit
         unsafe { pg_sys::pgstat_report_stat(true) };
         busy_at = now;
+        if gather {
+            BackgroundWorker::wait_latch(Some(FLUSH_NAP));
+        }
     }
 }
 

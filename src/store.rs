@@ -322,7 +322,7 @@ unsafe fn insert_row(catalog: &Catalog, sequence: Oid, row: &NewSession) -> i64 
     unsafe {
         let id = pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[sequence.into_datum()])
             .expect("nextval is never NULL");
-        let target = Target::open(catalog, crate::token::is_stored_hash(row.hash));
+        let target = Target::open(catalog, crate::token::is_stored_hash(row.hash), &[]);
         let slot = target.slot();
         let width = (*(*target.rel).rd_att).natts as usize;
         let values = std::slice::from_raw_parts_mut((*slot).tts_values, width);
@@ -353,11 +353,13 @@ unsafe fn insert_row(catalog: &Catalog, sequence: Oid, row: &NewSession) -> i64 
 }
 
 /// castle.sessions opened for the executor's one-row routines (the ones
-/// logical replication applies rows with), with no range table entry:
-/// nothing they run reads one (permissions were verified with the catalog,
-/// and the catalog allows no trigger). Its indexes are open, and every
-/// enforced CHECK is prepared, this version's on hash too unless
-/// `hash_tested`: the caller tested that rule on the row's bytes.
+/// logical replication applies rows with). For an INSERT with no range
+/// table entry: nothing it runs reads one (permissions were verified with
+/// the catalog, and the catalog allows no trigger). For an UPDATE of the
+/// columns `updating`, with one that names them, so that only the indexes
+/// on none of them are told the update left them unchanged. Its indexes are
+/// open, and every enforced CHECK is prepared, this version's on hash too
+/// unless `hash_tested`: the caller tested that rule on the row's bytes.
 struct Target {
     rel: pg_sys::Relation,
     estate: *mut pg_sys::EState,
@@ -365,19 +367,34 @@ struct Target {
 }
 
 impl Target {
-    unsafe fn open(catalog: &Catalog, hash_tested: bool) -> Target {
+    unsafe fn open(catalog: &Catalog, hash_tested: bool, updating: &[usize]) -> Target {
         unsafe {
             let rel = pg_sys::table_open(catalog.table, pg_sys::NoLock as _);
             let estate = pg_sys::CreateExecutorState();
+            let caller = pg_sys::MemoryContextSwitchTo((*estate).es_query_cxt);
+            let mut entry = 0;
+            if !updating.is_empty() {
+                // our columns are the table's first: column i is attribute i + 1
+                let attributes: Vec<pg_sys::AttrNumber> =
+                    updating.iter().map(|&c| c as pg_sys::AttrNumber + 1).collect();
+                entry = compat::range_table_updating(estate, rel, &attributes);
+            }
             let info = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
                 .cast::<pg_sys::ResultRelInfo>();
-            pg_sys::InitResultRelInfo(info, rel, 0, std::ptr::null_mut(), 0);
+            pg_sys::MemoryContextSwitchTo(caller);
+            pg_sys::InitResultRelInfo(info, rel, entry, std::ptr::null_mut(), 0);
             if let Some(own) = catalog.hash_check.filter(|_| hash_tested) {
                 prepare_checks_but(info, rel, estate, own);
             }
             pg_sys::ExecOpenIndices(info, false);
             Target { rel, estate, info }
         }
+    }
+
+    /// The target recording uses writes: used_at and updated_at updated,
+    /// the hash's rule tested on the row's bytes (`update_locked`).
+    unsafe fn for_uses(catalog: &Catalog) -> Target {
+        unsafe { Target::open(catalog, true, TOUCHED) }
     }
 
     /// A slot of the table's, freed with the target.
@@ -589,7 +606,7 @@ pub fn touch_directly(uses: &[(i64, i64)]) -> Option<u64> {
         // found by `row_by_id` cannot be pruned (its TID reused) before it
         // is locked; and a DBA's CHECK or TOAST may need one.
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-        let target = Target::open(&catalog, true);
+        let target = Target::for_uses(&catalog);
         let locked = target.slot();
         let new = target.slot();
         let width = (*(*target.rel).rd_att).natts as usize;
@@ -602,6 +619,27 @@ pub fn touch_directly(uses: &[(i64, i64)]) -> Option<u64> {
         pg_sys::CommandCounterIncrement();
     }
     Some(written)
+}
+
+/// The columns recording a use changes.
+const TOUCHED: &[usize] = &[USED_AT, UPDATED_AT];
+
+/// The attribute numbers the executor is told a recorded use updates.
+#[cfg(any(test, feature = "pg_test"))]
+pub fn attributes_a_use_updates() -> Vec<i32> {
+    let catalog = Catalog::locked_for_insert();
+    let mut attributes = Vec::new();
+    unsafe {
+        let target = Target::for_uses(&catalog);
+        let columns = pg_sys::ExecGetUpdatedCols(target.info, target.estate);
+        let mut member = pg_sys::bms_next_member(columns, -1);
+        while member >= 0 {
+            attributes.push(member + pg_sys::FirstLowInvalidHeapAttributeNumber);
+            member = pg_sys::bms_next_member(columns, member);
+        }
+        target.close();
+    }
+    attributes
 }
 
 /// Whether a use at `at` moves a session's used_at: never back (a long
