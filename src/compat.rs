@@ -164,7 +164,12 @@ pub unsafe fn range_table_updating(
             #[cfg(feature = "pg17")]
             pg_sys::ExecInitRangeTable(estate, range_table, permissions);
             #[cfg(feature = "pg18")]
-            pg_sys::ExecInitRangeTable(estate, range_table, permissions, pg_sys::bms_make_singleton(1));
+            pg_sys::ExecInitRangeTable(
+                estate,
+                range_table,
+                permissions,
+                pg_sys::bms_make_singleton(1),
+            );
         }
         1
     }

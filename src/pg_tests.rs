@@ -34,7 +34,11 @@ mod tests {
         let names = Spi::get_one_with_args::<Vec<String>>(
             "SELECT array_agg(attname::text ORDER BY attnum) FROM pg_attribute
               WHERE attrelid = 'castle.sessions'::regclass AND attnum = ANY ($1)",
-            &[attributes.iter().map(|&a| a as i16).collect::<Vec<i16>>().into()],
+            &[attributes
+                .iter()
+                .map(|&a| a as i16)
+                .collect::<Vec<i16>>()
+                .into()],
         )
         .unwrap()
         .unwrap_or_default();

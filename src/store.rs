@@ -375,8 +375,10 @@ impl Target {
             let mut entry = 0;
             if !updating.is_empty() {
                 // our columns are the table's first: column i is attribute i + 1
-                let attributes: Vec<pg_sys::AttrNumber> =
-                    updating.iter().map(|&c| c as pg_sys::AttrNumber + 1).collect();
+                let attributes: Vec<pg_sys::AttrNumber> = updating
+                    .iter()
+                    .map(|&c| c as pg_sys::AttrNumber + 1)
+                    .collect();
                 entry = compat::range_table_updating(estate, rel, &attributes);
             }
             let info = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
