@@ -15,21 +15,28 @@
 # 8 clients. After a warm-up of one touch_interval (every token drawn has
 # been used, so the share of checks that find a write due is the steady
 # one), MIXED_ROUNDS interleaved rounds of the two mixes, MIXED_SECONDS each;
-# then authenticate against the floor at 16 and 64 clients, interleaved, and
-# at 16 also two forms without the Function Scan (not targets: where the time
-# goes): one column of authenticate's row, and castle.is_valid.
+# then MIXED_CLIENT_ROUNDS rounds of authenticate against the floor at 16 and
+# 64 clients, each side MIXED_STEADY_SECONDS, authenticate after a warm-up of
+# its own (see below), and at 16 also two forms without the Function Scan (not
+# targets, 10 s: where the time goes): one column of authenticate's row, and
+# castle.is_valid.
 # Latencies come from pgbench's per-transaction log. Writes the report to
 # stdout and bench/results/mixed-pgNN.md; FAIL lines name missed targets.
 #
 #   MIXED_ROUNDS   interleaved rounds                  (default 5)
 #   MIXED_SECONDS  seconds per mix per round           (default 10)
-#   MIXED_WARMUP   seconds of the mix before measuring (default 60, the touch_interval)
+#   MIXED_WARMUP   seconds of the mix before measuring, and of authenticate
+#                  before its rounds at 16 and 64 clients (default 60, the touch_interval)
+#   MIXED_CLIENT_ROUNDS   rounds at 16 and 64 clients           (default 3)
+#   MIXED_STEADY_SECONDS  seconds per workload in those rounds  (default 60)
 source "$(dirname "$0")/target.sh"
 source "$(dirname "$0")/../scripts/common.sh"
 COMMIT=${CASTLE_COMMIT:-$(measured_commit)}
 ROUNDS=${MIXED_ROUNDS:-5}
 T=${MIXED_SECONDS:-10}
 WARMUP=${MIXED_WARMUP:-60}
+CLIENT_ROUNDS=${MIXED_CLIENT_ROUNDS:-3}
+STEADY=${MIXED_STEADY_SECONDS:-60}
 PORT=25421
 BENCH="$REPO/bench"
 REPORT="$BENCH/results/mixed-pg$PG_MAJOR.md"
@@ -112,14 +119,34 @@ read -r auth1 written1 skipped1 <<<"$(counters)"
 DUE=$(awk -v a=$((auth1 - auth0)) -v w=$((written1 - written0)) -v s=$((skipped1 - skipped0)) \
     'BEGIN { printf "%.2f%% (%d uses recorded, %d dropped, of %d checks)", a ? 100 * (w + s) / a : 0, w, s, a }')
 
-for round in $(seq "$ROUNDS"); do
-    say "authenticate at 16 and 64 clients, round $round of $ROUNDS"
+# Authenticate against the floor at 16 and 64 clients, in a steady state:
+# each session's write falls due once a minute of the clock, and the floor
+# writes none, so a short round of authenticate after the floor's would write
+# the floor's minute as well (4-5 times the steady share, measured). So each
+# round runs authenticate without a pause for a warm-up of one touch_interval
+# and then measures it for one touch_interval, at 16 clients and then at 64:
+# every session used in it is written once, as on a site whose requests
+# never pause. The floor's runs are as long.
+declare -A CHECKED WRITES_DUE
+steady() {   # steady LABEL CLIENTS: one measured run of authenticate, its checks and writes counted
+    local auth0 written0 skipped0 auth1 written1 skipped1
+    read -r auth0 written0 skipped0 <<<"$(counters)"
+    SECONDS_OVERRIDE=$STEADY PGOPTIONS="-c castle.touch_interval=60" measure "$1" "$2" -f "$BENCH/workloads/authenticate.sql"
+    read -r auth1 written1 skipped1 <<<"$(counters)"
+    CHECKED[$2]=$(( ${CHECKED[$2]:-0} + auth1 - auth0 ))
+    WRITES_DUE[$2]=$(( ${WRITES_DUE[$2]:-0} + written1 - written0 + skipped1 - skipped0 ))
+}
+for round in $(seq "$CLIENT_ROUNDS"); do
+    say "authenticate at 16 and 64 clients, round $round of $CLIENT_ROUNDS"
     for clients in 16 64; do
-        PGOPTIONS="-c castle.touch_interval=60" measure "authenticate, $clients" $clients -f "$BENCH/workloads/authenticate.sql"
-        measure "floor, $clients" $clients -f "$BENCH/workloads/floor.sql"
+        SECONDS_OVERRIDE=$STEADY measure "floor, $clients" $clients -f "$BENCH/workloads/floor.sql"
     done
+    SECONDS_OVERRIDE=$WARMUP PGOPTIONS="-c castle.touch_interval=60" measure warmup 16 -f "$BENCH/workloads/authenticate.sql"
+    steady "authenticate, 16" 16
+    steady "authenticate, 64" 64
     PGOPTIONS="-c castle.touch_interval=60" measure "authenticate, one column, 16" 16 -f "$BENCH/workloads/authenticate_user_id.sql"
     measure "is_valid, 16" 16 -f "$BENCH/workloads/is_valid.sql"
+    rm -f "$WORK"/latencies.*[0-9] "$WORK/latencies.warmup"   # only the mixes' are read
 done
 
 CHECKS=""
@@ -136,6 +163,9 @@ check "authenticate p99 / primary-key read p99" "$(lat_ratio mix 0 99 floor_mix 
 check "sign-in at the limit p99 / bare INSERT p99" "$(lat_ratio mix 1 99 floor_mix 1)" 2 "<="
 check "authenticate / floor, 16 clients" "$(ratio "authenticate, 16" "floor, 16")" 0.9 ">="
 check "authenticate / floor, 64 clients" "$(ratio "authenticate, 64" "floor, 64")" 0.9 ">="
+due_share() {   # due_share CLIENTS: the share of checks that found a write due
+    awk -v a="${CHECKED[$1]}" -v w="${WRITES_DUE[$1]}" 'BEGIN { printf "%.2f%% (%d of %d checks)", a ? 100 * w / a : 0, w, a }'
+}
 lat_row() {   # lat_row DESCRIPTION LABEL SCRIPT_NO
     echo "| $1 | $(percentile "$2" "$3" 50) | $(percentile "$2" "$3" 99) | $(percentile "$2" "$3" 99.9) |"
 }
@@ -145,11 +175,14 @@ mkdir -p "$BENCH/results"
 cat <<EOF
 # castle_sessions mixed-load benchmark
 
-- Command: \`PG=$PG_MAJOR MIXED_ROUNDS=$ROUNDS MIXED_SECONDS=$T MIXED_WARMUP=$WARMUP bash bench/mixed.sh\` ($(date -u '+%Y-%m-%d %H:%M UTC'), commit $COMMIT, $(( ($(date +%s) - STARTED + 59) / 60 )) min)
+- Command: \`PG=$PG_MAJOR MIXED_ROUNDS=$ROUNDS MIXED_SECONDS=$T MIXED_WARMUP=$WARMUP MIXED_CLIENT_ROUNDS=$CLIENT_ROUNDS MIXED_STEADY_SECONDS=$STEADY bash bench/mixed.sh\` ($(date -u '+%Y-%m-%d %H:%M UTC'), commit $COMMIT, $(( ($(date +%s) - STARTED + 59) / 60 )) min)
 - Machine: $(sed -n 's/^model name\t*: *//p' /proc/cpuinfo | head -1), $(nproc) vCPUs; load average at start $LOAD_AT_START; $("$PG_BIN/postgres" --version)
 - Defaults a user gets: \`castle.touch_interval = 60s\`, \`castle.max_sessions = 3\`, the library preloaded
   (uses recorded by its standing worker). \`synchronous_commit = off\` for both sides.
 - Each mix: \`pgbench -M prepared -c 8 -j 2 -T $T\`, $ROUNDS interleaved rounds after a $WARMUP s warm-up.
+- At 16 and 64 clients: $CLIENT_ROUNDS rounds, each of the floor for $STEADY s at 16 and at 64 clients,
+  then \`castle.authenticate\` without a pause: $WARMUP s of warm-up at 16 clients, $STEADY s measured
+  at 16, $STEADY s at 64 (a steady state: every session used is written once a minute).
 
 ## Throughput
 
@@ -165,6 +198,7 @@ cat <<EOF
 | \`castle.is_valid(t)\`, 16 clients | $(median "is_valid, 16") | ${TPS["is_valid, 16"]} |
 
 Checks that found a \`used_at\` write due, in the measured mix rounds: $DUE.
+In the rounds of \`castle.authenticate\` alone: $(due_share 16) at 16 clients, $(due_share 64) at 64.
 
 At 16 clients, against the floor in the same round (not targets: the check alone, and
 the row returned without the Function Scan): \`SELECT * FROM castle.authenticate(t)\` $(ratio "authenticate, 16" "floor, 16")×,
