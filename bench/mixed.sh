@@ -26,7 +26,7 @@
 #   MIXED_ROUNDS   interleaved rounds                  (default 5)
 #   MIXED_SECONDS  seconds per mix per round           (default 10)
 #   MIXED_WARMUP   seconds of the mix before measuring, and of authenticate
-#                  before its rounds at 16 and 64 clients (default 60, the touch_interval)
+#                  in each round at 16 and 64 clients (default 60, the touch_interval)
 #   MIXED_CLIENT_ROUNDS   rounds at 16 and 64 clients           (default 3)
 #   MIXED_STEADY_SECONDS  seconds per workload in those rounds  (default 60)
 source "$(dirname "$0")/target.sh"
