@@ -126,7 +126,9 @@ DUE=$(awk -v a=$((auth1 - auth0)) -v w=$((written1 - written0)) -v s=$((skipped1
 # round runs authenticate without a pause for a warm-up of one touch_interval
 # and then measures it for one touch_interval, at 16 clients and then at 64:
 # every session used in it is written once, as on a site whose requests
-# never pause. The floor's runs are as long.
+# never pause (but in a wave at the minute's start: every session fell due
+# together when the warm-up began; a site's writes spread over the minute).
+# The floor's runs are as long.
 declare -A CHECKED WRITES_DUE
 steady() {   # steady LABEL CLIENTS: one measured run of authenticate, its checks and writes counted
     local auth0 written0 skipped0 auth1 written1 skipped1
@@ -182,7 +184,7 @@ cat <<EOF
 - Each mix: \`pgbench -M prepared -c 8 -j 2 -T $T\`, $ROUNDS interleaved rounds after a $WARMUP s warm-up.
 - At 16 and 64 clients: $CLIENT_ROUNDS rounds, each of the floor for $STEADY s at 16 and at 64 clients,
   then \`castle.authenticate\` without a pause: $WARMUP s of warm-up at 16 clients, $STEADY s measured
-  at 16, $STEADY s at 64 (a steady state: every session used is written once a minute).
+  at 16, $STEADY s at 64 (every session used is written once a minute, in a wave at its start).
 
 ## Throughput
 
