@@ -60,16 +60,19 @@ psql_at mixed -c "CALL bench.load_tokens(100000)" -c "CALL bench.load_users_at_l
 psql_at mixed -c "VACUUM (FREEZE, ANALYZE)" -c "SELECT pg_prewarm(c) FROM unnest(ARRAY[
     'castle.sessions', 'castle.sessions_pkey', 'bench.tokens', 'bench.tokens_pkey']::regclass[]) AS c" >/dev/null
 
-# pgbench_run LABEL CLIENTS SCRIPT... : one run of T seconds (or $SECONDS_OVERRIDE),
-# logging every transaction; prints its tps
+# pgbench_run LABEL CLIENTS SCRIPT... : one run of T seconds (or $SECONDS_OVERRIDE);
+# prints its tps. The two mixes log every transaction (their latencies are
+# read); the other runs log nothing, which would cost both sides a line a
+# transaction and the disk a gigabyte a round.
 pgbench_run() {
-    local label=$1 clients=$2; shift 2
+    local label=$1 clients=$2 log=(); shift 2
     rm -f "$WORK"/log.*
+    case $label in mix | floor_mix) log=(-l --log-prefix="$WORK/log") ;; esac
     "$PG_BIN/pgbench" -n -M prepared -c "$clients" -j 2 -T "${SECONDS_OVERRIDE:-$T}" -D ntokens=100000 \
-        -D users=1000000 -D at_limit=10000 -l --log-prefix="$WORK/log" "$@" mixed >"$WORK/pgbench.out" 2>&1 || {
+        -D users=1000000 -D at_limit=10000 "${log[@]}" "$@" mixed >"$WORK/pgbench.out" 2>&1 || {
         cat "$WORK/pgbench.out" >&2; exit 1; }
     # client transaction latency(us) script epoch us: one line a transaction
-    cat "$WORK"/log.* >>"$WORK/latencies.$label"
+    if [ ${#log[@]} -gt 0 ]; then cat "$WORK"/log.* >>"$WORK/latencies.$label"; fi
     awk '/^tps = /{ printf "%.0f", $3 }' "$WORK/pgbench.out"
 }
 declare -A TPS
@@ -107,7 +110,6 @@ tidy() {
 
 say "mixed load: warm-up, $WARMUP s of the mix"
 SECONDS_OVERRIDE=$WARMUP PGOPTIONS="-c castle.touch_interval=60" measure warmup 8 "${MIX[@]}"
-rm -f "$WORK/latencies.warmup"
 read -r auth0 written0 skipped0 <<<"$(counters)"
 for round in $(seq "$ROUNDS"); do
     say "mixed load, round $round of $ROUNDS"
@@ -148,7 +150,6 @@ for round in $(seq "$CLIENT_ROUNDS"); do
     steady "authenticate, 64" 64
     PGOPTIONS="-c castle.touch_interval=60" measure "authenticate, one column, 16" 16 -f "$BENCH/workloads/authenticate_user_id.sql"
     measure "is_valid, 16" 16 -f "$BENCH/workloads/is_valid.sql"
-    rm -f "$WORK"/latencies.*[0-9] "$WORK/latencies.warmup"   # only the mixes' are read
 done
 
 CHECKS=""
