@@ -1,8 +1,14 @@
 //! Counters of what sessions do, for the DBA: `castle.stats`. They live in
 //! shared memory, one row of atomics per database, so every backend adds to
-//! the same row without a lock and without a write to any table; that needs
-//! the library in shared_preload_libraries. Without it nothing is counted,
-//! and the view says so (collecting = false) instead of showing zeros.
+//! its database's row without a lock and without a write to any table; that
+//! needs the library in shared_preload_libraries. Without it nothing is
+//! counted, and the view says so (collecting = false) instead of showing zeros.
+//!
+//! A row is split into stripes, each on cache lines of its own, and a
+//! backend adds to the stripe its pid picks; a read sums them. With one
+//! counter for all, every authenticate's increment pulled the line from the
+//! CPU that counted last: about 130 ns a call at 16 clients on 2 vCPUs, a
+//! tenth of the extension's time, and more the more cores count at once.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 
@@ -45,6 +51,8 @@ const COUNTERS: usize = Counter::TouchesSkipped as usize + 1;
 /// Databases counted at once; a database beyond them is counted once one of
 /// them is dropped.
 const DATABASES: usize = 64;
+/// Stripes of a database's row (192 bytes each: 200 KB in all).
+const STRIPES: usize = 16;
 
 struct Database {
     /// 0 while the row is free; claimed once, and taken over only when
@@ -52,7 +60,41 @@ struct Database {
     oid: AtomicU32,
     /// when counting started or castle.stats_reset() ran (PostgreSQL's time)
     reset_at: AtomicI64,
+    stripes: [Stripe; STRIPES],
+}
+
+/// A part of a row's counts, alone on its cache lines.
+#[repr(align(64))]
+struct Stripe {
     counts: [AtomicU64; COUNTERS],
+}
+
+impl Database {
+    fn add(&self, counter: Counter, n: u64) {
+        // a backend's pid never changes; neighbouring backends' differ
+        let stripe = unsafe { pg_sys::MyProcPid } as usize % STRIPES;
+        self.stripes[stripe].counts[counter as usize].fetch_add(n, Relaxed);
+    }
+
+    /// Every counter, its stripes summed.
+    fn counts(&self) -> Vec<i64> {
+        (0..COUNTERS)
+            .map(|counter| {
+                self.stripes
+                    .iter()
+                    .map(|stripe| stripe.counts[counter].load(Relaxed))
+                    .fold(0u64, u64::wrapping_add) as i64
+            })
+            .collect()
+    }
+
+    fn zero(&self) {
+        for stripe in &self.stripes {
+            for count in &stripe.counts {
+                count.store(0, Relaxed);
+            }
+        }
+    }
 }
 
 pub struct Stats {
@@ -69,7 +111,11 @@ impl Stats {
                 Database {
                     oid: AtomicU32::new(0),
                     reset_at: AtomicI64::new(0),
-                    counts: [const { AtomicU64::new(0) }; COUNTERS],
+                    stripes: [const {
+                        Stripe {
+                            counts: [const { AtomicU64::new(0) }; COUNTERS],
+                        }
+                    }; STRIPES],
                 }
             }; DATABASES],
         }
@@ -93,7 +139,7 @@ pub fn register() {
 pub fn add(counter: Counter, n: u64) {
     if n > 0 {
         if let Some(database) = this_database() {
-            database.counts[counter as usize].fetch_add(n, Relaxed);
+            database.add(counter, n);
         }
     }
 }
@@ -103,7 +149,7 @@ pub fn add(counter: Counter, n: u64) {
 pub fn add_if_held(counter: Counter, n: u64) {
     if n > 0 && COLLECTING.load(Relaxed) {
         if let Some(database) = MINE.with(std::cell::Cell::get) {
-            database.counts[counter as usize].fetch_add(n, Relaxed);
+            database.add(counter, n);
         }
     }
 }
@@ -190,9 +236,7 @@ fn reclaim(oid: u32) -> Option<&'static Database> {
             Err(now) if now == oid => return Some(database),
             Err(_) => continue,
         }
-        for count in &database.counts {
-            count.store(0, Relaxed);
-        }
+        database.zero();
         database
             .reset_at
             .store(unsafe { pg_sys::GetCurrentTimestamp() }, Relaxed);
@@ -232,11 +276,7 @@ fn stats_counters() -> TableIterator<
         .iter()
         .filter(|database| database.oid.load(Relaxed) != 0)
         .map(|database| {
-            let counts = database
-                .counts
-                .iter()
-                .map(|count| count.load(Relaxed) as i64)
-                .collect();
+            let counts = database.counts();
             let reset_at = unsafe {
                 TimestampWithTimeZone::from_datum(
                     pg_sys::Datum::from(database.reset_at.load(Relaxed)),
@@ -258,9 +298,7 @@ fn stats_counters() -> TableIterator<
 #[pg_extern(volatile, parallel_unsafe)]
 fn stats_reset() {
     if let Some(database) = this_database() {
-        for count in &database.counts {
-            count.store(0, Relaxed);
-        }
+        database.zero();
         database
             .reset_at
             .store(unsafe { pg_sys::GetCurrentTimestamp() }, Relaxed);

@@ -2,6 +2,8 @@
 castle.stats' rows of dropped databases serve new ones. On 0.5.0
 castle.user_locks kept a row for every user id ever signed in or passed to
 revoke_all, and a 65th database was never counted until a restart."""
+from concurrent.futures import ThreadPoolExecutor
+
 import psycopg
 
 from conftest import create, dsn
@@ -36,3 +38,43 @@ def test_stats_rows_of_dropped_databases_count_new_ones(conn):
                 assert row == (True, 1), (name, row)
         finally:
             conn.execute(f"DROP DATABASE {name}")
+
+
+def test_stats_sum_the_stripes_of_many_backends_counting_at_once(conn):
+    """A database's row of castle.stats is split into 16 stripes, a backend
+    adding to its pid's (stats.rs): 24 backends authenticating at once are
+    counted exactly, and castle.stats_reset() clears every stripe. A database
+    of its own, so that no other test's calls count."""
+    name = "castle_stripes"
+    conn.execute(f"DROP DATABASE IF EXISTS {name}")
+    conn.execute(f"CREATE DATABASE {name}")
+    try:
+        with psycopg.connect(dsn(name), autocommit=True) as db:
+            db.execute("CREATE EXTENSION castle_sessions")
+            token = create(db, "stripes", "1 hour")
+            counted = lambda: db.execute("SELECT authentications FROM castle.stats "  # noqa: E731
+                                         "WHERE datname = current_database()").fetchone()[0]
+            backends = [psycopg.connect(dsn(name), autocommit=True) for _ in range(24)]
+            try:
+                stripes = {b.execute("SELECT pg_backend_pid() % 16").fetchone()[0] for b in backends}
+                assert len(stripes) > 1, "every backend's pid picked one stripe"
+
+                def authenticate(backend, times):
+                    for _ in range(times):
+                        backend.execute("SELECT castle.authenticate(%s)", (token,))
+
+                def all_at_once(times):
+                    with ThreadPoolExecutor(len(backends)) as pool:
+                        list(pool.map(lambda b: authenticate(b, times), backends))
+
+                all_at_once(50)
+                assert counted() == 24 * 50
+                db.execute("SELECT castle.stats_reset()")
+                assert counted() == 0
+                all_at_once(1)
+                assert counted() == 24
+            finally:
+                for b in backends:
+                    b.close()
+    finally:
+        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
