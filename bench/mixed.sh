@@ -16,26 +16,25 @@
 # been used, so the share of checks that find a write due is the steady
 # one), MIXED_ROUNDS interleaved rounds of the two mixes, MIXED_SECONDS each;
 # then MIXED_CLIENT_ROUNDS rounds of authenticate against the floor at 16 and
-# 64 clients, each side MIXED_STEADY_SECONDS, authenticate after a warm-up of
-# its own (see below), and at 16 also two forms without the Function Scan (not
-# targets, 10 s: where the time goes): one column of authenticate's row, and
-# castle.is_valid.
+# 64 clients, each side MIXED_STEADY_SECONDS, in a steady state (see below),
+# and at 16 also two forms without the Function Scan (not targets, 10 s: where
+# the time goes): one column of authenticate's row, and castle.is_valid.
 # Latencies come from pgbench's per-transaction log. Writes the report to
 # stdout and bench/results/mixed-pgNN.md; FAIL lines name missed targets.
 #
 #   MIXED_ROUNDS   interleaved rounds                  (default 5)
 #   MIXED_SECONDS  seconds per mix per round           (default 10)
-#   MIXED_WARMUP   seconds of the mix before measuring, and of authenticate
-#                  in each round at 16 and 64 clients (default 60, the touch_interval)
-#   MIXED_CLIENT_ROUNDS   rounds at 16 and 64 clients           (default 3)
-#   MIXED_STEADY_SECONDS  seconds per workload in those rounds  (default 60)
+#   MIXED_WARMUP   seconds of the mix before measuring (default 60, the touch_interval)
+#   MIXED_CLIENT_ROUNDS   rounds at 16 and 64 clients, best even (default 4)
+#   MIXED_STEADY_SECONDS  seconds per workload in those rounds, at least the
+#                         touch_interval (default 60)
 source "$(dirname "$0")/target.sh"
 source "$(dirname "$0")/../scripts/common.sh"
 COMMIT=${CASTLE_COMMIT:-$(measured_commit)}
 ROUNDS=${MIXED_ROUNDS:-5}
 T=${MIXED_SECONDS:-10}
 WARMUP=${MIXED_WARMUP:-60}
-CLIENT_ROUNDS=${MIXED_CLIENT_ROUNDS:-3}
+CLIENT_ROUNDS=${MIXED_CLIENT_ROUNDS:-4}
 STEADY=${MIXED_STEADY_SECONDS:-60}
 PORT=25421
 BENCH="$REPO/bench"
@@ -123,14 +122,15 @@ DUE=$(awk -v a=$((auth1 - auth0)) -v w=$((written1 - written0)) -v s=$((skipped1
 
 # Authenticate against the floor at 16 and 64 clients, in a steady state:
 # each session's write falls due once a minute of the clock, and the floor
-# writes none, so a short round of authenticate after the floor's would write
+# writes none, so a short run of authenticate after the floor's would write
 # the floor's minute as well (4-5 times the steady share, measured). So each
-# round runs authenticate without a pause for a warm-up of one touch_interval
-# and then measures it for one touch_interval, at 16 clients and then at 64:
-# every session used in it is written once, as on a site whose requests
-# never pause (but in a wave at the minute's start: every session fell due
-# together when the warm-up began; a site's writes spread over the minute).
-# The floor's runs are as long.
+# run lasts one touch_interval and starts at least one touch_interval after
+# the sessions were last written: every session used in it is written once,
+# as on a site whose requests never pause (but in a wave at the run's start,
+# where a site's writes spread over the minute). Each run is paired with the
+# floor's run next to it, in mirrored order (floor 16, authenticate 16 and
+# 64, floor 64; then the reverse), so that the machine's drift over a round
+# favours neither side.
 declare -A CHECKED WRITES_DUE
 steady() {   # steady LABEL CLIENTS: one measured run of authenticate, its checks and writes counted
     local auth0 written0 skipped0 auth1 written1 skipped1
@@ -140,14 +140,14 @@ steady() {   # steady LABEL CLIENTS: one measured run of authenticate, its check
     CHECKED[$2]=$(( ${CHECKED[$2]:-0} + auth1 - auth0 ))
     WRITES_DUE[$2]=$(( ${WRITES_DUE[$2]:-0} + written1 - written0 + skipped1 - skipped0 ))
 }
+floor() { SECONDS_OVERRIDE=$STEADY measure "floor, $1" "$1" -f "$BENCH/workloads/floor.sql"; }
 for round in $(seq "$CLIENT_ROUNDS"); do
     say "authenticate at 16 and 64 clients, round $round of $CLIENT_ROUNDS"
-    for clients in 16 64; do
-        SECONDS_OVERRIDE=$STEADY measure "floor, $clients" $clients -f "$BENCH/workloads/floor.sql"
-    done
-    SECONDS_OVERRIDE=$WARMUP PGOPTIONS="-c castle.touch_interval=60" measure warmup 16 -f "$BENCH/workloads/authenticate.sql"
-    steady "authenticate, 16" 16
-    steady "authenticate, 64" 64
+    if [ $((round % 2)) = 1 ]; then
+        floor 16; steady "authenticate, 16" 16; steady "authenticate, 64" 64; floor 64
+    else
+        floor 64; steady "authenticate, 64" 64; steady "authenticate, 16" 16; floor 16
+    fi
     PGOPTIONS="-c castle.touch_interval=60" measure "authenticate, one column, 16" 16 -f "$BENCH/workloads/authenticate_user_id.sql"
     measure "is_valid, 16" 16 -f "$BENCH/workloads/is_valid.sql"
 done
@@ -183,9 +183,10 @@ cat <<EOF
 - Defaults a user gets: \`castle.touch_interval = 60s\`, \`castle.max_sessions = 3\`, the library preloaded
   (uses recorded by its standing worker). \`synchronous_commit = off\` for both sides.
 - Each mix: \`pgbench -M prepared -c 8 -j 2 -T $T\`, $ROUNDS interleaved rounds after a $WARMUP s warm-up.
-- At 16 and 64 clients: $CLIENT_ROUNDS rounds, each of the floor for $STEADY s at 16 and at 64 clients,
-  then \`castle.authenticate\` without a pause: $WARMUP s of warm-up at 16 clients, $STEADY s measured
-  at 16, $STEADY s at 64 (every session used is written once a minute, in a wave at its start).
+- At 16 and 64 clients: $CLIENT_ROUNDS rounds of $STEADY s runs, each run of \`castle.authenticate\` next to
+  the floor's it is compared with, in mirrored order (floor 16, authenticate 16, authenticate 64, floor 64;
+  then the reverse). Every authenticate run starts a minute or more after the sessions were last
+  written, so it writes each session it uses once (in a wave at its start).
 
 ## Throughput
 
