@@ -124,10 +124,12 @@ DUE=$(awk -v a=$((auth1 - auth0)) -v w=$((written1 - written0)) -v s=$((skipped1
 # each session's write falls due once a minute of the clock, and the floor
 # writes none, so a short run of authenticate after the floor's would write
 # the floor's minute as well (4-5 times the steady share, measured). So each
-# run lasts one touch_interval and starts at least one touch_interval after
-# the sessions were last written: every session used in it is written once,
-# as on a site whose requests never pause (but in a wave at the run's start,
-# where a site's writes spread over the minute). Each run is paired with the
+# run lasts one touch_interval, and every session falls due once in it: at
+# its first use in a run after the floor's (the sessions were last written a
+# minute or more before), and 60 s after its write in the run before in the
+# second of two runs in a row. Every session used is written once, as on a
+# site whose requests never pause (but in a wave at the start of the first
+# run, where a site's writes spread over the minute). Each run is paired with the
 # floor's run next to it, in mirrored order (floor 16, authenticate 16 and
 # 64, floor 64; then the reverse), so that the machine's drift over a round
 # favours neither side.
@@ -185,8 +187,8 @@ cat <<EOF
 - Each mix: \`pgbench -M prepared -c 8 -j 2 -T $T\`, $ROUNDS interleaved rounds after a $WARMUP s warm-up.
 - At 16 and 64 clients: $CLIENT_ROUNDS rounds of $STEADY s runs, each run of \`castle.authenticate\` next to
   the floor's it is compared with, in mirrored order (floor 16, authenticate 16, authenticate 64, floor 64;
-  then the reverse). Every authenticate run starts a minute or more after the sessions were last
-  written, so it writes each session it uses once (in a wave at its start).
+  then the reverse). Every session falls due once in each authenticate run, so each run writes
+  every session it uses once (in a wave at the start of the first run of two).
 
 ## Throughput
 

@@ -46,7 +46,7 @@ def test_stats_sum_the_stripes_of_many_backends_counting_at_once(conn):
     counted exactly, and castle.stats_reset() clears every stripe. A database
     of its own, so that no other test's calls count."""
     name = "castle_stripes"
-    conn.execute(f"DROP DATABASE IF EXISTS {name}")
+    conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     conn.execute(f"CREATE DATABASE {name}")
     try:
         with psycopg.connect(dsn(name), autocommit=True) as db:
