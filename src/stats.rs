@@ -89,12 +89,16 @@ impl Database {
             .collect()
     }
 
-    fn zero(&self) {
+    /// Every counter back to 0, and when (castle.stats_reset(), or the row
+    /// taken over for another database).
+    fn reset(&self) {
         for stripe in &self.stripes {
             for count in &stripe.counts {
                 count.store(0, Relaxed);
             }
         }
+        self.reset_at
+            .store(unsafe { pg_sys::GetCurrentTimestamp() }, Relaxed);
     }
 }
 
@@ -237,10 +241,7 @@ fn reclaim(oid: u32) -> Option<&'static Database> {
             Err(now) if now == oid => return Some(database),
             Err(_) => continue,
         }
-        database.zero();
-        database
-            .reset_at
-            .store(unsafe { pg_sys::GetCurrentTimestamp() }, Relaxed);
+        database.reset();
         return Some(database);
     }
     None
@@ -299,10 +300,7 @@ fn stats_counters() -> TableIterator<
 #[pg_extern(volatile, parallel_unsafe)]
 fn stats_reset() {
     if let Some(database) = this_database() {
-        database.zero();
-        database
-            .reset_at
-            .store(unsafe { pg_sys::GetCurrentTimestamp() }, Relaxed);
+        database.reset();
     }
 }
 

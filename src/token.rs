@@ -146,8 +146,8 @@ const HEX_PAIRS: [[u8; 2]; 256] = {
 /// Compares a computed hash with a stored one in constant time (`subtle`),
 /// so timing never tells how many leading characters matched. As eight
 /// words, not 64 bytes: subtle puts an optimization barrier on each element
-/// it compares, and 64 of them were a twentieth of the extension's time in
-/// authenticate.
+/// it compares, and 64 of them were about a sixteenth of the extension's time
+/// in authenticate.
 pub fn hashes_equal(computed: &[u8; 64], stored: &[u8]) -> bool {
     let Ok(stored) = <&[u8; 64]>::try_from(stored) else {
         return false;
