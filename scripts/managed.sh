@@ -73,8 +73,9 @@ regress=target/managed_regress
 rm -rf "$regress" && mkdir -p "$regress"
 cp -r tests/pg_regress/sql tests/pg_regress/expected "$regress/"
 # what is the library's alone: its catalog (api), its checks of a DBA's DDL
-# (dba_changes) and its settings' validation when set (settings)
-for test in api dba_changes settings; do
+# (dba_changes), its scan for the functions in FROM (row_scan) and its
+# settings' validation when set (settings)
+for test in api dba_changes row_scan settings; do
     rm "$regress/sql/$test.sql" "$regress/expected/$test.out"
     echo "skipped for the SQL edition: pg_regress $test (the library's own: docs/managed.md)"
 done

@@ -426,7 +426,7 @@ unsafe fn list_cells<'a>(list: *mut pg_sys::List) -> &'a [pg_sys::ListCell] {
     }
 }
 
-unsafe fn list_pointers(list: *mut pg_sys::List) -> Vec<*mut std::ffi::c_void> {
+pub unsafe fn list_pointers(list: *mut pg_sys::List) -> Vec<*mut std::ffi::c_void> {
     unsafe { list_cells(list).iter().map(|cell| cell.ptr_value).collect() }
 }
 

@@ -174,3 +174,29 @@ pub unsafe fn range_table_updating(
         1
     }
 }
+
+/// Raises what a Function Scan raises unless the current user may EXECUTE
+/// the function; 16 made the check one for every object kind.
+///
+/// SAFETY: `function` is a function's OID.
+pub unsafe fn check_may_execute(function: pg_sys::Oid) {
+    unsafe {
+        #[cfg(feature = "pg15")]
+        let result =
+            pg_sys::pg_proc_aclcheck(function, pg_sys::GetUserId(), pg_sys::ACL_EXECUTE as _);
+        #[cfg(any(feature = "pg17", feature = "pg18"))]
+        let result = pg_sys::object_aclcheck(
+            pg_sys::ProcedureRelationId,
+            function,
+            pg_sys::GetUserId(),
+            pg_sys::ACL_EXECUTE as _,
+        );
+        if result != pg_sys::AclResult::ACLCHECK_OK {
+            pg_sys::aclcheck_error(
+                result,
+                pg_sys::ObjectType::OBJECT_FUNCTION,
+                pg_sys::get_func_name(function),
+            );
+        }
+    }
+}

@@ -14,7 +14,7 @@ use pgrx::prelude::*;
 
 use crate::auth;
 use crate::raw_text::{self, RawText, TextValue};
-use crate::session_row::SessionRow;
+use crate::session_row::{SessionRow, SessionValues};
 
 struct Binding {
     session_id: i64,
@@ -44,7 +44,12 @@ pub fn register_callbacks() {
 /// and binds the session to the current transaction.
 #[pg_extern(volatile, parallel_unsafe)]
 fn login(token: Option<RawText>) -> SessionRow {
-    let session = auth::session_or_refuse(raw_text::bytes(&token));
+    bound_session(raw_text::bytes(&token)).into_row()
+}
+
+/// What login does: the session authenticate gives, bound to the transaction.
+pub fn bound_session(token: Option<&[u8]>) -> SessionValues {
+    let session = auth::session_or_refuse(token);
     if !unsafe { pg_sys::IsTransactionBlock() } {
         // without the context lines, whose bound parameters hold the token
         crate::events::without_context(|| {
@@ -55,7 +60,7 @@ fn login(token: Option<RawText>) -> SessionRow {
         session_id: session.id(),
         user_id: session.user_id(),
     }));
-    session.into_row()
+    session
 }
 
 /// Ends the binding in this transaction (a rollback to an earlier savepoint

@@ -10,7 +10,7 @@
 //! sign-ins and sign-outs; `shard` a database as one shard of a set; `events` what is counted, logged and notified; `catalog` the verified objects the
 //! direct reads rely on (its contract is at its top); `compat` the only
 //! module that names a PostgreSQL major; `store` the hot paths'
-//! reads, direct or in SQL; `session_row` the rows they return; `raw_text`
+//! reads, direct or in SQL; `session_row` the rows they return; `row_scan` the scan that returns them in FROM without a Function Scan; `raw_text`
 //! and `raw_jsonb` arguments taken as PostgreSQL holds them; `plans` the
 //! statements kept prepared, in `src/queries`.
 
@@ -28,6 +28,7 @@ mod plans;
 mod raw_jsonb;
 mod raw_text;
 mod revocations;
+mod row_scan;
 mod session_row;
 mod settings;
 mod shard;
@@ -50,6 +51,7 @@ pub extern "C-unwind" fn _PG_init() {
     context::register_callbacks();
     catalog::register_invalidation();
     shard::register_invalidation();
+    row_scan::register();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -1,0 +1,511 @@
+//! `FROM castle.authenticate(t)` (and verify, login) without a Function Scan.
+//!
+//! A Function Scan costs more than the check it runs a row for: at every
+//! execution it looks the function and its result type up, copies the row's
+//! descriptor and passes the one row through a tuplestore (about 13,000 of
+//! authenticate's 97,000 instructions on 15). Where the planner plans such a
+//! FROM item, this module's path takes the Function Scan's place (at its
+//! cost, so the plan around it is the same): a custom scan that calls the
+//! function's Rust body and puts the seven values in its scan slot.
+//!
+//! Contract, checked at planning (a plan made under it is invalidated, as
+//! every plan that calls the function, by any change to its pg_proc row):
+//! - the FROM item is one call, not WITH ORDINALITY, not LATERAL, of a C
+//!   function of this library whose symbol is one of `ROW_FUNCTIONS`', with
+//!   one text argument, returning (not a set of) a type whose attributes are
+//!   castle.session's as this version made them; not SECURITY DEFINER, no
+//!   SET clause;
+//! - nothing refers to the item's whole row (a row lock's or UPDATE's copy of
+//!   it, `SELECT a FROM castle.authenticate(t) a`): those keep the Function
+//!   Scan;
+//! - no fmgr hook (sepgsql) is set, and track_functions is not `all` (it
+//!   counts the calls of C functions the Function Scan makes).
+//!
+//! At execution it does what the Function Scan does: EXECUTE is checked for
+//! the current user and the object access hook (pgaudit) told, at the node's
+//! start; the function runs once, at the first row asked for, and again only
+//! after a rescan that changed a parameter its argument depends on (another
+//! rescan returns the same row); the row reads in both directions as from a
+//! one-row tuplestore; a NULL result (verify's refusal) is a row of NULLs.
+
+use std::ffi::CStr;
+
+use pgrx::pg_sys::{self, Datum, Oid};
+use pgrx::prelude::*;
+use pgrx::FromDatum;
+
+use crate::catalog::list_pointers;
+use crate::compat;
+use crate::raw_text::{self, RawText};
+use crate::session_row::{self, SessionValues, ATTRIBUTES};
+use crate::{auth, context};
+
+/// A row function: its C symbol (pg_proc.prosrc), the name the plan shows,
+/// and its Rust body.
+struct RowFunction {
+    symbol: &'static CStr,
+    methods: &'static Shared<pg_sys::CustomScanMethods>,
+    call: fn(Option<&[u8]>) -> Option<SessionValues>,
+}
+
+const ROW_FUNCTIONS: [RowFunction; 3] = [
+    RowFunction {
+        symbol: c"authenticate_wrapper",
+        methods: &AUTHENTICATE_SCAN,
+        call: |token| Some(auth::session_or_refuse(token)),
+    },
+    RowFunction {
+        symbol: c"verify_wrapper",
+        methods: &VERIFY_SCAN,
+        call: auth::session_or_none,
+    },
+    RowFunction {
+        symbol: c"login_wrapper",
+        methods: &LOGIN_SCAN,
+        call: |token| Some(context::bound_session(token)),
+    },
+];
+
+/// The library the functions' pg_proc rows name (the control file's
+/// module_pathname, or the path it stands for).
+const LIBRARY: [&[u8]; 2] = [b"castle_sessions", b"$libdir/castle_sessions"];
+
+/// pg_language's row for C (a fixed OID of the catalog's initial contents).
+const C_LANGUAGE: Oid = Oid::from_u32(13);
+
+/// PostgreSQL keeps pointers to these method tables for the life of the
+/// process; they hold nothing but pointers to static names and functions.
+struct Shared<T>(T);
+unsafe impl<T> Sync for Shared<T> {}
+
+const fn scan_methods(name: &'static CStr) -> Shared<pg_sys::CustomScanMethods> {
+    Shared(pg_sys::CustomScanMethods {
+        CustomName: name.as_ptr(),
+        CreateCustomScanState: Some(create_state),
+    })
+}
+static AUTHENTICATE_SCAN: Shared<pg_sys::CustomScanMethods> = scan_methods(c"castle.authenticate");
+static VERIFY_SCAN: Shared<pg_sys::CustomScanMethods> = scan_methods(c"castle.verify");
+static LOGIN_SCAN: Shared<pg_sys::CustomScanMethods> = scan_methods(c"castle.login");
+
+static PATH_METHODS: Shared<pg_sys::CustomPathMethods> = Shared(pg_sys::CustomPathMethods {
+    CustomName: c"castle_sessions row".as_ptr(),
+    PlanCustomPath: Some(plan_path),
+    ReparameterizeCustomPathByChild: None,
+});
+
+static EXEC_METHODS: Shared<pg_sys::CustomExecMethods> = Shared(pg_sys::CustomExecMethods {
+    CustomName: c"castle_sessions row".as_ptr(),
+    BeginCustomScan: Some(begin),
+    ExecCustomScan: Some(exec),
+    EndCustomScan: Some(end),
+    ReScanCustomScan: Some(rescan),
+    MarkPosCustomScan: None,
+    RestrPosCustomScan: None,
+    EstimateDSMCustomScan: None,
+    InitializeDSMCustomScan: None,
+    ReInitializeDSMCustomScan: None,
+    InitializeWorkerCustomScan: None,
+    ShutdownCustomScan: None,
+    ExplainCustomScan: None,
+});
+
+static mut PREVIOUS_HOOK: pg_sys::set_rel_pathlist_hook_type = None;
+
+/// Installs the planner hook (chained after any earlier one) and names the
+/// scans, so that a plan written out can be read back.
+pub fn register() {
+    unsafe {
+        PREVIOUS_HOOK = pg_sys::set_rel_pathlist_hook;
+        pg_sys::set_rel_pathlist_hook = Some(plan_rel);
+        for function in &ROW_FUNCTIONS {
+            pg_sys::RegisterCustomScanMethods(&function.methods.0);
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn plan_rel(
+    root: *mut pg_sys::PlannerInfo,
+    rel: *mut pg_sys::RelOptInfo,
+    rti: pg_sys::Index,
+    rte: *mut pg_sys::RangeTblEntry,
+) {
+    unsafe {
+        if let Some(previous) = PREVIOUS_HOOK {
+            previous(root, rel, rti, rte);
+        }
+        if (*rte).rtekind == pg_sys::RTEKind::RTE_FUNCTION {
+            if let Some(which) = replaceable(rel, rte) {
+                replace_paths(rel, which);
+            }
+        }
+    }
+}
+
+/// Which row function the FROM item is a plain call of, if the contract
+/// allows the custom scan.
+unsafe fn replaceable(
+    rel: *mut pg_sys::RelOptInfo,
+    rte: *mut pg_sys::RangeTblEntry,
+) -> Option<usize> {
+    unsafe {
+        let functions = list_pointers((*rte).functions);
+        if (*rte).funcordinality || functions.len() != 1 || !(*rel).lateral_relids.is_null() {
+            return None;
+        }
+        // copied, not borrowed: a mutable static
+        let fmgr_hook = pg_sys::needs_fmgr_hook;
+        if fmgr_hook.is_some()
+            || pg_sys::pgstat_track_functions >= pg_sys::TrackFunctionsLevel::TRACK_FUNC_ALL as i32
+        {
+            return None;
+        }
+        let call = call_of(functions[0].cast());
+        if !pgrx::is_a(call.cast(), pg_sys::NodeTag::T_FuncExpr)
+            || (*call).funcretset
+            || list_pointers((*call).args).len() != 1
+            || refers_to_whole_row(rel)
+        {
+            return None;
+        }
+        row_function((*call).funcid)
+    }
+}
+
+unsafe fn call_of(function: *mut pg_sys::RangeTblFunction) -> *mut pg_sys::FuncExpr {
+    unsafe { (*function).funcexpr.cast() }
+}
+
+/// Whether the rel's target or its restrictions use its whole row.
+unsafe fn refers_to_whole_row(rel: *mut pg_sys::RelOptInfo) -> bool {
+    unsafe {
+        let mut attributes: *mut pg_sys::Bitmapset = std::ptr::null_mut();
+        let relid = (*rel).relid;
+        pg_sys::pull_varattnos((*(*rel).reltarget).exprs.cast(), relid, &mut attributes);
+        for restriction in list_pointers((*rel).baserestrictinfo) {
+            let clause = (*restriction.cast::<pg_sys::RestrictInfo>()).clause;
+            pg_sys::pull_varattnos(clause.cast(), relid, &mut attributes);
+        }
+        let whole_row = 0 - pg_sys::FirstLowInvalidHeapAttributeNumber;
+        pg_sys::bms_is_member(whole_row, attributes)
+    }
+}
+
+/// The index in `ROW_FUNCTIONS` of the function `oid` is, if its pg_proc
+/// row is exactly what this library made.
+unsafe fn row_function(oid: Oid) -> Option<usize> {
+    unsafe {
+        let tuple =
+            pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::PROCOID as _, Datum::from(oid));
+        if tuple.is_null() {
+            return None;
+        }
+        let found = verified_row_function(tuple);
+        pg_sys::ReleaseSysCache(tuple);
+        found
+    }
+}
+
+unsafe fn verified_row_function(tuple: pg_sys::HeapTuple) -> Option<usize> {
+    unsafe {
+        let proc = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_proc>(tuple);
+        let shape_as_made = proc.prolang == C_LANGUAGE
+            && !proc.prosecdef
+            && !proc.proretset
+            && proc.pronargs == 1
+            && proc.proargtypes.values.as_slice(1)[0] == pg_sys::TEXTOID
+            && attribute(tuple, pg_sys::Anum_pg_proc_proconfig).is_none();
+        if !shape_as_made {
+            return None;
+        }
+        let library = attribute(tuple, pg_sys::Anum_pg_proc_probin)?;
+        if !LIBRARY.contains(&crate::store::text_bytes(library)) {
+            return None;
+        }
+        let symbol = crate::store::text_bytes(attribute(tuple, pg_sys::Anum_pg_proc_prosrc)?);
+        let which = ROW_FUNCTIONS
+            .iter()
+            .position(|function| function.symbol.to_bytes() == symbol)?;
+        returns_session(proc.prorettype).then_some(which)
+    }
+}
+
+/// A pg_proc attribute, None when NULL.
+unsafe fn attribute(tuple: pg_sys::HeapTuple, number: u32) -> Option<Datum> {
+    unsafe {
+        let mut is_null = false;
+        let datum = pg_sys::SysCacheGetAttr(
+            pg_sys::SysCacheIdentifier::PROCOID as _,
+            tuple,
+            number as _,
+            &mut is_null,
+        );
+        (!is_null).then_some(datum)
+    }
+}
+
+/// Whether `type_oid` is a row type with castle.session's attributes as
+/// this version made them: what the scan's slot is built from.
+unsafe fn returns_session(type_oid: Oid) -> bool {
+    unsafe {
+        if pg_sys::get_typtype(type_oid) != pg_sys::TYPTYPE_COMPOSITE as std::ffi::c_char {
+            return false;
+        }
+        let descriptor = pg_sys::lookup_rowtype_tupdesc(type_oid, -1);
+        let as_made = session_row::as_made(compat::attributes(descriptor));
+        pg_sys::DecrTupleDescRefCount(descriptor);
+        as_made
+    }
+}
+
+/// The rel's paths (the Function Scan's) replaced by the custom scan's, at
+/// the same cost.
+unsafe fn replace_paths(rel: *mut pg_sys::RelOptInfo, which: usize) {
+    unsafe {
+        let Some(&function_scan) = list_pointers((*rel).pathlist).first() else {
+            return;
+        };
+        let path = PgBox::<pg_sys::CustomPath>::alloc_node(pg_sys::NodeTag::T_CustomPath).into_pg();
+        (*path).path = *function_scan.cast::<pg_sys::Path>();
+        (*path).path.type_ = pg_sys::NodeTag::T_CustomPath;
+        (*path).path.pathtype = pg_sys::NodeTag::T_CustomScan;
+        (*path).path.pathkeys = std::ptr::null_mut();
+        (*path).flags =
+            pg_sys::CUSTOMPATH_SUPPORT_BACKWARD_SCAN | pg_sys::CUSTOMPATH_SUPPORT_PROJECTION;
+        (*path).custom_private = pg_sys::lappend_int(std::ptr::null_mut(), which as i32);
+        (*path).methods = &PATH_METHODS.0;
+        (*rel).pathlist = std::ptr::null_mut();
+        pg_sys::add_path(rel, path.cast());
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn plan_path(
+    root: *mut pg_sys::PlannerInfo,
+    rel: *mut pg_sys::RelOptInfo,
+    path: *mut pg_sys::CustomPath,
+    tlist: *mut pg_sys::List,
+    clauses: *mut pg_sys::List,
+    _custom_plans: *mut pg_sys::List,
+) -> *mut pg_sys::Plan {
+    unsafe {
+        let relid = (*rel).relid;
+        let rte = *(*root).simple_rte_array.add(relid as usize);
+        let call = call_of(list_pointers((*rte).functions)[0].cast());
+        let which = (*(*(*path).custom_private).elements).int_value as usize;
+        let scan = PgBox::<pg_sys::CustomScan>::alloc_node(pg_sys::NodeTag::T_CustomScan).into_pg();
+        (*scan).scan.plan.targetlist = tlist;
+        (*scan).scan.plan.qual = pg_sys::extract_actual_clauses(clauses, false);
+        // no relation to open: the scan's tuples are described by
+        // custom_scan_tlist, and the executor maps the item's columns to it
+        (*scan).scan.scanrelid = 0;
+        (*scan).flags = (*path).flags;
+        (*scan).custom_exprs = pg_sys::lappend(std::ptr::null_mut(), call.cast());
+        (*scan).custom_private = pg_sys::list_copy((*path).custom_private);
+        (*scan).custom_scan_tlist = columns(relid, (*call).funcresulttype);
+        (*scan).custom_relids = pg_sys::bms_copy((*rel).relids);
+        (*scan).methods = &ROW_FUNCTIONS[which].methods.0;
+        scan.cast()
+    }
+}
+
+/// The item's seven columns, as the scan's tuples hold them.
+unsafe fn columns(relid: pg_sys::Index, type_oid: Oid) -> *mut pg_sys::List {
+    unsafe {
+        let descriptor = pg_sys::lookup_rowtype_tupdesc(type_oid, -1);
+        let mut list = std::ptr::null_mut();
+        for (i, attribute) in compat::attributes(descriptor).iter().enumerate() {
+            let number = (i + 1) as pg_sys::AttrNumber;
+            let var = pg_sys::makeVar(
+                relid as _,
+                number,
+                attribute.atttypid,
+                attribute.atttypmod,
+                attribute.attcollation,
+                0,
+            );
+            let entry = pg_sys::makeTargetEntry(var.cast(), number, std::ptr::null_mut(), false);
+            list = pg_sys::lappend(list, entry.cast());
+        }
+        pg_sys::DecrTupleDescRefCount(descriptor);
+        list
+    }
+}
+
+/// The scan's state: the Custom Scan's, then the row once evaluated.
+#[repr(C)]
+struct RowScanState {
+    css: pg_sys::CustomScanState,
+    call: fn(Option<&[u8]>) -> Option<SessionValues>,
+    argument: *mut pg_sys::ExprState,
+    /// the row and what the call allocated: kept for rescans, released
+    /// when the function runs again, or with the query
+    memory: pg_sys::MemoryContext,
+    evaluated: bool,
+    after_row: bool,
+    at_end: bool,
+    values: [Datum; ATTRIBUTES],
+    nulls: [bool; ATTRIBUTES],
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn create_state(scan: *mut pg_sys::CustomScan) -> *mut pg_sys::Node {
+    unsafe {
+        let state = pg_sys::palloc0(std::mem::size_of::<RowScanState>()).cast::<RowScanState>();
+        (*state).css.ss.ps.type_ = pg_sys::NodeTag::T_CustomScanState;
+        (*state).css.methods = &EXEC_METHODS.0;
+        let which = (*(*(*scan).custom_private).elements).int_value as usize;
+        (*state).call = ROW_FUNCTIONS[which].call;
+        state.cast()
+    }
+}
+
+unsafe fn the_call(node: *mut pg_sys::CustomScanState) -> *mut pg_sys::FuncExpr {
+    unsafe {
+        let scan = (*node).ss.ps.plan.cast::<pg_sys::CustomScan>();
+        list_pointers((*scan).custom_exprs)[0].cast()
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn begin(
+    node: *mut pg_sys::CustomScanState,
+    _estate: *mut pg_sys::EState,
+    _eflags: i32,
+) {
+    unsafe {
+        let call = the_call(node);
+        // as the Function Scan's start does (init_sexpr), EXPLAIN included
+        compat::check_may_execute((*call).funcid);
+        let access_hook = pg_sys::object_access_hook;
+        if access_hook.is_some() {
+            pg_sys::RunFunctionExecuteHook((*call).funcid);
+        }
+        let argument = list_pointers((*call).args)[0];
+        (*node.cast::<RowScanState>()).argument =
+            pg_sys::ExecInitExpr(argument.cast(), node.cast());
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn exec(
+    node: *mut pg_sys::CustomScanState,
+) -> *mut pg_sys::TupleTableSlot {
+    unsafe { pg_sys::ExecScan(&mut (*node).ss, Some(next_row), Some(recheck)) }
+}
+
+/// The row, read as a Function Scan's tuplestore of one row reads in either
+/// direction (cursors fetch backward): `after_row` once it was read forward,
+/// `at_end` once a forward read found nothing more.
+#[pg_guard]
+unsafe extern "C-unwind" fn next_row(node: *mut pg_sys::ScanState) -> *mut pg_sys::TupleTableSlot {
+    unsafe {
+        let state = node.cast::<RowScanState>();
+        let slot = (*node).ss_ScanTupleSlot;
+        let forward =
+            (*(*node).ps.state).es_direction != pg_sys::ScanDirection::BackwardScanDirection;
+        let row = if forward {
+            let first = !(*state).after_row;
+            (*state).after_row = true;
+            (*state).at_end = !first;
+            first
+        } else if (*state).at_end {
+            (*state).at_end = false;
+            true
+        } else {
+            (*state).after_row = false;
+            false
+        };
+        if row {
+            store_row(state, slot)
+        } else {
+            pg_sys::ExecClearTuple(slot)
+        }
+    }
+}
+
+/// Under EvalPlanQual: the same row again (the contract keeps row locks'
+/// queries on the Function Scan, so this is for completeness).
+#[pg_guard]
+unsafe extern "C-unwind" fn recheck(
+    node: *mut pg_sys::ScanState,
+    slot: *mut pg_sys::TupleTableSlot,
+) -> bool {
+    unsafe {
+        store_row(node.cast(), slot);
+        true
+    }
+}
+
+unsafe fn store_row(
+    state: *mut RowScanState,
+    slot: *mut pg_sys::TupleTableSlot,
+) -> *mut pg_sys::TupleTableSlot {
+    unsafe {
+        if !(*state).evaluated {
+            evaluate(state);
+        }
+        pg_sys::ExecClearTuple(slot);
+        std::ptr::copy_nonoverlapping((*state).values.as_ptr(), (*slot).tts_values, ATTRIBUTES);
+        std::ptr::copy_nonoverlapping((*state).nulls.as_ptr(), (*slot).tts_isnull, ATTRIBUTES);
+        pg_sys::ExecStoreVirtualTuple(slot)
+    }
+}
+
+/// Runs the function on its argument, the row kept in the node's memory.
+unsafe fn evaluate(state: *mut RowScanState) {
+    unsafe {
+        let estate = (*state).css.ss.ps.state;
+        if (*state).memory.is_null() {
+            (*state).memory = pg_sys::AllocSetContextCreateInternal(
+                (*estate).es_query_cxt,
+                c"castle_sessions row".as_ptr(),
+                0,
+                1024,
+                8 * 1024,
+            );
+        } else {
+            pg_sys::MemoryContextReset((*state).memory);
+        }
+        let caller = pg_sys::CurrentMemoryContext;
+        pg_sys::CurrentMemoryContext = (*state).memory;
+        let argument = (*state).argument;
+        let econtext = (*state).css.ss.ps.ps_ExprContext;
+        let mut is_null = false;
+        let evaluate_argument = (*argument).evalfunc.expect("an initialized expression");
+        let datum = evaluate_argument(argument, econtext, &mut is_null);
+        let token = RawText::from_datum(datum, is_null);
+        match ((*state).call)(raw_text::bytes(&token)) {
+            Some(row) => {
+                (*state).values = row.values;
+                (*state).nulls = row.nulls;
+            }
+            None => (*state).nulls = [true; ATTRIBUTES],
+        }
+        pg_sys::CurrentMemoryContext = caller;
+        (*state).evaluated = true;
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn rescan(node: *mut pg_sys::CustomScanState) {
+    unsafe {
+        let state = node.cast::<RowScanState>();
+        let changed = (*node).ss.ps.chgParam;
+        if !changed.is_null() {
+            let argument = list_pointers((*the_call(node)).args)[0];
+            if pg_sys::bms_overlap(changed, pg_sys::pull_paramids(argument.cast())) {
+                (*state).evaluated = false;
+            }
+        }
+        (*state).after_row = false;
+        (*state).at_end = false;
+        pg_sys::ExecScanReScan(&mut (*node).ss);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn end(_node: *mut pg_sys::CustomScanState) {
+    // the row's memory goes with the query's
+}
