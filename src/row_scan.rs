@@ -10,22 +10,24 @@
 //!
 //! Contract, checked at planning (a plan made under it is invalidated, as
 //! every plan that calls the function, by any change to its pg_proc row):
-//! - the FROM item is one call, not WITH ORDINALITY, not LATERAL, of a C
-//!   function of this library whose symbol is one of `ROW_FUNCTIONS`', with
-//!   one text argument, returning (not a set of) a type whose attributes are
-//!   castle.session's as this version made them; not SECURITY DEFINER, no
-//!   SET clause;
+//! - the FROM item is one call, not WITH ORDINALITY, whose argument refers
+//!   to no other FROM item (no lateral reference), of a C function of this
+//!   library whose symbol is one of `ROW_FUNCTIONS`', with one text
+//!   argument, returning (not a set of) a type whose attributes are
+//!   castle.session's as this version made them; not STRICT, not SECURITY
+//!   DEFINER, no SET clause;
 //! - nothing refers to the item's whole row (a row lock's or UPDATE's copy of
 //!   it, `SELECT a FROM castle.authenticate(t) a`): those keep the Function
 //!   Scan;
 //! - no fmgr hook (sepgsql) is set, and track_functions is not `all` (it
-//!   counts the calls of C functions the Function Scan makes).
+//!   counts the calls of C functions the Function Scan makes): both as at
+//!   planning (a cached plan keeps its scan after `SET track_functions`).
 //!
 //! At execution it does what the Function Scan does: EXECUTE is checked for
 //! the current user and the object access hook (pgaudit) told, at the node's
 //! start; the function runs once, at the first row asked for, and again only
-//! after a rescan that changed a parameter its argument depends on (another
-//! rescan returns the same row); the row reads in both directions as from a
+//! after a rescan that changed a parameter its argument depends on (the
+//! Function Scan's `funcparams`; another rescan returns the same row); the row reads in both directions as from a
 //! one-row tuplestore; a NULL result (verify's refusal) is a row of NULLs.
 
 use std::ffi::CStr;
@@ -34,7 +36,7 @@ use pgrx::pg_sys::{self, Datum, Oid};
 use pgrx::prelude::*;
 use pgrx::FromDatum;
 
-use crate::catalog::list_pointers;
+use crate::catalog::{list_cells, list_pointers};
 use crate::compat;
 use crate::raw_text::{self, RawText};
 use crate::session_row::{self, SessionValues, ATTRIBUTES};
@@ -212,6 +214,8 @@ unsafe fn verified_row_function(tuple: pg_sys::HeapTuple) -> Option<usize> {
         let proc = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_proc>(tuple);
         let shape_as_made = proc.prolang == C_LANGUAGE
             && !proc.prosecdef
+            // a STRICT function's NULL argument gives a row of NULLs, uncalled
+            && !proc.proisstrict
             && !proc.proretset
             && proc.pronargs == 1
             && proc.proargtypes.values.as_slice(1)[0] == pg_sys::TEXTOID
@@ -259,11 +263,16 @@ unsafe fn returns_session(type_oid: Oid) -> bool {
     }
 }
 
-/// The rel's paths (the Function Scan's) replaced by the custom scan's, at
-/// the same cost.
+/// The rel's Function Scan path replaced by the custom scan's, at the same
+/// cost; none on a rel proven empty (its path is an empty Append), and any
+/// other hook's paths kept.
 unsafe fn replace_paths(rel: *mut pg_sys::RelOptInfo, which: usize) {
     unsafe {
-        let Some(&function_scan) = list_pointers((*rel).pathlist).first() else {
+        let paths = list_pointers((*rel).pathlist);
+        let is_function_scan = |path: &*mut std::ffi::c_void| {
+            (*path.cast::<pg_sys::Path>()).pathtype == pg_sys::NodeTag::T_FunctionScan
+        };
+        let Some(&function_scan) = paths.iter().find(|path| is_function_scan(path)) else {
             return;
         };
         let path = PgBox::<pg_sys::CustomPath>::alloc_node(pg_sys::NodeTag::T_CustomPath).into_pg();
@@ -275,7 +284,11 @@ unsafe fn replace_paths(rel: *mut pg_sys::RelOptInfo, which: usize) {
             pg_sys::CUSTOMPATH_SUPPORT_BACKWARD_SCAN | pg_sys::CUSTOMPATH_SUPPORT_PROJECTION;
         (*path).custom_private = pg_sys::lappend_int(std::ptr::null_mut(), which as i32);
         (*path).methods = &PATH_METHODS.0;
-        (*rel).pathlist = std::ptr::null_mut();
+        let mut others = std::ptr::null_mut();
+        for other in paths.iter().filter(|path| !is_function_scan(path)) {
+            others = pg_sys::lappend(others, *other);
+        }
+        (*rel).pathlist = others;
         pg_sys::add_path(rel, path.cast());
     }
 }
@@ -314,6 +327,12 @@ unsafe extern "C-unwind" fn plan_path(
 unsafe fn columns(relid: pg_sys::Index, type_oid: Oid) -> *mut pg_sys::List {
     unsafe {
         let descriptor = pg_sys::lookup_rowtype_tupdesc(type_oid, -1);
+        // verified when the path was made; invalidations processed since
+        // (a look-up may take a lock) could have changed the type
+        if !session_row::as_made(compat::attributes(descriptor)) {
+            pg_sys::DecrTupleDescRefCount(descriptor);
+            error!("castle_sessions: castle.session changed while the statement was planned");
+        }
         let mut list = std::ptr::null_mut();
         for (i, attribute) in compat::attributes(descriptor).iter().enumerate() {
             let number = (i + 1) as pg_sys::AttrNumber;
@@ -339,10 +358,15 @@ struct RowScanState {
     css: pg_sys::CustomScanState,
     call: fn(Option<&[u8]>) -> Option<SessionValues>,
     argument: *mut pg_sys::ExprState,
+    /// the PARAM_EXEC parameters the argument depends on, as the Function
+    /// Scan's `funcparams`: a rescan that changed one runs the function again
+    argument_params: *mut pg_sys::Bitmapset,
     /// the row and what the call allocated: kept for rescans, released
     /// when the function runs again, or with the query
     memory: pg_sys::MemoryContext,
     evaluated: bool,
+    /// read as a one-row tuplestore is: past the row once it was read
+    /// forward, at the end once a forward read found nothing more
     after_row: bool,
     at_end: bool,
     values: [Datum; ATTRIBUTES],
@@ -371,7 +395,7 @@ unsafe fn the_call(node: *mut pg_sys::CustomScanState) -> *mut pg_sys::FuncExpr 
 #[pg_guard]
 unsafe extern "C-unwind" fn begin(
     node: *mut pg_sys::CustomScanState,
-    _estate: *mut pg_sys::EState,
+    estate: *mut pg_sys::EState,
     _eflags: i32,
 ) {
     unsafe {
@@ -382,74 +406,137 @@ unsafe extern "C-unwind" fn begin(
         if access_hook.is_some() {
             pg_sys::RunFunctionExecuteHook((*call).funcid);
         }
-        let argument = list_pointers((*call).args)[0];
-        (*node.cast::<RowScanState>()).argument =
-            pg_sys::ExecInitExpr(argument.cast(), node.cast());
+        // the slot gets exactly our values (`columns` made its descriptor)
+        if (*(*(*node).ss.ss_ScanTupleSlot).tts_tupleDescriptor).natts as usize != ATTRIBUTES {
+            error!("castle_sessions: the plan's row is not castle.session's");
+        }
+        let state = node.cast::<RowScanState>();
+        let argument = list_pointers((*call).args)[0].cast::<pg_sys::Node>();
+        (*state).argument = pg_sys::ExecInitExpr(argument.cast(), node.cast());
+        let mut params = ExecParams {
+            estate,
+            found: std::ptr::null_mut(),
+        };
+        exec_params(argument, (&raw mut params).cast());
+        (*state).argument_params = params.found;
     }
 }
 
+struct ExecParams {
+    estate: *mut pg_sys::EState,
+    found: *mut pg_sys::Bitmapset,
+}
+
+/// Collects the PARAM_EXEC parameters an expression depends on, as the
+/// planner's `finalize_primnode` does: its Params, and what its SubPlans'
+/// plans depend on less what they are passed.
+#[pg_guard]
+unsafe extern "C-unwind" fn exec_params(
+    node: *mut pg_sys::Node,
+    context: *mut std::ffi::c_void,
+) -> bool {
+    unsafe {
+        if node.is_null() {
+            return false;
+        }
+        let params = context.cast::<ExecParams>();
+        if pgrx::is_a(node, pg_sys::NodeTag::T_Param) {
+            let param = node.cast::<pg_sys::Param>();
+            if (*param).paramkind == pg_sys::ParamKind::PARAM_EXEC {
+                (*params).found = pg_sys::bms_add_member((*params).found, (*param).paramid);
+            }
+            return false;
+        }
+        if pgrx::is_a(node, pg_sys::NodeTag::T_SubPlan) {
+            let subplan = node.cast::<pg_sys::SubPlan>();
+            let plans = list_pointers((*(*(*params).estate).es_plannedstmt).subplans);
+            let plan = plans[(*subplan).plan_id as usize - 1].cast::<pg_sys::Plan>();
+            let mut needed = pg_sys::bms_copy((*plan).extParam);
+            for cell in list_cells((*subplan).parParam) {
+                needed = pg_sys::bms_del_member(needed, cell.int_value);
+            }
+            (*params).found = pg_sys::bms_add_members((*params).found, needed);
+            // then its test expression and what it is passed, below
+        }
+        pg_sys::expression_tree_walker(node, Some(exec_params), context)
+    }
+}
+
+/// Runs the function when this fetch returns its row and it has not run
+/// since the start or the last rescan that changed its argument. Here, not
+/// inside ExecScan: a refusal must reach PostgreSQL from this frame, with
+/// the context lines cleared (`auth::refuse`), not be caught and raised again
+/// at the call of ExecScan, where the portal's (its bound parameters, the
+/// token among them) are back.
 #[pg_guard]
 unsafe extern "C-unwind" fn exec(
     node: *mut pg_sys::CustomScanState,
 ) -> *mut pg_sys::TupleTableSlot {
-    unsafe { pg_sys::ExecScan(&mut (*node).ss, Some(next_row), Some(recheck)) }
-}
-
-/// The row, read as a Function Scan's tuplestore of one row reads in either
-/// direction (cursors fetch backward): `after_row` once it was read forward,
-/// `at_end` once a forward read found nothing more.
-#[pg_guard]
-unsafe extern "C-unwind" fn next_row(node: *mut pg_sys::ScanState) -> *mut pg_sys::TupleTableSlot {
     unsafe {
         let state = node.cast::<RowScanState>();
-        let slot = (*node).ss_ScanTupleSlot;
-        let forward =
-            (*(*node).ps.state).es_direction != pg_sys::ScanDirection::BackwardScanDirection;
-        let row = if forward {
-            let first = !(*state).after_row;
-            (*state).after_row = true;
-            (*state).at_end = !first;
-            first
-        } else if (*state).at_end {
-            (*state).at_end = false;
-            true
+        if !(*state).evaluated && row_comes_next(state, is_forward(&mut (*node).ss)) {
+            evaluate(state);
+        }
+        pg_sys::ExecScan(&mut (*node).ss, Some(next_row), Some(recheck))
+    }
+}
+
+unsafe fn is_forward(node: *mut pg_sys::ScanState) -> bool {
+    unsafe { (*(*node).ps.state).es_direction != pg_sys::ScanDirection::BackwardScanDirection }
+}
+
+/// Whether a fetch in this direction returns the row.
+unsafe fn row_comes_next(state: *mut RowScanState, forward: bool) -> bool {
+    unsafe {
+        if forward {
+            !(*state).after_row
         } else {
-            (*state).after_row = false;
-            false
-        };
-        if row {
-            store_row(state, slot)
-        } else {
-            pg_sys::ExecClearTuple(slot)
+            (*state).at_end
         }
     }
 }
 
-/// Under EvalPlanQual: the same row again (the contract keeps row locks'
-/// queries on the Function Scan, so this is for completeness).
-#[pg_guard]
-unsafe extern "C-unwind" fn recheck(
-    node: *mut pg_sys::ScanState,
-    slot: *mut pg_sys::TupleTableSlot,
-) -> bool {
+/// One fetch: the row or nothing in the scan slot, the position moved.
+unsafe fn fetch(state: *mut RowScanState, forward: bool) -> *mut pg_sys::TupleTableSlot {
     unsafe {
-        store_row(node.cast(), slot);
-        true
-    }
-}
-
-unsafe fn store_row(
-    state: *mut RowScanState,
-    slot: *mut pg_sys::TupleTableSlot,
-) -> *mut pg_sys::TupleTableSlot {
-    unsafe {
+        let row = row_comes_next(state, forward);
+        if forward {
+            (*state).at_end = (*state).after_row;
+            (*state).after_row = true;
+        } else if row {
+            (*state).at_end = false;
+        } else {
+            (*state).after_row = false;
+        }
+        let slot = (*state).css.ss.ss_ScanTupleSlot;
+        if !row {
+            return pg_sys::ExecClearTuple(slot);
+        }
         if !(*state).evaluated {
-            evaluate(state);
+            evaluate(state); // `exec` did, unless a caller bypassed it
         }
         pg_sys::ExecClearTuple(slot);
         std::ptr::copy_nonoverlapping((*state).values.as_ptr(), (*slot).tts_values, ATTRIBUTES);
         std::ptr::copy_nonoverlapping((*state).nulls.as_ptr(), (*slot).tts_isnull, ATTRIBUTES);
         pg_sys::ExecStoreVirtualTuple(slot)
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn next_row(node: *mut pg_sys::ScanState) -> *mut pg_sys::TupleTableSlot {
+    unsafe { fetch(node.cast(), is_forward(node)) }
+}
+
+/// Under EvalPlanQual (the scan inside a subquery of an UPDATE's recheck):
+/// ExecScan asks this instead of `next_row`, which it answers the same way.
+#[pg_guard]
+unsafe extern "C-unwind" fn recheck(
+    node: *mut pg_sys::ScanState,
+    _slot: *mut pg_sys::TupleTableSlot,
+) -> bool {
+    unsafe {
+        let slot = fetch(node.cast(), is_forward(node));
+        (*slot).tts_flags & pg_sys::TTS_FLAG_EMPTY as u16 == 0
     }
 }
 
@@ -470,11 +557,9 @@ unsafe fn evaluate(state: *mut RowScanState) {
         }
         let caller = pg_sys::CurrentMemoryContext;
         pg_sys::CurrentMemoryContext = (*state).memory;
-        let argument = (*state).argument;
         let econtext = (*state).css.ss.ps.ps_ExprContext;
         let mut is_null = false;
-        let evaluate_argument = (*argument).evalfunc.expect("an initialized expression");
-        let datum = evaluate_argument(argument, econtext, &mut is_null);
+        let datum = pg_sys::ExecEvalExpr((*state).argument, econtext, &mut is_null);
         let token = RawText::from_datum(datum, is_null);
         match ((*state).call)(raw_text::bytes(&token)) {
             Some(row) => {
@@ -492,12 +577,8 @@ unsafe fn evaluate(state: *mut RowScanState) {
 unsafe extern "C-unwind" fn rescan(node: *mut pg_sys::CustomScanState) {
     unsafe {
         let state = node.cast::<RowScanState>();
-        let changed = (*node).ss.ps.chgParam;
-        if !changed.is_null() {
-            let argument = list_pointers((*the_call(node)).args)[0];
-            if pg_sys::bms_overlap(changed, pg_sys::pull_paramids(argument.cast())) {
-                (*state).evaluated = false;
-            }
+        if pg_sys::bms_overlap((*node).ss.ps.chgParam, (*state).argument_params) {
+            (*state).evaluated = false;
         }
         (*state).after_row = false;
         (*state).at_end = false;

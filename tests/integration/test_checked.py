@@ -215,19 +215,27 @@ def test_millions_of_public_calls_leave_the_backend_memory_flat(conn):
     conn.execute("SELECT castle.revoke_all('memory-user')")
 
 
-def test_a_failed_login_never_logs_its_bound_token(conn):
+@pytest.mark.parametrize("call", [
+    "castle.login({})",
+    "castle.authenticate({})",
+    # the Function Scan the row scan leaves to WITH ORDINALITY, and the call in a select list
+    "castle.authenticate({}) WITH ORDINALITY",
+])
+def test_a_refused_token_is_never_logged_with_its_statement(conn, call):
     log = os.path.join(os.environ["CASTLE_CLUSTER_DIR"], "server.log")
     good = create(conn, "logged-user")
     forged = good[:-3] + ("AAA" if not good.endswith("AAA") else "BBB")
     with psycopg.connect(dsn()) as app:
         app.execute("SET log_parameter_max_length_on_error = -1")
         app.execute("SET log_min_error_statement = error")
-        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
-            app.execute("SELECT * FROM castle.login(%s)", (forged,))
-        app.rollback()
-        # a client that interpolates: the refusal logs no STATEMENT line either
-        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
-            app.execute(f"SELECT * FROM castle.login('{forged}')".encode())
+        for statement in (f"SELECT * FROM {call}", f"SELECT {call.split(' ')[0]}"):
+            with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+                app.execute(statement.format("%s"), (forged,))
+            app.rollback()
+            # a client that interpolates: the refusal logs no STATEMENT line either
+            with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+                app.execute(statement.format(f"'{forged}'").encode())
+            app.rollback()
     time.sleep(0.3)
     with open(log, errors="replace") as f:
         text = f.read()

@@ -31,6 +31,12 @@ SELECT authentications - :before AS calls FROM castle.stats WHERE datname = curr
 SELECT t.n, (SELECT a.user_id FROM castle.authenticate(t.token) AS a)
   FROM (VALUES (1, :'alice'), (2, :'bob'), (3, :'alice')) AS t (n, token) ORDER BY t.n;
 SELECT authentications - :before AS calls FROM castle.stats WHERE datname = current_database();
+-- an argument that is itself a subquery of the outer row
+CREATE TEMP TABLE scan_tokens (n int, token text);
+INSERT INTO scan_tokens VALUES (1, :'alice'), (2, :'bob'), (3, :'alice');
+SELECT o.n, (SELECT a.user_id FROM castle.authenticate((SELECT k.token FROM scan_tokens AS k WHERE k.n = o.n)) AS a)
+  FROM generate_series(1, 3) AS o (n);
+SELECT authentications - :before AS calls FROM castle.stats WHERE datname = current_database();
 -- the whole row, LATERAL and ROWS FROM keep the Function Scan
 EXPLAIN (COSTS OFF) SELECT a FROM castle.authenticate(:'alice') AS a;
 SELECT (a).user_id FROM castle.authenticate(:'alice') AS a;
