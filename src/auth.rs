@@ -299,6 +299,17 @@ pub fn note_refusal(why: Refusal) {
     }
 }
 
+/// Whether an error caught on its way up (a pgrx panic payload) is a
+/// refusal: SQLSTATE 28000, raised by `refuse`.
+pub fn is_refusal(raised: &(dyn std::any::Any + Send)) -> bool {
+    use pgrx::pg_sys::panic::CaughtError;
+    let report = match raised.downcast_ref::<CaughtError>() {
+        Some(CaughtError::PostgresError(report) | CaughtError::ErrorReport(report)) => report,
+        _ => return false,
+    };
+    report.sql_error_code() == PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION
+}
+
 /// Every refusal, whatever its cause, is this one error: SQLSTATE 28000 and
 /// castle.invalid_message, with no detail or hint to tell causes apart.
 pub fn refuse(why: Refusal) -> ! {

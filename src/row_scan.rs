@@ -10,25 +10,33 @@
 //!
 //! Contract, checked at planning (a plan made under it is invalidated, as
 //! every plan that calls the function, by any change to its pg_proc row):
-//! - the FROM item is one call, not WITH ORDINALITY, whose argument refers
-//!   to no other FROM item (no lateral reference), of a C function of this
+//! - the FROM item is one call, not WITH ORDINALITY, of a C function of this
 //!   library whose symbol is one of `ROW_FUNCTIONS`', with one text
 //!   argument, returning (not a set of) a type whose attributes are
 //!   castle.session's as this version made them; not STRICT, not SECURITY
 //!   DEFINER, no SET clause;
+//! - its argument is a constant or a parameter (a bound `$1`, an outer
+//!   query's column, an initplan's result such as `(SELECT token FROM …)`),
+//!   and no restriction (WHERE) applies to the item: the scan evaluates no
+//!   expression of the statement's but that one, so every other error is
+//!   PostgreSQL's own, as raised (pgrx raises again what a guarded call
+//!   catches, without its schema fields or inner context);
 //! - nothing refers to the item's whole row (a row lock's or UPDATE's copy of
-//!   it, `SELECT a FROM castle.authenticate(t) a`): those keep the Function
-//!   Scan;
+//!   it, `SELECT a FROM castle.authenticate(t) a`);
 //! - no fmgr hook (sepgsql) is set, and track_functions is not `all` (it
 //!   counts the calls of C functions the Function Scan makes): both as at
 //!   planning (a cached plan keeps its scan after `SET track_functions`).
 //!
+//! Anything else keeps the Function Scan. Computed columns are computed by
+//! a Result above the scan (PostgreSQL's, as raised).
+//!
 //! At execution it does what the Function Scan does: EXECUTE is checked for
 //! the current user and the object access hook (pgaudit) told, at the node's
 //! start; the function runs once, at the first row asked for, and again only
-//! after a rescan that changed a parameter its argument depends on (the
-//! Function Scan's `funcparams`; another rescan returns the same row); the row reads in both directions as from a
-//! one-row tuplestore; a NULL result (verify's refusal) is a row of NULLs.
+//! after a rescan that changed the parameter its argument is (the Function
+//! Scan's `funcparams`; another rescan returns the same row); the row reads
+//! in both directions as from a one-row tuplestore; a NULL result (verify's
+//! refusal) is a row of NULLs; a refusal leaves with no context lines.
 
 use std::ffi::CStr;
 
@@ -36,7 +44,7 @@ use pgrx::pg_sys::{self, Datum, Oid};
 use pgrx::prelude::*;
 use pgrx::FromDatum;
 
-use crate::catalog::{list_cells, list_pointers};
+use crate::catalog::list_pointers;
 use crate::compat;
 use crate::raw_text::{self, RawText};
 use crate::session_row::{self, SessionValues, ATTRIBUTES};
@@ -166,9 +174,16 @@ unsafe fn replaceable(
         let call = call_of(functions[0].cast());
         if !pgrx::is_a(call.cast(), pg_sys::NodeTag::T_FuncExpr)
             || (*call).funcretset
-            || list_pointers((*call).args).len() != 1
+            || !(*rel).baserestrictinfo.is_null()
             || refers_to_whole_row(rel)
         {
+            return None;
+        }
+        let arguments = list_pointers((*call).args);
+        let plain = |node: *mut pg_sys::Node| {
+            pgrx::is_a(node, pg_sys::NodeTag::T_Const) || pgrx::is_a(node, pg_sys::NodeTag::T_Param)
+        };
+        if arguments.len() != 1 || !plain(arguments[0].cast()) {
             return None;
         }
         row_function((*call).funcid)
@@ -179,16 +194,12 @@ unsafe fn call_of(function: *mut pg_sys::RangeTblFunction) -> *mut pg_sys::FuncE
     unsafe { (*function).funcexpr.cast() }
 }
 
-/// Whether the rel's target or its restrictions use its whole row.
+/// Whether what is read from the rel uses its whole row.
 unsafe fn refers_to_whole_row(rel: *mut pg_sys::RelOptInfo) -> bool {
     unsafe {
         let mut attributes: *mut pg_sys::Bitmapset = std::ptr::null_mut();
         let relid = (*rel).relid;
         pg_sys::pull_varattnos((*(*rel).reltarget).exprs.cast(), relid, &mut attributes);
-        for restriction in list_pointers((*rel).baserestrictinfo) {
-            let clause = (*restriction.cast::<pg_sys::RestrictInfo>()).clause;
-            pg_sys::pull_varattnos(clause.cast(), relid, &mut attributes);
-        }
         let whole_row = 0 - pg_sys::FirstLowInvalidHeapAttributeNumber;
         pg_sys::bms_is_member(whole_row, attributes)
     }
@@ -280,8 +291,8 @@ unsafe fn replace_paths(rel: *mut pg_sys::RelOptInfo, which: usize) {
         (*path).path.type_ = pg_sys::NodeTag::T_CustomPath;
         (*path).path.pathtype = pg_sys::NodeTag::T_CustomScan;
         (*path).path.pathkeys = std::ptr::null_mut();
-        (*path).flags =
-            pg_sys::CUSTOMPATH_SUPPORT_BACKWARD_SCAN | pg_sys::CUSTOMPATH_SUPPORT_PROJECTION;
+        // computed columns are a Result's above, evaluated by PostgreSQL
+        (*path).flags = pg_sys::CUSTOMPATH_SUPPORT_BACKWARD_SCAN;
         (*path).custom_private = pg_sys::lappend_int(std::ptr::null_mut(), which as i32);
         (*path).methods = &PATH_METHODS.0;
         let mut others = std::ptr::null_mut();
@@ -299,7 +310,7 @@ unsafe extern "C-unwind" fn plan_path(
     rel: *mut pg_sys::RelOptInfo,
     path: *mut pg_sys::CustomPath,
     tlist: *mut pg_sys::List,
-    clauses: *mut pg_sys::List,
+    _clauses: *mut pg_sys::List, // none: `replaceable` takes no restricted item
     _custom_plans: *mut pg_sys::List,
 ) -> *mut pg_sys::Plan {
     unsafe {
@@ -309,7 +320,6 @@ unsafe extern "C-unwind" fn plan_path(
         let which = (*(*(*path).custom_private).elements).int_value as usize;
         let scan = PgBox::<pg_sys::CustomScan>::alloc_node(pg_sys::NodeTag::T_CustomScan).into_pg();
         (*scan).scan.plan.targetlist = tlist;
-        (*scan).scan.plan.qual = pg_sys::extract_actual_clauses(clauses, false);
         // no relation to open: the scan's tuples are described by
         // custom_scan_tlist, and the executor maps the item's columns to it
         (*scan).scan.scanrelid = 0;
@@ -358,9 +368,10 @@ struct RowScanState {
     css: pg_sys::CustomScanState,
     call: fn(Option<&[u8]>) -> Option<SessionValues>,
     argument: *mut pg_sys::ExprState,
-    /// the PARAM_EXEC parameters the argument depends on, as the Function
-    /// Scan's `funcparams`: a rescan that changed one runs the function again
-    argument_params: *mut pg_sys::Bitmapset,
+    /// the PARAM_EXEC parameter the argument is (an outer query's column, an
+    /// initplan's result), the Function Scan's `funcparams`: a rescan that
+    /// changed it runs the function again
+    argument_param: Option<i32>,
     /// the row and what the call allocated: kept for rescans, released
     /// when the function runs again, or with the query
     memory: pg_sys::MemoryContext,
@@ -395,7 +406,7 @@ unsafe fn the_call(node: *mut pg_sys::CustomScanState) -> *mut pg_sys::FuncExpr 
 #[pg_guard]
 unsafe extern "C-unwind" fn begin(
     node: *mut pg_sys::CustomScanState,
-    estate: *mut pg_sys::EState,
+    _estate: *mut pg_sys::EState,
     _eflags: i32,
 ) {
     unsafe {
@@ -413,72 +424,45 @@ unsafe extern "C-unwind" fn begin(
         let state = node.cast::<RowScanState>();
         let argument = list_pointers((*call).args)[0].cast::<pg_sys::Node>();
         (*state).argument = pg_sys::ExecInitExpr(argument.cast(), node.cast());
-        let mut params = ExecParams {
-            estate,
-            found: std::ptr::null_mut(),
-        };
-        exec_params(argument, (&raw mut params).cast());
-        (*state).argument_params = params.found;
-    }
-}
-
-struct ExecParams {
-    estate: *mut pg_sys::EState,
-    found: *mut pg_sys::Bitmapset,
-}
-
-/// Collects the PARAM_EXEC parameters an expression depends on, as the
-/// planner's `finalize_primnode` does: its Params, and what its SubPlans'
-/// plans depend on less what they are passed.
-#[pg_guard]
-unsafe extern "C-unwind" fn exec_params(
-    node: *mut pg_sys::Node,
-    context: *mut std::ffi::c_void,
-) -> bool {
-    unsafe {
-        if node.is_null() {
-            return false;
-        }
-        let params = context.cast::<ExecParams>();
-        if pgrx::is_a(node, pg_sys::NodeTag::T_Param) {
-            let param = node.cast::<pg_sys::Param>();
+        if pgrx::is_a(argument, pg_sys::NodeTag::T_Param) {
+            let param = argument.cast::<pg_sys::Param>();
             if (*param).paramkind == pg_sys::ParamKind::PARAM_EXEC {
-                (*params).found = pg_sys::bms_add_member((*params).found, (*param).paramid);
+                (*state).argument_param = Some((*param).paramid);
             }
-            return false;
         }
-        if pgrx::is_a(node, pg_sys::NodeTag::T_SubPlan) {
-            let subplan = node.cast::<pg_sys::SubPlan>();
-            let plans = list_pointers((*(*(*params).estate).es_plannedstmt).subplans);
-            let plan = plans[(*subplan).plan_id as usize - 1].cast::<pg_sys::Plan>();
-            let mut needed = pg_sys::bms_copy((*plan).extParam);
-            for cell in list_cells((*subplan).parParam) {
-                needed = pg_sys::bms_del_member(needed, cell.int_value);
-            }
-            (*params).found = pg_sys::bms_add_members((*params).found, needed);
-            // then its test expression and what it is passed, below
-        }
-        pg_sys::expression_tree_walker(node, Some(exec_params), context)
     }
 }
 
 /// Runs the function when this fetch returns its row and it has not run
-/// since the start or the last rescan that changed its argument. Here, not
-/// inside ExecScan: a refusal must reach PostgreSQL from this frame, with
-/// the context lines cleared (`auth::refuse`), not be caught and raised again
-/// at the call of ExecScan, where the portal's (its bound parameters, the
-/// token among them) are back.
+/// since the start or the last rescan that changed its argument; then
+/// PostgreSQL's ExecScan, which fetches it.
+///
+/// A refusal must reach PostgreSQL with no context lines (`auth::refuse`):
+/// the portal's would add its bound parameters, the token among them. Ours
+/// is raised from this frame. One raised by another castle function inside
+/// a guarded call (ExecEvalExpr running an initplan of the argument, say
+/// `castle.rotate($1)`) is caught by pgrx at that call, which puts the
+/// portal's context back before it is raised again: cleared here again.
 #[pg_guard]
 unsafe extern "C-unwind" fn exec(
     node: *mut pg_sys::CustomScanState,
 ) -> *mut pg_sys::TupleTableSlot {
-    unsafe {
+    let scanned = std::panic::catch_unwind(|| unsafe {
         let state = node.cast::<RowScanState>();
         if !(*state).evaluated && row_comes_next(state, is_forward(&mut (*node).ss)) {
             evaluate(state);
         }
         pg_sys::ExecScan(&mut (*node).ss, Some(next_row), Some(recheck))
-    }
+    });
+    scanned.unwrap_or_else(|raised| {
+        if auth::is_refusal(raised.as_ref()) {
+            unsafe {
+                pg_sys::error_context_stack = std::ptr::null_mut();
+                pg_sys::debug_query_string = std::ptr::null();
+            }
+        }
+        std::panic::resume_unwind(raised)
+    })
 }
 
 unsafe fn is_forward(node: *mut pg_sys::ScanState) -> bool {
@@ -577,7 +561,11 @@ unsafe fn evaluate(state: *mut RowScanState) {
 unsafe extern "C-unwind" fn rescan(node: *mut pg_sys::CustomScanState) {
     unsafe {
         let state = node.cast::<RowScanState>();
-        if pg_sys::bms_overlap((*node).ss.ps.chgParam, (*state).argument_params) {
+        let changed = (*node).ss.ps.chgParam;
+        if (*state)
+            .argument_param
+            .is_some_and(|param| pg_sys::bms_is_member(param, changed))
+        {
             (*state).evaluated = false;
         }
         (*state).after_row = false;

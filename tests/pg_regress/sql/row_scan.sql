@@ -5,7 +5,9 @@
 SELECT castle.create_session('scan-alice', '1 hour', '{"k": 1}') AS alice \gset
 SELECT castle.create_session('scan-bob') AS bob \gset
 EXPLAIN (COSTS OFF) SELECT * FROM castle.authenticate(:'alice');
-EXPLAIN (COSTS OFF) SELECT user_id FROM castle.verify(:'alice') WHERE user_id <> '';
+-- computed columns: a Result above the scan
+EXPLAIN (COSTS OFF) SELECT user_id, id + 1 AS next_id FROM castle.verify(:'alice');
+SELECT user_id, id + 1 > id AS computed FROM castle.verify(:'alice');
 EXPLAIN (COSTS OFF) SELECT * FROM castle.login(:'alice');
 -- the row is the Function Scan's (WITH ORDINALITY keeps one), column by column
 EXPLAIN (COSTS OFF) SELECT * FROM castle.authenticate(:'alice') WITH ORDINALITY;
@@ -17,27 +19,44 @@ SELECT c.id = f.id AS id, c.user_id = f.user_id AS user_id, c.created_at = f.cre
 SELECT refusal(format('SELECT * FROM castle.authenticate(%L)', 'oat_MQ.nope')) AS authenticate;
 SELECT count(*) AS verify_rows, count(id) AS verify_ids FROM castle.verify('oat_MQ.nope');
 SELECT count(*) AS verify_rows FROM castle.verify(NULL) WHERE id IS NULL;
--- restrictions are applied to the row
+-- a restriction (WHERE) keeps the Function Scan, which applies it
+EXPLAIN (COSTS OFF) SELECT user_id FROM castle.authenticate(:'alice') WHERE user_id = 'scan-bob';
 SELECT user_id FROM castle.authenticate(:'alice') WHERE user_id = 'scan-bob';
 SELECT user_id FROM castle.authenticate(:'alice') WHERE user_id = 'scan-alice';
 -- called once a statement; a rescan (a subquery run again for each outer
--- row, its filter changed) calls again only when its argument changed
+-- row) calls again only when its argument changed
 SELECT authentications AS before FROM castle.stats WHERE datname = current_database() \gset
-EXPLAIN (COSTS OFF) SELECT g, (SELECT a.user_id FROM castle.authenticate(:'alice') AS a WHERE a.user_id <> g::text)
+EXPLAIN (COSTS OFF) SELECT g, (SELECT a.user_id || g FROM castle.authenticate(:'alice') AS a)
   FROM generate_series(1, 3) AS g;
-SELECT g, (SELECT a.user_id FROM castle.authenticate(:'alice') AS a WHERE a.user_id <> g::text)
-  FROM generate_series(1, 3) AS g;
+SELECT g, (SELECT a.user_id || g FROM castle.authenticate(:'alice') AS a) FROM generate_series(1, 3) AS g;
 SELECT authentications - :before AS calls FROM castle.stats WHERE datname = current_database();
 SELECT t.n, (SELECT a.user_id FROM castle.authenticate(t.token) AS a)
   FROM (VALUES (1, :'alice'), (2, :'bob'), (3, :'alice')) AS t (n, token) ORDER BY t.n;
 SELECT authentications - :before AS calls FROM castle.stats WHERE datname = current_database();
--- an argument that is itself a subquery of the outer row
+-- an argument that is a subquery (an initplan of the scan): run again for
+-- each outer row it refers to, and the function with it
 CREATE TEMP TABLE scan_tokens (n int, token text);
 INSERT INTO scan_tokens VALUES (1, :'alice'), (2, :'bob'), (3, :'alice');
+-- (the scan's line of the plan alone: majors show initplans each their own way)
+CREATE FUNCTION pg_temp.scans(query text) RETURNS SETOF text LANGUAGE plpgsql AS $$
+DECLARE
+    line text;
+BEGIN
+    FOR line IN EXECUTE 'EXPLAIN (COSTS OFF) ' || query LOOP
+        IF line ~ 'Custom Scan \(castle|Function Scan on (authenticate|verify|login)' THEN
+            RETURN NEXT regexp_replace(line, '^[ >-]*', '');
+        END IF;
+    END LOOP;
+END $$;
+SELECT pg_temp.scans('SELECT user_id FROM castle.authenticate((SELECT k.token FROM scan_tokens AS k WHERE k.n = 2))');
+SELECT user_id FROM castle.authenticate((SELECT k.token FROM scan_tokens AS k WHERE k.n = 2));
+SELECT pg_temp.scans('SELECT o.n, (SELECT a.user_id FROM castle.authenticate((SELECT k.token FROM scan_tokens AS k WHERE k.n = o.n)) AS a) FROM generate_series(1, 3) AS o (n)');
 SELECT o.n, (SELECT a.user_id FROM castle.authenticate((SELECT k.token FROM scan_tokens AS k WHERE k.n = o.n)) AS a)
   FROM generate_series(1, 3) AS o (n);
 SELECT authentications - :before AS calls FROM castle.stats WHERE datname = current_database();
--- the whole row, LATERAL and ROWS FROM keep the Function Scan
+-- an argument computed in the statement, the whole row, LATERAL and ROWS
+-- FROM keep the Function Scan
+EXPLAIN (COSTS OFF) SELECT * FROM castle.authenticate(castle.rotate(:'bob'));
 EXPLAIN (COSTS OFF) SELECT a FROM castle.authenticate(:'alice') AS a;
 SELECT (a).user_id FROM castle.authenticate(:'alice') AS a;
 EXPLAIN (COSTS OFF) SELECT v.user_id FROM (VALUES (:'alice'), (:'bob')) AS t (token), LATERAL castle.verify(t.token) AS v;
