@@ -417,7 +417,7 @@ unsafe fn is_hash_rule(expression: *mut std::ffi::c_char) -> bool {
 }
 
 /// A List's cells, none for NIL.
-pub unsafe fn list_cells<'a>(list: *mut pg_sys::List) -> &'a [pg_sys::ListCell] {
+unsafe fn list_cells<'a>(list: *mut pg_sys::List) -> &'a [pg_sys::ListCell] {
     unsafe {
         if list.is_null() {
             return &[];
