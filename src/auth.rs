@@ -299,15 +299,51 @@ pub fn note_refusal(why: Refusal) {
     }
 }
 
-/// Whether an error caught on its way up (a pgrx panic payload) is a
-/// refusal: SQLSTATE 28000, raised by `refuse`.
-pub fn is_refusal(raised: &(dyn std::any::Any + Send)) -> bool {
-    use pgrx::pg_sys::panic::CaughtError;
-    let report = match raised.downcast_ref::<CaughtError>() {
-        Some(CaughtError::PostgresError(report) | CaughtError::ErrorReport(report)) => report,
-        _ => return false,
-    };
-    report.sql_error_code() == PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION
+static mut NEXT_LOG_HOOK: pg_sys::emit_log_hook_type = None;
+
+/// Installs the hook that reports every refusal without context lines or
+/// statement (chained before any earlier one).
+pub fn register_log_hook() {
+    unsafe {
+        NEXT_LOG_HOOK = pg_sys::emit_log_hook;
+        pg_sys::emit_log_hook = Some(report_refusal_alone);
+    }
+}
+
+/// `refuse` raises with no context lines and no statement, but a caller
+/// that catches the error and raises it again (pgrx's guard around a call
+/// into PostgreSQL puts the caller's context back first: an initplan of the
+/// row scan's argument running `castle.rotate($1)`) would report the
+/// portal's context, the bound token among it. Here, where every report is
+/// written, a refusal's leaves without them: the server log's and, as
+/// PostgreSQL calls this hook only for what it logs, the client's error
+/// whenever the server logs errors.
+#[pg_guard]
+unsafe extern "C-unwind" fn report_refusal_alone(report: *mut pg_sys::ErrorData) {
+    unsafe {
+        if is_refusal(&*report) {
+            (*report).context = std::ptr::null_mut();
+            (*report).hide_stmt = true;
+        }
+        if let Some(next) = NEXT_LOG_HOOK {
+            next(report);
+        }
+    }
+}
+
+/// Whether a report is a refusal: raised by `refuse` (this file, which a
+/// caller's RAISE of the same message is not: it keeps its statement in
+/// the log), SQLSTATE 28000, castle.invalid_message.
+unsafe fn is_refusal(report: &pg_sys::ErrorData) -> bool {
+    let refusal_code = PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION as isize as i32;
+    report.elevel >= pg_sys::PGERROR as i32
+        && report.sqlerrcode == refusal_code
+        && !report.filename.is_null()
+        // PostgreSQL keeps a file name's last part only
+        && file!().rsplit('/').next().map(str::as_bytes)
+            == Some(unsafe { std::ffi::CStr::from_ptr(report.filename) }.to_bytes())
+        && !report.message.is_null()
+        && settings::is_invalid_message(unsafe { std::ffi::CStr::from_ptr(report.message) }.to_bytes())
 }
 
 /// Every refusal, whatever its cause, is this one error: SQLSTATE 28000 and
@@ -318,6 +354,7 @@ pub fn refuse(why: Refusal) -> ! {
     // (log_parameter_max_length_on_error, which any role may set), and one of
     // them is the token; and no STATEMENT line, whose text may hold it when
     // a client interpolates. PostgreSQL restores the stack where it catches.
+    // (`report_refusal_alone` strips them again from a refusal raised again.)
     unsafe {
         pg_sys::error_context_stack = std::ptr::null_mut();
         pg_sys::debug_query_string = std::ptr::null();

@@ -46,6 +46,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
+    auth::register_log_hook();
     stats::register();
     revocations::register();
     context::register_callbacks();

@@ -21,8 +21,10 @@
 //!   expression of the statement's but that one, so every other error is
 //!   PostgreSQL's own, as raised (pgrx raises again what a guarded call
 //!   catches, without its schema fields or inner context);
-//! - nothing refers to the item's whole row (a row lock's or UPDATE's copy of
-//!   it, `SELECT a FROM castle.authenticate(t) a`);
+//! - what is read from the item is its columns: not its whole row (a row
+//!   lock's or UPDATE's copy of it, `SELECT a FROM castle.authenticate(t) a`)
+//!   nor a placeholder the planner would compute at the scan (an expression
+//!   of a LATERAL subquery on an outer join's nullable side);
 //! - no fmgr hook (sepgsql) is set, and track_functions is not `all` (it
 //!   counts the calls of C functions the Function Scan makes): both as at
 //!   planning (a cached plan keeps its scan after `SET track_functions`).
@@ -161,7 +163,7 @@ unsafe fn replaceable(
 ) -> Option<usize> {
     unsafe {
         let functions = list_pointers((*rte).functions);
-        if (*rte).funcordinality || functions.len() != 1 || !(*rel).lateral_relids.is_null() {
+        if (*rte).funcordinality || functions.len() != 1 {
             return None;
         }
         // copied, not borrowed: a mutable static
@@ -175,7 +177,7 @@ unsafe fn replaceable(
         if !pgrx::is_a(call.cast(), pg_sys::NodeTag::T_FuncExpr)
             || (*call).funcretset
             || !(*rel).baserestrictinfo.is_null()
-            || refers_to_whole_row(rel)
+            || !reads_columns_only(rel)
         {
             return None;
         }
@@ -194,14 +196,16 @@ unsafe fn call_of(function: *mut pg_sys::RangeTblFunction) -> *mut pg_sys::FuncE
     unsafe { (*function).funcexpr.cast() }
 }
 
-/// Whether what is read from the rel uses its whole row.
-unsafe fn refers_to_whole_row(rel: *mut pg_sys::RelOptInfo) -> bool {
+/// Whether what is read from the rel is its columns only: not its whole row
+/// (a row lock's or UPDATE's copy of it, `SELECT a FROM castle.authenticate(t)
+/// a`), nor an expression the planner computes at the scan (a placeholder
+/// for an outer join's nullable side, lateral ones included).
+unsafe fn reads_columns_only(rel: *mut pg_sys::RelOptInfo) -> bool {
     unsafe {
-        let mut attributes: *mut pg_sys::Bitmapset = std::ptr::null_mut();
-        let relid = (*rel).relid;
-        pg_sys::pull_varattnos((*(*rel).reltarget).exprs.cast(), relid, &mut attributes);
-        let whole_row = 0 - pg_sys::FirstLowInvalidHeapAttributeNumber;
-        pg_sys::bms_is_member(whole_row, attributes)
+        list_pointers((*(*rel).reltarget).exprs).iter().all(|expr| {
+            let var = expr.cast::<pg_sys::Var>();
+            pgrx::is_a(var.cast(), pg_sys::NodeTag::T_Var) && (*var).varattno > 0
+        })
     }
 }
 
@@ -264,13 +268,23 @@ unsafe fn attribute(tuple: pg_sys::HeapTuple, number: u32) -> Option<Datum> {
 /// this version made them: what the scan's slot is built from.
 unsafe fn returns_session(type_oid: Oid) -> bool {
     unsafe {
-        if pg_sys::get_typtype(type_oid) != pg_sys::TYPTYPE_COMPOSITE as std::ffi::c_char {
-            return false;
-        }
+        pg_sys::get_typtype(type_oid) == pg_sys::TYPTYPE_COMPOSITE as std::ffi::c_char
+            && with_session_attributes(type_oid, |_| ()).is_some()
+    }
+}
+
+/// `then` run on the attributes of row type `type_oid`, if they are
+/// castle.session's as this version made them.
+unsafe fn with_session_attributes<T>(
+    type_oid: Oid,
+    then: impl FnOnce(&[pg_sys::FormData_pg_attribute]) -> T,
+) -> Option<T> {
+    unsafe {
         let descriptor = pg_sys::lookup_rowtype_tupdesc(type_oid, -1);
-        let as_made = session_row::as_made(compat::attributes(descriptor));
+        let attributes = compat::attributes(descriptor);
+        let result = session_row::as_made(attributes).then(|| then(attributes));
         pg_sys::DecrTupleDescRefCount(descriptor);
-        as_made
+        result
     }
 }
 
@@ -336,29 +350,29 @@ unsafe extern "C-unwind" fn plan_path(
 /// The item's seven columns, as the scan's tuples hold them.
 unsafe fn columns(relid: pg_sys::Index, type_oid: Oid) -> *mut pg_sys::List {
     unsafe {
-        let descriptor = pg_sys::lookup_rowtype_tupdesc(type_oid, -1);
+        let columns = with_session_attributes(type_oid, |attributes| {
+            let mut list = std::ptr::null_mut();
+            for (i, attribute) in attributes.iter().enumerate() {
+                let number = (i + 1) as pg_sys::AttrNumber;
+                let var = pg_sys::makeVar(
+                    relid as _,
+                    number,
+                    attribute.atttypid,
+                    attribute.atttypmod,
+                    attribute.attcollation,
+                    0,
+                );
+                let entry =
+                    pg_sys::makeTargetEntry(var.cast(), number, std::ptr::null_mut(), false);
+                list = pg_sys::lappend(list, entry.cast());
+            }
+            list
+        });
         // verified when the path was made; invalidations processed since
         // (a look-up may take a lock) could have changed the type
-        if !session_row::as_made(compat::attributes(descriptor)) {
-            pg_sys::DecrTupleDescRefCount(descriptor);
-            error!("castle_sessions: castle.session changed while the statement was planned");
-        }
-        let mut list = std::ptr::null_mut();
-        for (i, attribute) in compat::attributes(descriptor).iter().enumerate() {
-            let number = (i + 1) as pg_sys::AttrNumber;
-            let var = pg_sys::makeVar(
-                relid as _,
-                number,
-                attribute.atttypid,
-                attribute.atttypmod,
-                attribute.attcollation,
-                0,
-            );
-            let entry = pg_sys::makeTargetEntry(var.cast(), number, std::ptr::null_mut(), false);
-            list = pg_sys::lappend(list, entry.cast());
-        }
-        pg_sys::DecrTupleDescRefCount(descriptor);
-        list
+        columns.unwrap_or_else(|| {
+            error!("castle_sessions: castle.session changed while the statement was planned")
+        })
     }
 }
 
@@ -372,10 +386,12 @@ struct RowScanState {
     /// initplan's result), the Function Scan's `funcparams`: a rescan that
     /// changed it runs the function again
     argument_param: Option<i32>,
-    /// the row and what the call allocated: kept for rescans, released
-    /// when the function runs again, or with the query
-    memory: pg_sys::MemoryContext,
+    /// the row and what the call allocated when the function runs again,
+    /// reset at each such run (the first run's go with the query's)
+    rerun_memory: pg_sys::MemoryContext,
+    /// whether the row in `values` is the argument's as it stands
     evaluated: bool,
+    ran_before: bool,
     /// read as a one-row tuplestore is: past the row once it was read
     /// forward, at the end once a forward read found nothing more
     after_row: bool,
@@ -435,34 +451,20 @@ unsafe extern "C-unwind" fn begin(
 
 /// Runs the function when this fetch returns its row and it has not run
 /// since the start or the last rescan that changed its argument; then
-/// PostgreSQL's ExecScan, which fetches it.
-///
-/// A refusal must reach PostgreSQL with no context lines (`auth::refuse`):
-/// the portal's would add its bound parameters, the token among them. Ours
-/// is raised from this frame. One raised by another castle function inside
-/// a guarded call (ExecEvalExpr running an initplan of the argument, say
-/// `castle.rotate($1)`) is caught by pgrx at that call, which puts the
-/// portal's context back before it is raised again: cleared here again.
+/// PostgreSQL's ExecScan, which fetches it. The function runs here, not
+/// inside ExecScan: a refusal raised within a guarded call would be raised
+/// again with the portal's context (see `auth::report_refusal_alone`).
 #[pg_guard]
 unsafe extern "C-unwind" fn exec(
     node: *mut pg_sys::CustomScanState,
 ) -> *mut pg_sys::TupleTableSlot {
-    let scanned = std::panic::catch_unwind(|| unsafe {
+    unsafe {
         let state = node.cast::<RowScanState>();
         if !(*state).evaluated && row_comes_next(state, is_forward(&mut (*node).ss)) {
             evaluate(state);
         }
         pg_sys::ExecScan(&mut (*node).ss, Some(next_row), Some(recheck))
-    });
-    scanned.unwrap_or_else(|raised| {
-        if auth::is_refusal(raised.as_ref()) {
-            unsafe {
-                pg_sys::error_context_stack = std::ptr::null_mut();
-                pg_sys::debug_query_string = std::ptr::null();
-            }
-        }
-        std::panic::resume_unwind(raised)
-    })
+    }
 }
 
 unsafe fn is_forward(node: *mut pg_sys::ScanState) -> bool {
@@ -524,23 +526,31 @@ unsafe extern "C-unwind" fn recheck(
     }
 }
 
-/// Runs the function on its argument, the row kept in the node's memory.
+/// Runs the function on its argument. The first run's row and allocations
+/// live as long as the query's (no context to make on a request's path); a
+/// run again after a rescan allocates in a context of the node's own, reset
+/// at each, so that a scan run for every outer row does not pile them up.
 unsafe fn evaluate(state: *mut RowScanState) {
     unsafe {
         let estate = (*state).css.ss.ps.state;
-        if (*state).memory.is_null() {
-            (*state).memory = pg_sys::AllocSetContextCreateInternal(
+        let memory = if !(*state).ran_before {
+            (*estate).es_query_cxt
+        } else if (*state).rerun_memory.is_null() {
+            (*state).rerun_memory = pg_sys::AllocSetContextCreateInternal(
                 (*estate).es_query_cxt,
                 c"castle_sessions row".as_ptr(),
                 0,
                 1024,
                 8 * 1024,
             );
+            (*state).rerun_memory
         } else {
-            pg_sys::MemoryContextReset((*state).memory);
-        }
+            pg_sys::MemoryContextReset((*state).rerun_memory);
+            (*state).rerun_memory
+        };
+        (*state).ran_before = true;
         let caller = pg_sys::CurrentMemoryContext;
-        pg_sys::CurrentMemoryContext = (*state).memory;
+        pg_sys::CurrentMemoryContext = memory;
         let econtext = (*state).css.ss.ps.ps_ExprContext;
         let mut is_null = false;
         let datum = pg_sys::ExecEvalExpr((*state).argument, econtext, &mut is_null);

@@ -201,6 +201,15 @@ pub fn invalid_message() -> String {
     string_setting(&INVALID_MESSAGE)
 }
 
+/// Whether `message` is the one a refusal is raised with: as
+/// `invalid_message` gives it, without allocating unless the setting is
+/// not UTF-8 (for the log hook, which runs while an error is reported).
+pub fn is_invalid_message(message: &[u8]) -> bool {
+    let raw = unsafe { *INVALID_MESSAGE.as_ptr() };
+    !raw.is_null()
+        && String::from_utf8_lossy(unsafe { CStr::from_ptr(raw) }.to_bytes()).as_bytes() == message
+}
+
 fn string_setting(setting: &GucSetting<Option<CString>>) -> String {
     setting
         .get()

@@ -4,6 +4,7 @@ can take or watch, fresh reads, every server encoding, bounded memory."""
 import os
 import threading
 import time
+import uuid
 
 import psycopg
 import pytest
@@ -246,3 +247,18 @@ def test_a_refused_token_is_never_logged_with_its_statement(conn, statement):
         text = f.read()
     assert forged not in text and forged[4:20] not in text
     conn.execute("SELECT castle.revoke_all('logged-user')")
+
+
+def test_a_raise_of_the_refusal_by_others_keeps_its_context_and_statement(conn):
+    # the log hook strips castle's own refusal, not an error of SQLSTATE 28000
+    # that SQL raises, with castle's message or another: a role could hide its
+    # statements from the log that way
+    log = os.path.join(os.environ["CASTLE_CLUSTER_DIR"], "server.log")
+    for message in ("current_setting('castle.invalid_message')", "'not castle''s'"):
+        marker = f"not-a-refusal-{uuid.uuid4().hex}"
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification) as other:
+            conn.execute(f"DO $$BEGIN RAISE SQLSTATE '28000' USING MESSAGE = {message}; END$$ /* {marker} */")
+        assert "PL/pgSQL" in (other.value.diag.context or "")
+        time.sleep(0.3)
+        with open(log, errors="replace") as f:
+            assert marker in f.read()

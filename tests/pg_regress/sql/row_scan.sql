@@ -61,6 +61,14 @@ EXPLAIN (COSTS OFF) SELECT a FROM castle.authenticate(:'alice') AS a;
 SELECT (a).user_id FROM castle.authenticate(:'alice') AS a;
 EXPLAIN (COSTS OFF) SELECT v.user_id FROM (VALUES (:'alice'), (:'bob')) AS t (token), LATERAL castle.verify(t.token) AS v;
 EXPLAIN (COSTS OFF) SELECT * FROM ROWS FROM (castle.verify(:'alice'), castle.verify(:'bob'));
+-- and so does a placeholder the planner would compute at the scan: an
+-- expression of a subquery on an outer join's nullable side, lateral or not
+SELECT pg_temp.scans(format('SELECT t.n, s.q FROM scan_tokens AS t LEFT JOIN (SELECT %L::text AS q, a.user_id FROM castle.authenticate(%L) AS a) AS s ON t.n = 1', 'x', :'alice'));
+SELECT t.n, s.q, s.user_id FROM scan_tokens AS t
+  LEFT JOIN (SELECT 'x'::text AS q, a.user_id FROM castle.authenticate(:'alice') AS a) AS s ON t.n = 1 ORDER BY t.n;
+SELECT pg_temp.scans(format('SELECT t.n, s.q FROM scan_tokens AS t LEFT JOIN LATERAL (SELECT coalesce(t.token, %L) AS q, a.user_id FROM castle.authenticate(%L) AS a) AS s ON true', '', :'alice'));
+SELECT t.n, s.q = t.token AS q_is_the_token, s.user_id FROM scan_tokens AS t
+  LEFT JOIN LATERAL (SELECT coalesce(t.token, '') AS q, a.user_id FROM castle.authenticate(:'alice') AS a) AS s ON true ORDER BY t.n;
 -- EXECUTE is checked as for the Function Scan, EXPLAIN included
 CREATE ROLE scan_no_execute;
 SET ROLE scan_no_execute;
